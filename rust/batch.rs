@@ -1,0 +1,329 @@
+//! Batch assembly: decode, draw parameters, warp and write every image of a batch straight into
+//! one preallocated channels-first buffer, in parallel.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rayon::prelude::*;
+
+use crate::augment::{warp_row, AugmentConfig, AugmentParams, GreyView, Mapping, Sampling};
+use crate::cache::ImageCache;
+use crate::color::{replicate_plane, Normalize};
+use crate::decode::{decode_png, Image, Limits};
+use crate::error::{CtfpError, Result};
+use crate::pool;
+use crate::rng::ImageRng;
+
+/// Where one image comes from.
+#[derive(Clone, Copy, Debug)]
+pub enum Source<'a> {
+    Path(&'a Path),
+    Bytes(&'a [u8]),
+    /// A row-major grey array.
+    Grey(GreyView<'a>),
+    /// A row-major `(H, W, 3)` RGB array, converted with the same luma rule as RGB PNGs.
+    Rgb { data: &'a [u8], height: usize, width: usize },
+}
+
+impl Source<'_> {
+    /// `image 17 (scans/f017.png)`: how errors name an item.
+    pub fn describe(&self, index: usize) -> String {
+        match self {
+            Source::Path(p) => format!("image {index} ({})", p.display()),
+            Source::Bytes(b) => format!("image {index} ({} bytes)", b.len()),
+            Source::Grey(g) => format!("image {index} ({}x{} array)", g.height, g.width),
+            Source::Rgb { height, width, .. } => format!("image {index} ({height}x{width}x3 array)"),
+        }
+    }
+}
+
+/// Read a file, mapping a missing file to `NotFound`.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            CtfpError::NotFound { item: path.display().to_string(), path: path.to_path_buf() }
+        }
+        _ => CtfpError::Io { item: path.display().to_string(), message: e.to_string() },
+    })
+}
+
+enum Loaded<'a> {
+    Borrowed(GreyView<'a>),
+    Owned(Image),
+    Shared(Arc<Image>),
+}
+
+impl Loaded<'_> {
+    fn view(&self) -> GreyView<'_> {
+        match self {
+            Loaded::Borrowed(v) => *v,
+            Loaded::Owned(img) => img.view(),
+            Loaded::Shared(img) => img.view(),
+        }
+    }
+}
+
+fn load<'a>(src: &Source<'a>, limits: &Limits, cache: Option<&ImageCache>) -> Result<Loaded<'a>> {
+    match *src {
+        Source::Path(p) => match cache {
+            Some(c) => c.get_or_load(p, limits, || decode_png(&read_file(p)?, limits)).map(Loaded::Shared),
+            None => decode_png(&read_file(p)?, limits).map(Loaded::Owned),
+        },
+        Source::Bytes(b) => decode_png(b, limits).map(Loaded::Owned),
+        Source::Grey(v) => Ok(Loaded::Borrowed(v)),
+        Source::Rgb { data, height, width } => {
+            let grey = data.chunks_exact(3).map(|p| crate::decode::luma(p[0], p[1], p[2])).collect();
+            Ok(Loaded::Owned(Image { height, width, data: grey }))
+        }
+    }
+}
+
+/// Decode one source to a grey image (what `ctfp.decode_png` returns for a path or bytes).
+pub fn load_grey(src: &Source<'_>, limits: &Limits) -> Result<Image> {
+    match load(src, limits, None)? {
+        Loaded::Owned(img) => Ok(img),
+        other => {
+            let v = other.view();
+            Ok(Image { height: v.height, width: v.width, data: v.data.to_vec() })
+        }
+    }
+}
+
+/// What a batch is made of, besides its sources.
+#[derive(Clone, Debug)]
+pub struct BatchSpec {
+    pub out_hw: (usize, usize),
+    /// 1 (grey) or 3 (RGB) channels in the output.
+    pub channels: usize,
+    /// Random augmentation; `None` only resizes.
+    pub augment: Option<AugmentConfig>,
+    /// Sampling used when `augment` is `None` (with augmentation, the config's own).
+    pub sampling: Sampling,
+    pub seed: u64,
+    pub epoch: u64,
+    pub limits: Limits,
+}
+
+impl BatchSpec {
+    pub fn validate(&self) -> Result<()> {
+        let (h, w) = self.out_hw;
+        if h == 0 || w == 0 || h > 65_536 || w > 65_536 {
+            return Err(CtfpError::Value(format!(
+                "size: expected (height, width) in [1, 65536], found ({h}, {w})"
+            )));
+        }
+        if self.channels != 1 && self.channels != 3 {
+            return Err(CtfpError::Value(format!(
+                "channels: expected 1 or 3, found {}",
+                self.channels
+            )));
+        }
+        if let Some(a) = &self.augment {
+            a.validate()?;
+        }
+        self.sampling.validate()
+    }
+
+    /// The parameters drawn for one sample: identity without augmentation.
+    pub fn params(&self, sample_id: u64) -> AugmentParams {
+        match &self.augment {
+            Some(cfg) => AugmentParams::sample(&mut ImageRng::new(self.seed, self.epoch, sample_id), cfg),
+            None => AugmentParams::IDENTITY,
+        }
+    }
+
+    fn sampling(&self) -> &Sampling {
+        self.augment.as_ref().map(|a| &a.sampling).unwrap_or(&self.sampling)
+    }
+}
+
+/// Output element type: how a finished grey row is written into a `(C, H, W)` slot.
+pub trait Pixel: Copy + Send + Sync + Default {
+    /// Write row `i` (grey levels as `f32`) into every channel of `slot`.
+    fn write_row(slot: &mut [Self], row: &[f32], i: usize, plane: usize, channels: usize, norm: &Normalize);
+    /// Channels left to fill after the first plane is done.
+    fn finish(slot: &mut [Self], plane: usize, channels: usize);
+}
+
+impl Pixel for u8 {
+    #[inline]
+    fn write_row(slot: &mut [u8], row: &[f32], i: usize, _plane: usize, _channels: usize, _n: &Normalize) {
+        let w = row.len();
+        for (d, &v) in slot[i * w..(i + 1) * w].iter_mut().zip(row) {
+            *d = crate::augment::to_u8(v);
+        }
+    }
+    #[inline]
+    fn finish(slot: &mut [u8], plane: usize, _channels: usize) {
+        replicate_plane(slot, plane);
+    }
+}
+
+impl Pixel for f32 {
+    #[inline]
+    fn write_row(slot: &mut [f32], row: &[f32], i: usize, plane: usize, channels: usize, n: &Normalize) {
+        // The normalisation happens in the same pass: each channel gets its own scale and bias.
+        let w = row.len();
+        for c in 0..channels {
+            let (s, b) = (n.scale[c], n.bias[c]);
+            let start = c * plane + i * w;
+            for (d, &v) in slot[start..start + w].iter_mut().zip(row) {
+                *d = v.mul_add(s, b);
+            }
+        }
+    }
+    #[inline]
+    fn finish(_slot: &mut [f32], _plane: usize, _channels: usize) {}
+}
+
+fn fill_slot<T: Pixel>(
+    src: GreyView<'_>,
+    params: &AugmentParams,
+    spec: &BatchSpec,
+    norm: &Normalize,
+    slot: &mut [T],
+    row: &mut Vec<f32>,
+) -> Result<()> {
+    let (oh, ow) = spec.out_hw;
+    crate::augment::check_sizes(src, spec.out_hw)?;
+    let map = Mapping::new(params, (src.height, src.width), spec.out_hw);
+    row.resize(ow, 0.0);
+    let plane = oh * ow;
+    for i in 0..oh {
+        warp_row(src, &map, spec.sampling(), i, row);
+        T::write_row(slot, row, i, plane, spec.channels, norm);
+    }
+    T::finish(slot, plane, spec.channels);
+    Ok(())
+}
+
+/// Fill `out` (`N * channels * H * W` elements) from `sources`, each with its dataset id.
+///
+/// Work is split by image; each image writes only its own slot, so no synchronisation is needed
+/// and the result does not depend on `n_threads`. When several images fail, the error of the
+/// lowest index is returned, whatever order the threads finished in.
+pub fn load_batch<T: Pixel>(
+    sources: &[Source<'_>],
+    sample_ids: &[u64],
+    spec: &BatchSpec,
+    norm: &Normalize,
+    cache: Option<&ImageCache>,
+    n_threads: Option<usize>,
+    out: &mut [T],
+) -> Result<()> {
+    spec.validate()?;
+    let threads = pool::resolve(n_threads)?;
+    if sample_ids.len() != sources.len() {
+        return Err(CtfpError::Value(format!(
+            "sample_ids: expected {} ids (one per source), found {}",
+            sources.len(),
+            sample_ids.len()
+        )));
+    }
+    let slot_len = spec.channels * spec.out_hw.0 * spec.out_hw.1;
+    if out.len() != slot_len * sources.len() {
+        return Err(CtfpError::Value(format!(
+            "output buffer: expected {} elements, found {}",
+            slot_len * sources.len(),
+            out.len()
+        )));
+    }
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let one = |k: usize, slot: &mut [T], row: &mut Vec<f32>| -> Result<()> {
+        let src = &sources[k];
+        let loaded = load(src, &spec.limits, cache).map_err(|e| e.with_item(&src.describe(k)))?;
+        let params = spec.params(sample_ids[k]);
+        fill_slot(loaded.view(), &params, spec, norm, slot, row)
+            .map_err(|e| match e {
+                CtfpError::Value(m) => CtfpError::Value(format!("{}: {m}", src.describe(k))),
+                other => other,
+            })
+    };
+    let results: Vec<Result<()>> = if threads == 1 {
+        let mut row = Vec::new();
+        out.chunks_mut(slot_len).enumerate().map(|(k, slot)| one(k, slot, &mut row)).collect()
+    } else {
+        pool::get(threads)?.install(|| {
+            out.par_chunks_mut(slot_len)
+                .enumerate()
+                .map_init(Vec::new, |row, (k, slot)| one(k, slot, row))
+                .collect()
+        })
+    };
+    results.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grey(h: usize, w: usize, salt: u8) -> Vec<u8> {
+        (0..h * w).map(|k| (k as u8).wrapping_mul(31).wrapping_add(salt)).collect()
+    }
+
+    fn spec() -> BatchSpec {
+        BatchSpec {
+            out_hw: (12, 10),
+            channels: 3,
+            augment: Some(AugmentConfig::default()),
+            sampling: Sampling::default(),
+            seed: 5,
+            epoch: 2,
+            limits: Limits::default(),
+        }
+    }
+
+    #[test]
+    fn identical_for_any_thread_count_and_split() {
+        let imgs: Vec<Vec<u8>> = (0..7).map(|k| grey(16, 14, k as u8)).collect();
+        let srcs: Vec<Source> = imgs
+            .iter()
+            .map(|d| Source::Grey(GreyView { data: d, height: 16, width: 14 }))
+            .collect();
+        let ids: Vec<u64> = (100..107).collect();
+        let slot = 3 * 12 * 10;
+        let norm = Normalize::new([0.0; 3], [1.0; 3]);
+        let mut reference = vec![0u8; 7 * slot];
+        load_batch(&srcs, &ids, &spec(), &norm, None, Some(1), &mut reference).unwrap();
+        for n in [2, 3, 8] {
+            let mut out = vec![0u8; 7 * slot];
+            load_batch(&srcs, &ids, &spec(), &norm, None, Some(n), &mut out).unwrap();
+            assert_eq!(out, reference);
+        }
+        let mut split = vec![0u8; 7 * slot];
+        let (a, b) = split.split_at_mut(3 * slot);
+        load_batch(&srcs[..3], &ids[..3], &spec(), &norm, None, Some(2), a).unwrap();
+        load_batch(&srcs[3..], &ids[3..], &spec(), &norm, None, Some(2), b).unwrap();
+        assert_eq!(split, reference);
+    }
+
+    #[test]
+    fn lowest_failing_index_is_reported() {
+        let good = grey(8, 8, 0);
+        let srcs = vec![
+            Source::Grey(GreyView { data: &good, height: 8, width: 8 }),
+            Source::Bytes(b"nope"),
+            Source::Bytes(b""),
+            Source::Path(Path::new("/no/such/file.png")),
+        ];
+        let ids = [0, 1, 2, 3];
+        let mut out = vec![0u8; 4 * 3 * 12 * 10];
+        let norm = Normalize::new([0.0; 3], [1.0; 3]);
+        for _ in 0..20 {
+            let e = load_batch(&srcs, &ids, &spec(), &norm, None, Some(4), &mut out).unwrap_err();
+            assert!(e.to_string().starts_with("image 1 (4 bytes)"), "{e}");
+        }
+    }
+
+    #[test]
+    fn channels_are_copies_of_the_grey_plane() {
+        let img = grey(20, 20, 3);
+        let srcs = [Source::Grey(GreyView { data: &img, height: 20, width: 20 })];
+        let mut out = vec![0u8; 3 * 120];
+        load_batch(&srcs, &[9], &spec(), &Normalize::new([0.0; 3], [1.0; 3]), None, None, &mut out).unwrap();
+        assert_eq!(out[..120], out[120..240]);
+        assert_eq!(out[..120], out[240..]);
+    }
+}

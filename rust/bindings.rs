@@ -1,0 +1,320 @@
+//! The thin PyO3 layer: extract arguments, release the GIL for the work, hand buffers to numpy
+//! without copying, and map `CtfpError` onto ctfp's Python exceptions.
+
+use std::path::PathBuf;
+
+use numpy::ndarray::{Array2, Array4};
+use numpy::{IntoPyArray, PyArray2, PyArray4, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use crate::augment::{self, AugmentConfig, AugmentParams, Fill, GreyView, Interpolation, Sampling};
+use crate::batch::{self, BatchSpec, Source};
+use crate::cache::ImageCache;
+use crate::color::Normalize;
+use crate::decode::{self, Limits};
+use crate::error::{no_panic, CtfpError};
+use crate::pool;
+
+pyo3::import_exception!(ctfp.exceptions, ImageDecodeError);
+
+impl From<CtfpError> for PyErr {
+    fn from(e: CtfpError) -> PyErr {
+        let msg = e.to_string();
+        match e {
+            CtfpError::NotFound { path, .. } => {
+                PyFileNotFoundError::new_err((2, msg, path.display().to_string()))
+            }
+            CtfpError::Io { .. } => PyOSError::new_err(msg),
+            CtfpError::Decode { .. } => ImageDecodeError::new_err(msg),
+            CtfpError::Value(_) => PyValueError::new_err(msg),
+            CtfpError::Internal(_) => PyRuntimeError::new_err(msg),
+        }
+    }
+}
+
+/// A source as extracted from Python, kept alive (and borrowed) while the GIL is released.
+enum Held<'py> {
+    Path(PathBuf),
+    Bytes(Bound<'py, PyBytes>),
+    Array(PyReadonlyArrayDyn<'py, u8>),
+}
+
+fn extract_source<'py>(obj: &Bound<'py, PyAny>, index: usize) -> PyResult<Held<'py>> {
+    if let Ok(b) = obj.cast::<PyBytes>() {
+        return Ok(Held::Bytes(b.clone()));
+    }
+    if let Ok(arr) = obj.extract::<PyReadonlyArrayDyn<'py, u8>>() {
+        return Ok(Held::Array(arr));
+    }
+    if let Ok(p) = obj.extract::<PathBuf>() {
+        return Ok(Held::Path(p));
+    }
+    let kind = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+    let hint = if obj.hasattr("dtype").unwrap_or(false) {
+        " (arrays must have dtype uint8)"
+    } else {
+        ""
+    };
+    Err(PyTypeError::new_err(format!(
+        "image {index}: expected a path (str or os.PathLike), PNG bytes or a uint8 array, \
+         found {kind}{hint}"
+    )))
+}
+
+fn as_source<'a>(held: &'a Held<'_>, index: usize) -> PyResult<Source<'a>> {
+    Ok(match held {
+        Held::Path(p) => Source::Path(p),
+        Held::Bytes(b) => Source::Bytes(b.as_bytes()),
+        Held::Array(a) => {
+            let shape = a.shape().to_vec();
+            let data = a.as_slice().map_err(|_| {
+                PyValueError::new_err(format!(
+                    "image {index}: array is not C-contiguous; pass np.ascontiguousarray(image)"
+                ))
+            })?;
+            match shape.as_slice() {
+                [h, w] | [h, w, 1] => Source::Grey(GreyView { data, height: *h, width: *w }),
+                [h, w, 3] => Source::Rgb { data, height: *h, width: *w },
+                _ => {
+                    return Err(PyValueError::new_err(format!(
+                        "image {index}: expected an array of shape (H, W), (H, W, 1) or (H, W, 3), \
+                         found {shape:?}"
+                    )))
+                }
+            }
+        }
+    })
+}
+
+fn limits_from(limits: (u32, u32, u64)) -> Limits {
+    Limits { max_width: limits.0, max_height: limits.1, max_pixels: limits.2 }
+}
+
+fn sampling_from(interpolation: &str, fill: &str, cval: f64) -> PyResult<Sampling> {
+    Ok(Sampling {
+        interpolation: Interpolation::parse(interpolation)?,
+        fill: Fill::parse(fill)?,
+        cval: cval as f32,
+    })
+}
+
+/// `(hflip, max_angle_deg, zoom_lo, zoom_hi, zoom_per_axis, shift_h, shift_w, interpolation, fill, cval)`
+type AugmentTuple = (f64, f64, f64, f64, bool, f64, f64, String, String, f64);
+
+fn augment_from(t: &AugmentTuple) -> PyResult<AugmentConfig> {
+    let cfg = AugmentConfig {
+        hflip_prob: t.0,
+        max_angle_deg: t.1,
+        zoom_range: (t.2, t.3),
+        zoom_per_axis: t.4,
+        shift_frac: (t.5, t.6),
+        sampling: sampling_from(&t.7, &t.8, t.9)?,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+#[pyfunction(name = "decode_png")]
+#[pyo3(signature = (source, *, limits))]
+fn decode_png_py<'py>(
+    py: Python<'py>,
+    source: &Bound<'py, PyAny>,
+    limits: (u32, u32, u64),
+) -> PyResult<Bound<'py, PyArray2<u8>>> {
+    let held = extract_source(source, 0)?;
+    if let Held::Array(_) = held {
+        return Err(PyTypeError::new_err("source: expected a path or PNG bytes, found an array"));
+    }
+    let src = as_source(&held, 0)?;
+    let limits = limits_from(limits);
+    let img = py.detach(|| {
+        no_panic(|| {
+            batch::load_grey(&src, &limits).map_err(|e| match &src {
+                Source::Path(p) => e.with_item(&p.display().to_string()),
+                _ => e.with_item("PNG bytes"),
+            })
+        })
+    })?;
+    let arr = Array2::from_shape_vec((img.height, img.width), img.data)
+        .map_err(|e| CtfpError::Internal(e.to_string()))?;
+    Ok(arr.into_pyarray(py))
+}
+
+#[pyfunction(name = "transform")]
+#[pyo3(signature = (image, *, flip, angle_deg, zoom, shift, size, interpolation, fill, cval))]
+#[allow(clippy::too_many_arguments)]
+fn transform_py<'py>(
+    py: Python<'py>,
+    image: PyReadonlyArray2<'py, u8>,
+    flip: bool,
+    angle_deg: f64,
+    zoom: (f64, f64),
+    shift: (f64, f64),
+    size: (usize, usize),
+    interpolation: &str,
+    fill: &str,
+    cval: f64,
+) -> PyResult<Bound<'py, PyArray2<u8>>> {
+    let sampling = sampling_from(interpolation, fill, cval)?;
+    let (h, w) = (image.shape()[0], image.shape()[1]);
+    let data = image.as_slice().map_err(|_| {
+        PyValueError::new_err("image: array is not C-contiguous; pass np.ascontiguousarray(image)")
+    })?;
+    let params = AugmentParams { flip, angle_deg, zoom, shift };
+    let out = py.detach(|| {
+        no_panic(|| {
+            augment::transform(GreyView { data, height: h, width: w }, &params, &sampling, size)
+        })
+    })?;
+    let arr = Array2::from_shape_vec(size, out).map_err(|e| CtfpError::Internal(e.to_string()))?;
+    Ok(arr.into_pyarray(py))
+}
+
+#[pyfunction(name = "sample_params")]
+#[pyo3(signature = (augment, *, seed, epoch, sample_id))]
+fn sample_params_py(
+    augment: AugmentTuple,
+    seed: u64,
+    epoch: u64,
+    sample_id: u64,
+) -> PyResult<(bool, f64, (f64, f64), (f64, f64))> {
+    let cfg = augment_from(&augment)?;
+    let p = AugmentParams::sample(&mut crate::rng::ImageRng::new(seed, epoch, sample_id), &cfg);
+    Ok((p.flip, p.angle_deg, p.zoom, p.shift))
+}
+
+#[pyfunction(name = "load_batch")]
+#[pyo3(signature = (sources, sample_ids, *, size, channels, dtype, mean, std, augment, sampling,
+                    seed, epoch, limits, cache, n_threads))]
+#[allow(clippy::too_many_arguments)]
+fn load_batch_py<'py>(
+    py: Python<'py>,
+    sources: Vec<Bound<'py, PyAny>>,
+    sample_ids: Vec<u64>,
+    size: (usize, usize),
+    channels: usize,
+    dtype: &str,
+    mean: (f64, f64, f64),
+    std: (f64, f64, f64),
+    augment: Option<AugmentTuple>,
+    sampling: (String, String, f64),
+    seed: u64,
+    epoch: u64,
+    limits: (u32, u32, u64),
+    cache: Option<Bound<'py, PyImageCache>>,
+    n_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let held: Vec<Held> =
+        sources.iter().enumerate().map(|(k, s)| extract_source(s, k)).collect::<PyResult<_>>()?;
+    let srcs: Vec<Source> =
+        held.iter().enumerate().map(|(k, h)| as_source(h, k)).collect::<PyResult<_>>()?;
+    let spec = BatchSpec {
+        out_hw: size,
+        channels,
+        augment: augment.as_ref().map(augment_from).transpose()?,
+        sampling: sampling_from(&sampling.0, &sampling.1, sampling.2)?,
+        seed,
+        epoch,
+        limits: limits_from(limits),
+    };
+    spec.validate()?;
+    for (name, v) in [("std", [std.0, std.1, std.2]), ("mean", [mean.0, mean.1, mean.2])] {
+        if v.iter().any(|x| !x.is_finite()) || (name == "std" && v.iter().any(|&x| x <= 0.0)) {
+            return Err(PyValueError::new_err(format!(
+                "normalize: expected finite {name} values{}, found {v:?}",
+                if name == "std" { " > 0" } else { "" }
+            )));
+        }
+    }
+    let norm = Normalize::new([mean.0, mean.1, mean.2], [std.0, std.1, std.2]);
+    let cache_ref: Option<&ImageCache> = cache.as_ref().map(|c| &c.get().inner);
+    let shape = (srcs.len(), channels, size.0, size.1);
+    let n = shape.0 * shape.1 * shape.2 * shape.3;
+    match dtype {
+        "uint8" => {
+            let buf = py.detach(|| {
+                no_panic(|| {
+                    let mut buf = vec![0u8; n];
+                    batch::load_batch(&srcs, &sample_ids, &spec, &norm, cache_ref, n_threads, &mut buf)?;
+                    Ok(buf)
+                })
+            })?;
+            let arr = Array4::from_shape_vec(shape, buf).map_err(|e| CtfpError::Internal(e.to_string()))?;
+            Ok(arr.into_pyarray(py).into_any())
+        }
+        "float32" => {
+            let buf = py.detach(|| {
+                no_panic(|| {
+                    let mut buf = vec![0f32; n];
+                    batch::load_batch(&srcs, &sample_ids, &spec, &norm, cache_ref, n_threads, &mut buf)?;
+                    Ok(buf)
+                })
+            })?;
+            let arr = Array4::from_shape_vec(shape, buf).map_err(|e| CtfpError::Internal(e.to_string()))?;
+            let out: Bound<'py, PyArray4<f32>> = arr.into_pyarray(py);
+            Ok(out.into_any())
+        }
+        other => Err(PyValueError::new_err(format!(
+            "dtype: expected 'uint8' or 'float32', found '{other}'"
+        ))),
+    }
+}
+
+#[pyfunction(name = "default_threads")]
+fn default_threads_py() -> usize {
+    pool::default_threads()
+}
+
+#[pyfunction(name = "read_png_size")]
+#[pyo3(signature = (data, *, limits))]
+fn read_png_size_py(data: &Bound<'_, PyBytes>, limits: (u32, u32, u64)) -> PyResult<(usize, usize)> {
+    Ok(decode::read_size(data.as_bytes(), &limits_from(limits)).map_err(|e| e.with_item("PNG bytes"))?)
+}
+
+/// Decode-once in-memory cache of grey images, shared across `load_batch` calls and threads.
+#[pyclass(name = "ImageCache", module = "ctfp._core", frozen)]
+pub struct PyImageCache {
+    inner: ImageCache,
+}
+
+#[pymethods]
+impl PyImageCache {
+    #[new]
+    #[pyo3(signature = (max_bytes = None))]
+    fn new(max_bytes: Option<usize>) -> Self {
+        PyImageCache { inner: ImageCache::new(max_bytes.unwrap_or(usize::MAX)) }
+    }
+
+    /// Counts: entries, bytes, hits, misses, max_bytes.
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.inner.stats();
+        let d = PyDict::new(py);
+        d.set_item("entries", s.entries)?;
+        d.set_item("bytes", s.bytes)?;
+        d.set_item("hits", s.hits)?;
+        d.set_item("misses", s.misses)?;
+        d.set_item("max_bytes", s.max_bytes)?;
+        Ok(d)
+    }
+
+    fn clear(&self) {
+        self.inner.clear()
+    }
+
+    fn __len__(&self) -> usize {
+        self.inner.stats().entries
+    }
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(decode_png_py, m)?)?;
+    m.add_function(wrap_pyfunction!(transform_py, m)?)?;
+    m.add_function(wrap_pyfunction!(sample_params_py, m)?)?;
+    m.add_function(wrap_pyfunction!(load_batch_py, m)?)?;
+    m.add_function(wrap_pyfunction!(default_threads_py, m)?)?;
+    m.add_function(wrap_pyfunction!(read_png_size_py, m)?)?;
+    m.add_class::<PyImageCache>()?;
+    Ok(())
+}
