@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use rayon::prelude::*;
 
-use crate::augment::{warp_row, AugmentConfig, AugmentParams, GreyView, Mapping, Sampling};
+use crate::augment::{
+    warp_row, AugmentConfig, AugmentParams, GreyView, Mapping, RowScratch, Sampling,
+};
 use crate::cache::ImageCache;
 use crate::color::{replicate_plane, Normalize};
 use crate::decode::{decode_png, Image, Limits};
@@ -22,7 +24,11 @@ pub enum Source<'a> {
     /// A row-major grey array.
     Grey(GreyView<'a>),
     /// A row-major `(H, W, 3)` RGB array, converted with the same luma rule as RGB PNGs.
-    Rgb { data: &'a [u8], height: usize, width: usize },
+    Rgb {
+        data: &'a [u8],
+        height: usize,
+        width: usize,
+    },
 }
 
 impl Source<'_> {
@@ -32,7 +38,9 @@ impl Source<'_> {
             Source::Path(p) => format!("image {index} ({})", p.display()),
             Source::Bytes(b) => format!("image {index} ({} bytes)", b.len()),
             Source::Grey(g) => format!("image {index} ({}x{} array)", g.height, g.width),
-            Source::Rgb { height, width, .. } => format!("image {index} ({height}x{width}x3 array)"),
+            Source::Rgb { height, width, .. } => {
+                format!("image {index} ({height}x{width}x3 array)")
+            }
         }
     }
 }
@@ -40,10 +48,14 @@ impl Source<'_> {
 /// Read a file, mapping a missing file to `NotFound`.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            CtfpError::NotFound { item: path.display().to_string(), path: path.to_path_buf() }
-        }
-        _ => CtfpError::Io { item: path.display().to_string(), message: e.to_string() },
+        std::io::ErrorKind::NotFound => CtfpError::NotFound {
+            item: path.display().to_string(),
+            path: path.to_path_buf(),
+        },
+        _ => CtfpError::Io {
+            item: path.display().to_string(),
+            message: e.to_string(),
+        },
     })
 }
 
@@ -66,14 +78,27 @@ impl Loaded<'_> {
 fn load<'a>(src: &Source<'a>, limits: &Limits, cache: Option<&ImageCache>) -> Result<Loaded<'a>> {
     match *src {
         Source::Path(p) => match cache {
-            Some(c) => c.get_or_load(p, limits, || decode_png(&read_file(p)?, limits)).map(Loaded::Shared),
+            Some(c) => c
+                .get_or_load(p, limits, || decode_png(&read_file(p)?, limits))
+                .map(Loaded::Shared),
             None => decode_png(&read_file(p)?, limits).map(Loaded::Owned),
         },
         Source::Bytes(b) => decode_png(b, limits).map(Loaded::Owned),
         Source::Grey(v) => Ok(Loaded::Borrowed(v)),
-        Source::Rgb { data, height, width } => {
-            let grey = data.chunks_exact(3).map(|p| crate::decode::luma(p[0], p[1], p[2])).collect();
-            Ok(Loaded::Owned(Image { height, width, data: grey }))
+        Source::Rgb {
+            data,
+            height,
+            width,
+        } => {
+            let grey = data
+                .chunks_exact(3)
+                .map(|p| crate::decode::luma(p[0], p[1], p[2]))
+                .collect();
+            Ok(Loaded::Owned(Image {
+                height,
+                width,
+                data: grey,
+            }))
         }
     }
 }
@@ -84,7 +109,11 @@ pub fn load_grey(src: &Source<'_>, limits: &Limits) -> Result<Image> {
         Loaded::Owned(img) => Ok(img),
         other => {
             let v = other.view();
-            Ok(Image { height: v.height, width: v.width, data: v.data.to_vec() })
+            Ok(Image {
+                height: v.height,
+                width: v.width,
+                data: v.data.to_vec(),
+            })
         }
     }
 }
@@ -127,27 +156,46 @@ impl BatchSpec {
     /// The parameters drawn for one sample: identity without augmentation.
     pub fn params(&self, sample_id: u64) -> AugmentParams {
         match &self.augment {
-            Some(cfg) => AugmentParams::sample(&mut ImageRng::new(self.seed, self.epoch, sample_id), cfg),
+            Some(cfg) => {
+                AugmentParams::sample(&mut ImageRng::new(self.seed, self.epoch, sample_id), cfg)
+            }
             None => AugmentParams::IDENTITY,
         }
     }
 
     fn sampling(&self) -> &Sampling {
-        self.augment.as_ref().map(|a| &a.sampling).unwrap_or(&self.sampling)
+        self.augment
+            .as_ref()
+            .map(|a| &a.sampling)
+            .unwrap_or(&self.sampling)
     }
 }
 
 /// Output element type: how a finished grey row is written into a `(C, H, W)` slot.
 pub trait Pixel: Copy + Send + Sync + Default {
     /// Write row `i` (grey levels as `f32`) into every channel of `slot`.
-    fn write_row(slot: &mut [Self], row: &[f32], i: usize, plane: usize, channels: usize, norm: &Normalize);
+    fn write_row(
+        slot: &mut [Self],
+        row: &[f32],
+        i: usize,
+        plane: usize,
+        channels: usize,
+        norm: &Normalize,
+    );
     /// Channels left to fill after the first plane is done.
     fn finish(slot: &mut [Self], plane: usize, channels: usize);
 }
 
 impl Pixel for u8 {
     #[inline]
-    fn write_row(slot: &mut [u8], row: &[f32], i: usize, _plane: usize, _channels: usize, _n: &Normalize) {
+    fn write_row(
+        slot: &mut [u8],
+        row: &[f32],
+        i: usize,
+        _plane: usize,
+        _channels: usize,
+        _n: &Normalize,
+    ) {
         let w = row.len();
         for (d, &v) in slot[i * w..(i + 1) * w].iter_mut().zip(row) {
             *d = crate::augment::to_u8(v);
@@ -161,14 +209,21 @@ impl Pixel for u8 {
 
 impl Pixel for f32 {
     #[inline]
-    fn write_row(slot: &mut [f32], row: &[f32], i: usize, plane: usize, channels: usize, n: &Normalize) {
+    fn write_row(
+        slot: &mut [f32],
+        row: &[f32],
+        i: usize,
+        plane: usize,
+        channels: usize,
+        n: &Normalize,
+    ) {
         // The normalisation happens in the same pass: each channel gets its own scale and bias.
         let w = row.len();
         for c in 0..channels {
             let (s, b) = (n.scale[c], n.bias[c]);
             let start = c * plane + i * w;
             for (d, &v) in slot[start..start + w].iter_mut().zip(row) {
-                *d = v.mul_add(s, b);
+                *d = v * s + b; // not mul_add: without FMA in the target that is a slow libm call
             }
         }
     }
@@ -176,22 +231,25 @@ impl Pixel for f32 {
     fn finish(_slot: &mut [f32], _plane: usize, _channels: usize) {}
 }
 
+/// One row of samples and the scratch that computes it, per worker thread.
+type Row = (Vec<f32>, RowScratch);
+
 fn fill_slot<T: Pixel>(
     src: GreyView<'_>,
     params: &AugmentParams,
     spec: &BatchSpec,
     norm: &Normalize,
     slot: &mut [T],
-    row: &mut Vec<f32>,
+    row: &mut Row,
 ) -> Result<()> {
     let (oh, ow) = spec.out_hw;
     crate::augment::check_sizes(src, spec.out_hw)?;
     let map = Mapping::new(params, (src.height, src.width), spec.out_hw);
-    row.resize(ow, 0.0);
+    row.0.resize(ow, 0.0);
     let plane = oh * ow;
     for i in 0..oh {
-        warp_row(src, &map, spec.sampling(), i, row);
-        T::write_row(slot, row, i, plane, spec.channels, norm);
+        warp_row(src, &map, spec.sampling(), i, &mut row.0, &mut row.1);
+        T::write_row(slot, &row.0, i, plane, spec.channels, norm);
     }
     T::finish(slot, plane, spec.channels);
     Ok(())
@@ -231,24 +289,26 @@ pub fn load_batch<T: Pixel>(
     if sources.is_empty() {
         return Ok(());
     }
-    let one = |k: usize, slot: &mut [T], row: &mut Vec<f32>| -> Result<()> {
+    let one = |k: usize, slot: &mut [T], row: &mut Row| -> Result<()> {
         let src = &sources[k];
         let loaded = load(src, &spec.limits, cache).map_err(|e| e.with_item(&src.describe(k)))?;
         let params = spec.params(sample_ids[k]);
-        fill_slot(loaded.view(), &params, spec, norm, slot, row)
-            .map_err(|e| match e {
-                CtfpError::Value(m) => CtfpError::Value(format!("{}: {m}", src.describe(k))),
-                other => other,
-            })
+        fill_slot(loaded.view(), &params, spec, norm, slot, row).map_err(|e| match e {
+            CtfpError::Value(m) => CtfpError::Value(format!("{}: {m}", src.describe(k))),
+            other => other,
+        })
     };
     let results: Vec<Result<()>> = if threads == 1 {
-        let mut row = Vec::new();
-        out.chunks_mut(slot_len).enumerate().map(|(k, slot)| one(k, slot, &mut row)).collect()
+        let mut row = Row::default();
+        out.chunks_mut(slot_len)
+            .enumerate()
+            .map(|(k, slot)| one(k, slot, &mut row))
+            .collect()
     } else {
         pool::get(threads)?.install(|| {
             out.par_chunks_mut(slot_len)
                 .enumerate()
-                .map_init(Vec::new, |row, (k, slot)| one(k, slot, row))
+                .map_init(Row::default, |row, (k, slot)| one(k, slot, row))
                 .collect()
         })
     };
@@ -260,7 +320,9 @@ mod tests {
     use super::*;
 
     fn grey(h: usize, w: usize, salt: u8) -> Vec<u8> {
-        (0..h * w).map(|k| (k as u8).wrapping_mul(31).wrapping_add(salt)).collect()
+        (0..h * w)
+            .map(|k| (k as u8).wrapping_mul(31).wrapping_add(salt))
+            .collect()
     }
 
     fn spec() -> BatchSpec {
@@ -280,7 +342,13 @@ mod tests {
         let imgs: Vec<Vec<u8>> = (0..7).map(|k| grey(16, 14, k as u8)).collect();
         let srcs: Vec<Source> = imgs
             .iter()
-            .map(|d| Source::Grey(GreyView { data: d, height: 16, width: 14 }))
+            .map(|d| {
+                Source::Grey(GreyView {
+                    data: d,
+                    height: 16,
+                    width: 14,
+                })
+            })
             .collect();
         let ids: Vec<u64> = (100..107).collect();
         let slot = 3 * 12 * 10;
@@ -303,7 +371,11 @@ mod tests {
     fn lowest_failing_index_is_reported() {
         let good = grey(8, 8, 0);
         let srcs = vec![
-            Source::Grey(GreyView { data: &good, height: 8, width: 8 }),
+            Source::Grey(GreyView {
+                data: &good,
+                height: 8,
+                width: 8,
+            }),
             Source::Bytes(b"nope"),
             Source::Bytes(b""),
             Source::Path(Path::new("/no/such/file.png")),
@@ -320,9 +392,22 @@ mod tests {
     #[test]
     fn channels_are_copies_of_the_grey_plane() {
         let img = grey(20, 20, 3);
-        let srcs = [Source::Grey(GreyView { data: &img, height: 20, width: 20 })];
+        let srcs = [Source::Grey(GreyView {
+            data: &img,
+            height: 20,
+            width: 20,
+        })];
         let mut out = vec![0u8; 3 * 120];
-        load_batch(&srcs, &[9], &spec(), &Normalize::new([0.0; 3], [1.0; 3]), None, None, &mut out).unwrap();
+        load_batch(
+            &srcs,
+            &[9],
+            &spec(),
+            &Normalize::new([0.0; 3], [1.0; 3]),
+            None,
+            None,
+            &mut out,
+        )
+        .unwrap();
         assert_eq!(out[..120], out[120..240]);
         assert_eq!(out[..120], out[240..]);
     }

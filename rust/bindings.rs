@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use numpy::ndarray::{Array2, Array4};
-use numpy::{IntoPyArray, PyArray2, PyArray4, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::{
+    IntoPyArray, PyArray2, PyArray4, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods,
+};
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -51,7 +53,11 @@ fn extract_source<'py>(obj: &Bound<'py, PyAny>, index: usize) -> PyResult<Held<'
     if let Ok(p) = obj.extract::<PathBuf>() {
         return Ok(Held::Path(p));
     }
-    let kind = obj.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into());
+    let kind = obj
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into());
     let hint = if obj.hasattr("dtype").unwrap_or(false) {
         " (arrays must have dtype uint8)"
     } else {
@@ -75,8 +81,16 @@ fn as_source<'a>(held: &'a Held<'_>, index: usize) -> PyResult<Source<'a>> {
                 ))
             })?;
             match shape.as_slice() {
-                [h, w] | [h, w, 1] => Source::Grey(GreyView { data, height: *h, width: *w }),
-                [h, w, 3] => Source::Rgb { data, height: *h, width: *w },
+                [h, w] | [h, w, 1] => Source::Grey(GreyView {
+                    data,
+                    height: *h,
+                    width: *w,
+                }),
+                [h, w, 3] => Source::Rgb {
+                    data,
+                    height: *h,
+                    width: *w,
+                },
                 _ => {
                     return Err(PyValueError::new_err(format!(
                         "image {index}: expected an array of shape (H, W), (H, W, 1) or (H, W, 3), \
@@ -89,7 +103,11 @@ fn as_source<'a>(held: &'a Held<'_>, index: usize) -> PyResult<Source<'a>> {
 }
 
 fn limits_from(limits: (u32, u32, u64)) -> Limits {
-    Limits { max_width: limits.0, max_height: limits.1, max_pixels: limits.2 }
+    Limits {
+        max_width: limits.0,
+        max_height: limits.1,
+        max_pixels: limits.2,
+    }
 }
 
 fn sampling_from(interpolation: &str, fill: &str, cval: f64) -> PyResult<Sampling> {
@@ -125,7 +143,9 @@ fn decode_png_py<'py>(
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
     let held = extract_source(source, 0)?;
     if let Held::Array(_) = held {
-        return Err(PyTypeError::new_err("source: expected a path or PNG bytes, found an array"));
+        return Err(PyTypeError::new_err(
+            "source: expected a path or PNG bytes, found an array",
+        ));
     }
     let src = as_source(&held, 0)?;
     let limits = limits_from(limits);
@@ -162,15 +182,32 @@ fn transform_py<'py>(
     let data = image.as_slice().map_err(|_| {
         PyValueError::new_err("image: array is not C-contiguous; pass np.ascontiguousarray(image)")
     })?;
-    let params = AugmentParams { flip, angle_deg, zoom, shift };
+    let params = AugmentParams {
+        flip,
+        angle_deg,
+        zoom,
+        shift,
+    };
     let out = py.detach(|| {
         no_panic(|| {
-            augment::transform(GreyView { data, height: h, width: w }, &params, &sampling, size)
+            augment::transform(
+                GreyView {
+                    data,
+                    height: h,
+                    width: w,
+                },
+                &params,
+                &sampling,
+                size,
+            )
         })
     })?;
     let arr = Array2::from_shape_vec(size, out).map_err(|e| CtfpError::Internal(e.to_string()))?;
     Ok(arr.into_pyarray(py))
 }
+
+/// `(flip, angle_deg, (zoom_h, zoom_w), (shift_h, shift_w))`
+type ParamsTuple = (bool, f64, (f64, f64), (f64, f64));
 
 #[pyfunction(name = "sample_params")]
 #[pyo3(signature = (augment, *, seed, epoch, sample_id))]
@@ -179,7 +216,7 @@ fn sample_params_py(
     seed: u64,
     epoch: u64,
     sample_id: u64,
-) -> PyResult<(bool, f64, (f64, f64), (f64, f64))> {
+) -> PyResult<ParamsTuple> {
     let cfg = augment_from(&augment)?;
     let p = AugmentParams::sample(&mut crate::rng::ImageRng::new(seed, epoch, sample_id), &cfg);
     Ok((p.flip, p.angle_deg, p.zoom, p.shift))
@@ -206,10 +243,16 @@ fn load_batch_py<'py>(
     cache: Option<Bound<'py, PyImageCache>>,
     n_threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let held: Vec<Held> =
-        sources.iter().enumerate().map(|(k, s)| extract_source(s, k)).collect::<PyResult<_>>()?;
-    let srcs: Vec<Source> =
-        held.iter().enumerate().map(|(k, h)| as_source(h, k)).collect::<PyResult<_>>()?;
+    let held: Vec<Held> = sources
+        .iter()
+        .enumerate()
+        .map(|(k, s)| extract_source(s, k))
+        .collect::<PyResult<_>>()?;
+    let srcs: Vec<Source> = held
+        .iter()
+        .enumerate()
+        .map(|(k, h)| as_source(h, k))
+        .collect::<PyResult<_>>()?;
     let spec = BatchSpec {
         out_hw: size,
         channels,
@@ -220,7 +263,10 @@ fn load_batch_py<'py>(
         limits: limits_from(limits),
     };
     spec.validate()?;
-    for (name, v) in [("std", [std.0, std.1, std.2]), ("mean", [mean.0, mean.1, mean.2])] {
+    for (name, v) in [
+        ("std", [std.0, std.1, std.2]),
+        ("mean", [mean.0, mean.1, mean.2]),
+    ] {
         if v.iter().any(|x| !x.is_finite()) || (name == "std" && v.iter().any(|&x| x <= 0.0)) {
             return Err(PyValueError::new_err(format!(
                 "normalize: expected finite {name} values{}, found {v:?}",
@@ -237,22 +283,40 @@ fn load_batch_py<'py>(
             let buf = py.detach(|| {
                 no_panic(|| {
                     let mut buf = vec![0u8; n];
-                    batch::load_batch(&srcs, &sample_ids, &spec, &norm, cache_ref, n_threads, &mut buf)?;
+                    batch::load_batch(
+                        &srcs,
+                        &sample_ids,
+                        &spec,
+                        &norm,
+                        cache_ref,
+                        n_threads,
+                        &mut buf,
+                    )?;
                     Ok(buf)
                 })
             })?;
-            let arr = Array4::from_shape_vec(shape, buf).map_err(|e| CtfpError::Internal(e.to_string()))?;
+            let arr = Array4::from_shape_vec(shape, buf)
+                .map_err(|e| CtfpError::Internal(e.to_string()))?;
             Ok(arr.into_pyarray(py).into_any())
         }
         "float32" => {
             let buf = py.detach(|| {
                 no_panic(|| {
                     let mut buf = vec![0f32; n];
-                    batch::load_batch(&srcs, &sample_ids, &spec, &norm, cache_ref, n_threads, &mut buf)?;
+                    batch::load_batch(
+                        &srcs,
+                        &sample_ids,
+                        &spec,
+                        &norm,
+                        cache_ref,
+                        n_threads,
+                        &mut buf,
+                    )?;
                     Ok(buf)
                 })
             })?;
-            let arr = Array4::from_shape_vec(shape, buf).map_err(|e| CtfpError::Internal(e.to_string()))?;
+            let arr = Array4::from_shape_vec(shape, buf)
+                .map_err(|e| CtfpError::Internal(e.to_string()))?;
             let out: Bound<'py, PyArray4<f32>> = arr.into_pyarray(py);
             Ok(out.into_any())
         }
@@ -269,8 +333,12 @@ fn default_threads_py() -> usize {
 
 #[pyfunction(name = "read_png_size")]
 #[pyo3(signature = (data, *, limits))]
-fn read_png_size_py(data: &Bound<'_, PyBytes>, limits: (u32, u32, u64)) -> PyResult<(usize, usize)> {
-    Ok(decode::read_size(data.as_bytes(), &limits_from(limits)).map_err(|e| e.with_item("PNG bytes"))?)
+fn read_png_size_py(
+    data: &Bound<'_, PyBytes>,
+    limits: (u32, u32, u64),
+) -> PyResult<(usize, usize)> {
+    Ok(decode::read_size(data.as_bytes(), &limits_from(limits))
+        .map_err(|e| e.with_item("PNG bytes"))?)
 }
 
 /// Decode-once in-memory cache of grey images, shared across `load_batch` calls and threads.
@@ -284,7 +352,9 @@ impl PyImageCache {
     #[new]
     #[pyo3(signature = (max_bytes = None))]
     fn new(max_bytes: Option<usize>) -> Self {
-        PyImageCache { inner: ImageCache::new(max_bytes.unwrap_or(usize::MAX)) }
+        PyImageCache {
+            inner: ImageCache::new(max_bytes.unwrap_or(usize::MAX)),
+        }
     }
 
     /// Counts: entries, bytes, hits, misses, max_bytes.

@@ -42,7 +42,12 @@ pub struct CacheStats {
 impl ImageCache {
     pub fn new(max_bytes: usize) -> Self {
         ImageCache {
-            inner: Mutex::new(Inner { map: HashMap::new(), bytes: 0, hits: 0, misses: 0 }),
+            inner: Mutex::new(Inner {
+                map: HashMap::new(),
+                bytes: 0,
+                hits: 0,
+                misses: 0,
+            }),
             max_bytes,
         }
     }
@@ -59,7 +64,10 @@ impl ImageCache {
         load: impl FnOnce() -> Result<Image>,
     ) -> Result<Arc<Image>> {
         let meta = std::fs::metadata(path).ok();
-        let stamp = meta.map(|m| Stamp { len: m.len(), modified: m.modified().ok() });
+        let stamp = meta.map(|m| Stamp {
+            len: m.len(),
+            modified: m.modified().ok(),
+        });
         if let Some(stamp) = stamp {
             let mut inner = self.lock();
             if let Some((s, img)) = inner.map.get(path) {
@@ -83,7 +91,9 @@ impl ImageCache {
             }
             if inner.bytes + size <= self.max_bytes {
                 inner.bytes += size;
-                inner.map.insert(path.to_path_buf(), (stamp, Arc::clone(&img)));
+                inner
+                    .map
+                    .insert(path.to_path_buf(), (stamp, Arc::clone(&img)));
             }
         }
         Ok(img)
@@ -112,7 +122,11 @@ mod tests {
     use super::*;
 
     fn img(n: usize) -> Image {
-        Image { height: 1, width: n, data: vec![7; n] }
+        Image {
+            height: 1,
+            width: n,
+            data: vec![7; n],
+        }
     }
 
     #[test]
@@ -124,7 +138,9 @@ mod tests {
         let cache = ImageCache::new(1 << 20);
         let lim = Limits::default();
         cache.get_or_load(&p, &lim, || Ok(img(4))).unwrap();
-        let again = cache.get_or_load(&p, &lim, || panic!("must not reload")).unwrap();
+        let again = cache
+            .get_or_load(&p, &lim, || panic!("must not reload"))
+            .unwrap();
         assert_eq!(again.width, 4);
         std::fs::write(&p, b"longer").unwrap();
         let changed = cache.get_or_load(&p, &lim, || Ok(img(5))).unwrap();
@@ -142,8 +158,12 @@ mod tests {
         std::fs::write(&a, b"a").unwrap();
         std::fs::write(&b, b"b").unwrap();
         let cache = ImageCache::new(6);
-        cache.get_or_load(&a, &Limits::default(), || Ok(img(4))).unwrap();
-        cache.get_or_load(&b, &Limits::default(), || Ok(img(4))).unwrap();
+        cache
+            .get_or_load(&a, &Limits::default(), || Ok(img(4)))
+            .unwrap();
+        cache
+            .get_or_load(&b, &Limits::default(), || Ok(img(4)))
+            .unwrap();
         assert_eq!(cache.stats().entries, 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }

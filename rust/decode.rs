@@ -7,6 +7,7 @@
 //! - RGB and palette colours become ITU-R 601-2 luma with Pillow's fixed-point weights,
 //!   `(19595 R + 38470 G + 7471 B + 32768) >> 16`, so results equal `Image.convert("L")`;
 //! - alpha (an alpha channel or a tRNS chunk) is dropped, not composited, as `convert("L")` does.
+//!
 //! Interlaced (Adam7) files decode like any other.
 //!
 //! Sizes are checked against `Limits` from the header, before any pixel buffer is allocated.
@@ -29,7 +30,11 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_width: 16_384, max_height: 16_384, max_pixels: 1 << 26 }
+        Limits {
+            max_width: 16_384,
+            max_height: 16_384,
+            max_pixels: 1 << 26,
+        }
     }
 }
 
@@ -43,7 +48,11 @@ pub struct Image {
 
 impl Image {
     pub fn view(&self) -> crate::augment::GreyView<'_> {
-        crate::augment::GreyView { data: &self.data, height: self.height, width: self.width }
+        crate::augment::GreyView {
+            data: &self.data,
+            height: self.height,
+            width: self.width,
+        }
     }
 }
 
@@ -100,7 +109,9 @@ pub fn read_size(bytes: &[u8], limits: &Limits) -> Result<(usize, usize)> {
 
 fn check_signature(bytes: &[u8]) -> Result<()> {
     if bytes.is_empty() {
-        return Err(CtfpError::decode("empty input (0 bytes); expected a PNG file"));
+        return Err(CtfpError::decode(
+            "empty input (0 bytes); expected a PNG file",
+        ));
     }
     if bytes.len() < 8 || bytes[..8] != PNG_SIGNATURE {
         return Err(CtfpError::decode(format!(
@@ -135,16 +146,26 @@ pub fn decode_png(bytes: &[u8], limits: &Limits) -> Result<Image> {
     };
     check_limits(width, height, limits)?;
     // The decoder's own byte cap, as a second line of defence: the largest frame we accept.
-    decoder.set_limits(png::Limits { bytes: (limits.max_pixels as usize).saturating_mul(8) + (1 << 20) });
+    decoder.set_limits(png::Limits {
+        bytes: (limits.max_pixels as usize).saturating_mul(8) + (1 << 20),
+    });
     let fast = color == ColorType::Grayscale && depth == BitDepth::Eight;
-    decoder.set_transformations(if fast { Transformations::IDENTITY } else { Transformations::EXPAND });
+    decoder.set_transformations(if fast {
+        Transformations::IDENTITY
+    } else {
+        Transformations::EXPAND
+    });
     let mut reader = decoder.read_info().map_err(map_png_error)?;
     let (h, w) = (height as usize, width as usize);
     let n = h * w;
     if fast {
         let mut data = vec![0u8; n];
         reader.next_frame(&mut data).map_err(map_png_error)?;
-        return Ok(Image { height: h, width: w, data });
+        return Ok(Image {
+            height: h,
+            width: w,
+            data,
+        });
     }
     let size = reader
         .output_buffer_size()
@@ -170,11 +191,25 @@ pub fn decode_png(bytes: &[u8], limits: &Limits) -> Result<Image> {
         let row = &buf[y * line..y * line + w * channels * bps];
         for (x, o) in out_row.iter_mut().enumerate() {
             let px = &row[x * channels * bps..(x + 1) * channels * bps];
-            let sample = |c: usize| if sixteen { from16(px[2 * c], px[2 * c + 1]) } else { px[c] };
-            *o = if channels >= 3 { luma(sample(0), sample(1), sample(2)) } else { sample(0) };
+            let sample = |c: usize| {
+                if sixteen {
+                    from16(px[2 * c], px[2 * c + 1])
+                } else {
+                    px[c]
+                }
+            };
+            *o = if channels >= 3 {
+                luma(sample(0), sample(1), sample(2))
+            } else {
+                sample(0)
+            };
         }
     }
-    Ok(Image { height: h, width: w, data })
+    Ok(Image {
+        height: h,
+        width: w,
+        data,
+    })
 }
 
 #[cfg(test)]
@@ -198,7 +233,9 @@ mod tests {
     fn rejects_empty_and_non_png() {
         let e = decode_png(b"", &Limits::default()).unwrap_err().to_string();
         assert!(e.contains("empty"), "{e}");
-        let e = decode_png(b"GIF89a....", &Limits::default()).unwrap_err().to_string();
+        let e = decode_png(b"GIF89a....", &Limits::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("'GIF89a..'"), "{e}");
     }
 
@@ -213,20 +250,40 @@ mod tests {
     #[test]
     fn refuses_over_cap_before_decoding() {
         let png = encode(40, 30, ColorType::Grayscale, BitDepth::Eight, &[0; 1200]);
-        let lim = Limits { max_width: 39, ..Limits::default() };
-        assert!(decode_png(&png, &lim).unwrap_err().to_string().contains("40x30"));
-        let lim = Limits { max_pixels: 1199, ..Limits::default() };
+        let lim = Limits {
+            max_width: 39,
+            ..Limits::default()
+        };
+        assert!(decode_png(&png, &lim)
+            .unwrap_err()
+            .to_string()
+            .contains("40x30"));
+        let lim = Limits {
+            max_pixels: 1199,
+            ..Limits::default()
+        };
         assert!(decode_png(&png, &lim).is_err());
         assert_eq!(read_size(&png, &Limits::default()).unwrap(), (30, 40));
     }
 
     #[test]
     fn sixteen_bit_and_rgb_rules() {
-        let g16: Vec<u8> = [0u16, 128, 129, 257, 65535, 32896].iter().flat_map(|v| v.to_be_bytes()).collect();
-        let img = decode_png(&encode(6, 1, ColorType::Grayscale, BitDepth::Sixteen, &g16), &Limits::default()).unwrap();
+        let g16: Vec<u8> = [0u16, 128, 129, 257, 65535, 32896]
+            .iter()
+            .flat_map(|v| v.to_be_bytes())
+            .collect();
+        let img = decode_png(
+            &encode(6, 1, ColorType::Grayscale, BitDepth::Sixteen, &g16),
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(img.data, vec![0, 0, 1, 1, 255, 128]);
         let rgb = [255u8, 0, 0, 0, 255, 0, 0, 0, 255, 10, 20, 30];
-        let img = decode_png(&encode(4, 1, ColorType::Rgb, BitDepth::Eight, &rgb), &Limits::default()).unwrap();
+        let img = decode_png(
+            &encode(4, 1, ColorType::Rgb, BitDepth::Eight, &rgb),
+            &Limits::default(),
+        )
+        .unwrap();
         assert_eq!(img.data, vec![76, 150, 29, 18]);
     }
 

@@ -29,17 +29,27 @@ impl CtfpError {
     /// below the level that knows the index.
     pub fn with_item(self, item: &str) -> Self {
         match self {
-            CtfpError::NotFound { path, .. } => CtfpError::NotFound { item: item.to_string(), path },
-            CtfpError::Io { message, .. } => CtfpError::Io { item: item.to_string(), message },
-            CtfpError::Decode { message, .. } => {
-                CtfpError::Decode { item: item.to_string(), message }
-            }
+            CtfpError::NotFound { path, .. } => CtfpError::NotFound {
+                item: item.to_string(),
+                path,
+            },
+            CtfpError::Io { message, .. } => CtfpError::Io {
+                item: item.to_string(),
+                message,
+            },
+            CtfpError::Decode { message, .. } => CtfpError::Decode {
+                item: item.to_string(),
+                message,
+            },
             other => other,
         }
     }
 
     pub fn decode(message: impl Into<String>) -> Self {
-        CtfpError::Decode { item: "image".to_string(), message: message.into() }
+        CtfpError::Decode {
+            item: "image".to_string(),
+            message: message.into(),
+        }
     }
 }
 

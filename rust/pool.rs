@@ -24,7 +24,9 @@ static POOLS: Mutex<Option<Pools>> = Mutex::new(None);
 
 /// How many threads `None` means: the cores this process may use.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 /// Check a user's `n_threads` and resolve `None`.
@@ -43,10 +45,16 @@ pub fn get(n: usize) -> Result<&'static ThreadPool> {
     let pid = std::process::id();
     // A poisoned lock only means another thread panicked while holding it; the map is still usable.
     let mut guard = POOLS.lock().unwrap_or_else(|p| p.into_inner());
-    let pools = guard.get_or_insert_with(|| Pools { pid, by_size: HashMap::new() });
+    let pools = guard.get_or_insert_with(|| Pools {
+        pid,
+        by_size: HashMap::new(),
+    });
     if pools.pid != pid {
         // Forked: forget (leak) the parent's pools.
-        *pools = Pools { pid, by_size: HashMap::new() };
+        *pools = Pools {
+            pid,
+            by_size: HashMap::new(),
+        };
     }
     if let Some(pool) = pools.by_size.get(&n) {
         return Ok(pool);

@@ -1,0 +1,40 @@
+"""ctfp: find the training-data fingerprints that generated lung-CT images leak.
+
+``import ctfp`` loads the Rust core and numpy only; torch and onnxruntime are imported by the
+parts that use them.
+"""
+
+from __future__ import annotations
+
+from . import synthetic
+from ._core import __version__
+from .exceptions import CtfpError, ImageDecodeError
+from .preprocess import (
+    NORMALIZE_PRESETS,
+    Augment,
+    AugmentParams,
+    DecodeLimits,
+    ImageCache,
+    decode_png,
+    default_threads,
+    load_batch,
+    transform,
+)
+from .stream import BatchStream
+
+__all__ = [
+    "NORMALIZE_PRESETS",
+    "Augment",
+    "AugmentParams",
+    "BatchStream",
+    "CtfpError",
+    "DecodeLimits",
+    "ImageCache",
+    "ImageDecodeError",
+    "__version__",
+    "decode_png",
+    "default_threads",
+    "load_batch",
+    "synthetic",
+    "transform",
+]

@@ -1,0 +1,192 @@
+"""A batch stream over a list of images: per-epoch shuffling, augmentation and background
+prefetching, yielding numpy arrays (``torch.from_numpy`` shares their memory)."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from .preprocess import Augment, DecodeLimits, ImageCache, _check_int, load_batch
+
+__all__ = ["BatchStream"]
+
+_DONE = object()
+
+
+class BatchStream:
+    """Iterate over ``sources`` in batches, one epoch per ``for`` loop.
+
+    Each pass draws a fresh order (when ``shuffle``) and fresh augmentation from
+    ``(seed, epoch)``; sample ids are the sources' positions in ``sources``, so a given epoch is
+    reproducible whatever ``batch_size`` or ``n_threads``. While the caller works on one batch,
+    a background thread assembles the next ``prefetch`` batches (the Rust core releases the GIL,
+    so loading and a torch training step run at the same time).
+
+    Parameters
+    ----------
+    sources : sequence
+        Paths, PNG bytes or uint8 arrays, as :func:`ctfp.load_batch` takes.
+    labels : array-like, optional
+        One label per source; when given, each item is ``(images, labels)``.
+    batch_size : int
+    shuffle : bool
+        New order each epoch from ``(seed, epoch)``.
+    drop_last : bool
+        Skip a final batch smaller than ``batch_size``.
+    prefetch : int
+        Batches assembled ahead in the background; ``0`` loads in the caller's thread.
+    cache : bool or ctfp.ImageCache
+        ``True`` keeps decoded path sources in memory after their first use, so epochs after the
+        first skip PNG decoding.
+    **load_kwargs
+        ``size``, ``augment``, ``dtype``, ``normalize``, ``layout``, ``interpolation``, ``fill``,
+        ``limits``, ``n_threads``: passed to :func:`ctfp.load_batch`.
+
+    Examples
+    --------
+    >>> stream = BatchStream(paths, labels=y, batch_size=32, augment=ctfp.Augment(),
+    ...                      dtype="float32", normalize="imagenet", cache=True)
+    >>> for epoch in range(50):
+    ...     for xb, yb in stream:        # epoch 0, 1, ... in turn
+    ...         loss = step(torch.from_numpy(xb).to(device), torch.from_numpy(yb))
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Any],
+        *,
+        labels: Sequence[Any] | np.ndarray | None = None,
+        batch_size: int = 32,
+        shuffle: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        prefetch: int = 2,
+        cache: bool | ImageCache = False,
+        size: int | tuple[int, int] = (224, 224),
+        augment: Augment | None = None,
+        dtype: str = "uint8",
+        normalize: Any = None,
+        layout: str = "rgb",
+        interpolation: str = "bilinear",
+        fill: str = "nearest",
+        limits: DecodeLimits | None = None,
+        n_threads: int | None = None,
+    ) -> None:
+        self.sources = list(sources)
+        if labels is not None:
+            labels = np.asarray(labels)
+            if len(labels) != len(self.sources):
+                n = len(self.sources)
+                raise ValueError(f"labels: expected {n} labels (one per source), found {len(labels)}")
+        self.labels = labels
+        self.batch_size = _check_int("batch_size", batch_size, 1, 2**31)
+        self.shuffle = bool(shuffle)
+        self.drop_last = bool(drop_last)
+        self.seed = _check_int("seed", seed)
+        self.prefetch = _check_int("prefetch", prefetch, 0, 1024)
+        if isinstance(cache, ImageCache):
+            self.cache: ImageCache | None = cache
+        elif isinstance(cache, bool):
+            self.cache = ImageCache() if cache else None
+        else:
+            raise TypeError(
+                f"cache: expected a bool or a ctfp.ImageCache, found {type(cache).__name__}"
+            )
+        self.load_kwargs = dict(
+            size=size,
+            augment=augment,
+            dtype=dtype,
+            normalize=normalize,
+            layout=layout,
+            interpolation=interpolation,
+            fill=fill,
+            limits=limits,
+            n_threads=n_threads,
+        )
+        self.epoch = 0
+        # Fail now, not in the background thread, on bad loader options.
+        if self.sources:
+            load_batch(self.sources[:0], **self.load_kwargs)
+
+    def __len__(self) -> int:
+        n, b = len(self.sources), self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    def order(self, epoch: int) -> np.ndarray:
+        """The sample order of ``epoch`` (a permutation of ``0 .. N-1`` when shuffling)."""
+        n = len(self.sources)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.Generator(
+            np.random.PCG64([self.seed, _check_int("epoch", epoch)])
+        ).permutation(n)
+
+    def _batches(self, epoch: int) -> Iterator[np.ndarray]:
+        order = self.order(epoch)
+        for k in range(len(self)):
+            yield order[k * self.batch_size : (k + 1) * self.batch_size]
+
+    def _load(self, idx: np.ndarray, epoch: int) -> Any:
+        images = load_batch(
+            [self.sources[i] for i in idx],
+            sample_ids=idx,
+            seed=self.seed,
+            epoch=epoch,
+            cache=self.cache,
+            **self.load_kwargs,
+        )
+        return images if self.labels is None else (images, self.labels[idx])
+
+    def iter_epoch(self, epoch: int) -> Iterator[Any]:
+        """Iterate over the batches of one given epoch (does not move the epoch counter)."""
+        if self.prefetch == 0:
+            for idx in self._batches(epoch):
+                yield self._load(idx, epoch)
+            return
+        q: queue.Queue[Any] = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for idx in self._batches(epoch):
+                    item = self._load(idx, epoch)
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(_DONE)
+            except BaseException as exc:  # handed to the consumer, raised there
+                q.put(exc)
+
+        worker = threading.Thread(target=produce, name="ctfp-prefetch", daemon=True)
+        worker.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            # The consumer stopped early or failed: let the producer finish and free the queue.
+            stop.set()
+            while worker.is_alive():
+                try:
+                    q.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            worker.join()
+
+    def __iter__(self) -> Iterator[Any]:
+        epoch = self.epoch
+        self.epoch += 1
+        return self.iter_epoch(epoch)
