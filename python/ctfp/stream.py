@@ -81,7 +81,7 @@ class BatchStream:
             labels = np.asarray(labels)
             if len(labels) != len(self.sources):
                 n = len(self.sources)
-                raise ValueError(f"labels: expected {n} labels (one per source), found {len(labels)}")
+                raise ValueError(f"labels: expected {n} (one per source), found {len(labels)}")
         self.labels = labels
         self.batch_size = _check_int("batch_size", batch_size, 1, 2**31)
         self.shuffle = bool(shuffle)
