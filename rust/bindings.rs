@@ -282,7 +282,7 @@ fn load_batch_py<'py>(
         "uint8" => {
             let buf = py.detach(|| {
                 no_panic(|| {
-                    let mut buf = vec![0u8; n];
+                    let mut buf = batch::alloc_output::<u8>(n);
                     batch::load_batch(
                         &srcs,
                         &sample_ids,
@@ -302,7 +302,7 @@ fn load_batch_py<'py>(
         "float32" => {
             let buf = py.detach(|| {
                 no_panic(|| {
-                    let mut buf = vec![0f32; n];
+                    let mut buf = batch::alloc_output::<f32>(n);
                     batch::load_batch(
                         &srcs,
                         &sample_ids,

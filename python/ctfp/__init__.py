@@ -6,7 +6,6 @@ parts that use them.
 
 from __future__ import annotations
 
-from . import synthetic
 from ._core import __version__
 from .exceptions import CtfpError, ImageDecodeError
 from .preprocess import (
@@ -38,3 +37,12 @@ __all__ = [
     "synthetic",
     "transform",
 ]
+
+
+def __getattr__(name: str) -> object:
+    # ``ctfp.synthetic`` pulls in scipy: load it on first use, not at ``import ctfp``.
+    if name == "synthetic":
+        import importlib
+
+        return importlib.import_module(".synthetic", __name__)
+    raise AttributeError(f"module 'ctfp' has no attribute {name!r}")

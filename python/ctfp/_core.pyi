@@ -1,9 +1,19 @@
 from os import PathLike
-from typing import Any, Literal
+from typing import Any, Literal, final
 
 import numpy as np
 import numpy.typing as npt
 
+__all__ = [
+    "ImageCache",
+    "decode_png",
+    "default_threads",
+    "load_batch",
+    "read_png_size",
+    "sample_params",
+    "transform",
+    "__version__",
+]
 __version__: str
 
 _Source = str | PathLike[str] | bytes | npt.NDArray[np.uint8]
@@ -48,6 +58,7 @@ def load_batch(
 def default_threads() -> int: ...
 def read_png_size(data: bytes, *, limits: _Limits) -> tuple[int, int]: ...
 
+@final
 class ImageCache:
     def __new__(cls, max_bytes: int | None = None) -> ImageCache: ...
     def stats(self) -> dict[str, int]: ...

@@ -1,0 +1,53 @@
+# ctfp: every target sets up what it needs in .venv (created on first use), so each one works on
+# a fresh machine that has Python >= 3.10 and a Rust toolchain.
+#   make demo    the main job on built-in synthetic data
+#   make test    the whole test suite (Rust and Python), as CI runs it
+#   make bench   augmentation-throughput benchmarks against OpenCV, Pillow, torchvision
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip
+STAMP  := $(VENV)/.installed
+OUT    ?= out/demo
+
+.PHONY: demo test test-rust test-python lint bench wheel clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+
+# Build the extension in release mode and install the package with its test extras.
+$(STAMP): $(PY) pyproject.toml Cargo.toml Cargo.lock $(wildcard rust/*.rs)
+	$(PIP) install --quiet "maturin>=1.7,<2"
+	$(PIP) install --quiet -e ".[test,dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m ctfp demo --out $(OUT)
+
+test: test-rust lint test-python
+
+test-rust:
+	cargo fmt --check
+	cargo clippy --all-targets -- -D warnings
+	cargo test --quiet
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check python tests benches
+	$(VENV)/bin/ruff format --check python tests benches
+	$(PY) -m mypy.stubtest ctfp._core
+
+test-python: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PIP) install --quiet -e ".[test,dev,bench]"
+	$(PY) -m pytest benches -q --benchmark-json=out/bench.json --benchmark-columns=median,iqr,ops
+	$(PY) benches/report.py out/bench.json
+
+wheel:
+	$(PY) -m maturin build --release --out dist
+
+clean:
+	rm -rf $(VENV) target dist out
