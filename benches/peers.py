@@ -49,7 +49,7 @@ def opencv_single_warp(paths, params, size=(224, 224), dtype="uint8"):
     import cv2
 
     out = np.empty((len(paths), *size), np.uint8)
-    for k, (path, p) in enumerate(zip(paths, params)):
+    for k, (path, p) in enumerate(zip(paths, params, strict=True)):
         g = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_GRAYSCALE)
         m, off = fused_matrix(p, g.shape, size)
         out[k] = cv2.warpAffine(
@@ -67,7 +67,7 @@ def opencv_plain(paths, params, size=(224, 224), dtype="uint8"):
     import cv2
 
     out = np.empty((len(paths), *size), np.uint8)
-    for k, (path, p) in enumerate(zip(paths, params)):
+    for k, (path, p) in enumerate(zip(paths, params, strict=True)):
         g = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
         g = cv2.resize(g, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
         m, off = fused_matrix(p._replace(flip=False), size, size)
@@ -87,7 +87,7 @@ def pillow(paths, params, size=(224, 224), dtype="uint8"):
     from PIL import Image
 
     out = np.empty((len(paths), *size), np.uint8)
-    for k, (path, p) in enumerate(zip(paths, params)):
+    for k, (path, p) in enumerate(zip(paths, params, strict=True)):
         with Image.open(path) as im:
             im = im.convert("L")
             m, off = fused_matrix(p, (im.height, im.width), size)
@@ -109,7 +109,7 @@ def torchvision_v2(paths, params, size=(224, 224), dtype="uint8"):
     from torchvision.transforms.v2 import functional as F
 
     imgs = []
-    for path, p in zip(paths, params):
+    for path, p in zip(paths, params, strict=True):
         raw = torch.frombuffer(bytearray(open(path, "rb").read()), dtype=torch.uint8)
         g = decode_png(raw)  # (1, H, W) uint8
         g = F.resize(g, list(size), interpolation=InterpolationMode.BILINEAR, antialias=False)
