@@ -11,7 +11,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 OUT    ?= out/demo
 
-.PHONY: demo test test-rust test-python lint bench wheel clean
+.PHONY: demo test test-rust test-python lint bench wheel wheel-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,8 +46,17 @@ bench: $(STAMP)
 	$(PY) -m pytest benches -q --benchmark-json=out/bench.json --benchmark-columns=median,iqr,ops
 	$(PY) benches/report.py out/bench.json
 
-wheel:
+wheel: $(STAMP)
+	rm -rf dist
 	$(PY) -m maturin build --release --out dist
+
+# The abi3 wheel in a fresh virtual environment, tested from a copy of tests/ (not the source tree).
+wheel-check: wheel
+	rm -rf out/wheel-check && mkdir -p out/wheel-check
+	$(PYTHON) -m venv out/wheel-check/venv
+	out/wheel-check/venv/bin/pip install --quiet dist/*.whl pytest hypothesis
+	cp -r tests out/wheel-check/tests
+	cd out/wheel-check && venv/bin/python -m pytest -q -p no:cacheprovider tests
 
 clean:
 	rm -rf $(VENV) target dist out
