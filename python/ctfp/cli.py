@@ -92,6 +92,26 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _validate(args: argparse.Namespace) -> int:
+    """Check a run file against the organisers' rules and the test images; list every problem
+    with its line number. Exit 0 when valid, 1 when not."""
+    from .runfile import validate_run_file
+
+    path = Path(args.runfile)
+    if not path.is_file():
+        print(f"ctfp validate: {path}: no such file", file=sys.stderr)
+        return 2
+    problems = validate_run_file(path, args.test_dir, strip_extension=not args.keep_extension)
+    for p in problems:
+        where = f"{path}:{p.line}" if p.line else str(path)
+        print(f"{where}: {p.kind}: {p.message}")
+    if problems:
+        print(f"{path}: INVALID ({len(problems)} problems)")
+        return 1
+    print(f"{path}: valid")
+    return 0
+
+
 def _positive(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -121,6 +141,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+
+    val = sub.add_parser(
+        "validate", help="check a run file against the test images", description=_validate.__doc__
+    )
+    val.add_argument("runfile", help="the run file to check")
+    val.add_argument(
+        "--test-dir", required=True, help="the test data folder (or its real_unknown/ folder)"
+    )
+    val.add_argument(
+        "--keep-extension",
+        action="store_true",
+        help="image ids keep their .png extension (default: stripped)",
+    )
+    val.set_defaults(func=_validate)
     return parser
 
 
@@ -132,8 +166,14 @@ def _version() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from .datasets import DatasetError
+    from .exceptions import CtfpError
+
     try:
         return int(args.func(args))
+    except CtfpError as exc:
+        print(f"ctfp {args.command}: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, DatasetError) else 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -1,0 +1,216 @@
+"""Readers for the ImageCLEFmedical GANs data layouts (2023, 2024, 2025).
+
+Development data has ``generated*/``, ``real_used*/`` and ``real_not_used*/`` folders; test data
+has ``generated*/`` and ``real_unknown*/``. A numeric suffix (``generated_1``, ``real_used_2``)
+names the dataset a folder belongs to, and a root may instead hold one folder per dataset
+(``Dataset1/``, ``Dataset2/``, as in 2024). Real folders without a suffix are shared by every
+dataset that has none of its own. :func:`find_datasets` says what it found, and what it could not
+use, in :meth:`Dataset.summary`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import _core
+from .exceptions import CtfpError
+from .preprocess import _DEFAULT_LIMITS
+
+__all__ = ["Dataset", "DatasetError", "find_datasets", "find_unknown_dir", "scan_images"]
+
+_FOLDER = re.compile(
+    r"^(?P<kind>generated|real_used|real_not_used|real_unknown)(?:[_-]?(?P<suffix>\d+))?$",
+    re.IGNORECASE,
+)
+_KINDS = ("generated", "real_used", "real_not_used", "real_unknown")
+
+
+class DatasetError(CtfpError, ValueError):
+    """A data folder does not have the layout ctfp expects; the message says what is missing."""
+
+
+@dataclass
+class FolderScan:
+    """What one folder holds: readable PNGs, their sizes, and the files that are not."""
+
+    path: Path
+    images: list[Path] = field(default_factory=list)
+    sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
+    unreadable: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def scan_images(folder: Path) -> FolderScan:
+    """Read the PNG header of every file in ``folder`` (not the pixels): sizes and bad files."""
+    scan = FolderScan(folder)
+    for p in sorted(folder.iterdir()):
+        if not p.is_file() or p.name.startswith("."):
+            continue
+        if p.suffix.lower() != ".png":
+            scan.unreadable.append((p, "not a .png file"))
+            continue
+        try:
+            with open(p, "rb") as f:
+                head = f.read(64)
+            h, w = _core.read_png_size(head, limits=_DEFAULT_LIMITS._as_tuple())
+        except (OSError, ValueError) as exc:
+            scan.unreadable.append((p, str(exc)))
+            continue
+        scan.images.append(p)
+        scan.sizes[(h, w)] += 1
+    return scan
+
+
+@dataclass
+class Dataset:
+    """One generator's data: its generated images and the real images to classify."""
+
+    name: str
+    root: Path
+    folders: dict[str, FolderScan]
+
+    def _images(self, kind: str) -> list[Path]:
+        scan = self.folders.get(kind)
+        return list(scan.images) if scan else []
+
+    @property
+    def generated(self) -> list[Path]:
+        return self._images("generated")
+
+    @property
+    def used(self) -> list[Path]:
+        return self._images("real_used")
+
+    @property
+    def not_used(self) -> list[Path]:
+        return self._images("real_not_used")
+
+    @property
+    def unknown(self) -> list[Path]:
+        return self._images("real_unknown")
+
+    @property
+    def is_development(self) -> bool:
+        return bool(self.used or self.not_used)
+
+    def real(self) -> tuple[list[Path], list[int]]:
+        """Development real images with labels: 1 used, 0 not used."""
+        return self.used + self.not_used, [1] * len(self.used) + [0] * len(self.not_used)
+
+    def summary(self) -> dict:
+        return {
+            "dataset": self.name,
+            "root": str(self.root),
+            "folders": {
+                kind: {
+                    "path": str(scan.path),
+                    "images": len(scan.images),
+                    "sizes": {f"{h}x{w}": n for (h, w), n in sorted(scan.sizes.items())},
+                    "unreadable": [f"{p.name}: {why}" for p, why in scan.unreadable],
+                }
+                for kind, scan in self.folders.items()
+            },
+        }
+
+    def describe(self) -> str:
+        lines = [f"dataset {self.name} ({self.root})"]
+        for kind, scan in self.folders.items():
+            sizes = (
+                ", ".join(f"{n} at {h}x{w}" for (h, w), n in sorted(scan.sizes.items())) or "none"
+            )
+            lines.append(f"  {kind:<14} {len(scan.images):>6} images ({sizes})  {scan.path.name}/")
+            for p, why in scan.unreadable[:5]:
+                lines.append(f"    unreadable: {p.name}: {why}")
+            if len(scan.unreadable) > 5:
+                lines.append(f"    ... {len(scan.unreadable) - 5} more unreadable files")
+        return "\n".join(lines)
+
+
+def _classify(root: Path) -> dict[str | None, dict[str, Path]]:
+    groups: dict[str | None, dict[str, Path]] = {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+        m = _FOLDER.match(d.name)
+        if m:
+            kind = m.group("kind").lower()
+            groups.setdefault(m.group("suffix"), {})[kind] = d
+    return groups
+
+
+def find_datasets(root: str | os.PathLike[str], *, require: str | None = None) -> list[Dataset]:
+    """Find the datasets under ``root``.
+
+    Parameters
+    ----------
+    root : path
+        A dataset folder (``generated/``, ``real_used/``, ...), a folder of such folders
+        (``Dataset1/``, ``Dataset2/``), or one with suffixed folders (``generated_1/``, ...).
+    require : {"development", "test"}, optional
+        Check that each dataset has labelled real images (development) or ``real_unknown``
+        images (test), and generated images.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: not a folder; expected an ImageCLEF GANs data folder")
+    groups = _classify(root)
+    if not groups:
+        subs = [d for d in sorted(root.iterdir()) if d.is_dir() and _classify(d)]
+        if not subs:
+            found = (
+                ", ".join(sorted(p.name + "/" for p in root.iterdir() if p.is_dir()))
+                or "no folders"
+            )
+            raise DatasetError(
+                f"{root}: no ImageCLEF folders; expected generated/ with real_used/ and "
+                f"real_not_used/ (development) or real_unknown/ (test), possibly numbered "
+                f"(generated_1/) or one folder per dataset; found {found}"
+            )
+        return [ds for d in subs for ds in find_datasets(d, require=require)]
+    shared = groups.pop(None, {})
+    if not groups:
+        named = {root.name: shared}
+    else:
+        named = {}
+        for suffix, kinds in sorted(groups.items(), key=lambda kv: int(kv[0])):
+            merged = {**shared, **kinds}
+            named[f"{root.name}/{suffix}"] = merged
+    datasets = []
+    for name, kinds in named.items():
+        folders = {k: scan_images(kinds[k]) for k in _KINDS if k in kinds}
+        ds = Dataset(name, root, folders)
+        _check(ds, require)
+        datasets.append(ds)
+    return datasets
+
+
+def _check(ds: Dataset, require: str | None) -> None:
+    if require not in (None, "development", "test"):
+        raise ValueError(f"require: expected None, 'development' or 'test', found {require!r}")
+    missing = []
+    if "generated" not in ds.folders or not ds.generated:
+        missing.append("generated images (generated/)")
+    if require == "development" and not (ds.used and ds.not_used):
+        missing.append("labelled real images (real_used/ and real_not_used/)")
+    if require == "test" and not ds.unknown:
+        missing.append("real test images (real_unknown/)")
+    if missing:
+        raise DatasetError(
+            f"dataset {ds.name} ({ds.root}): missing {' and '.join(missing)}\n{ds.describe()}"
+        )
+
+
+def find_unknown_dir(path: Path) -> Path:
+    """The folder of real test images: ``path/real_unknown*`` when there is one, else ``path``."""
+    if not path.is_dir():
+        raise DatasetError(f"{path}: not a folder; expected the test data folder")
+    cands = [
+        d
+        for d in sorted(path.iterdir())
+        if d.is_dir() and d.name.lower().startswith("real_unknown")
+    ]
+    if len(cands) > 1:
+        names = ", ".join(d.name for d in cands)
+        raise DatasetError(f"{path}: several real_unknown folders ({names}); pass one of them")
+    return cands[0] if cands else path
