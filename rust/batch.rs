@@ -124,9 +124,12 @@ pub struct BatchSpec {
     pub out_hw: (usize, usize),
     /// 1 (grey) or 3 (RGB) channels in the output.
     pub channels: usize,
-    /// Random augmentation; `None` only resizes.
-    pub augment: Option<AugmentConfig>,
-    /// Sampling used when `augment` is `None` (with augmentation, the config's own).
+    /// Augmentation configs; `None` entries only resize. With `augment_of` unset, entry 0 (if
+    /// any) applies to every sample; an empty table only resizes.
+    pub augments: Vec<Option<AugmentConfig>>,
+    /// Per sample, the index of its config in `augments` (one per source).
+    pub augment_of: Option<Vec<usize>>,
+    /// Sampling used by samples without augmentation (with augmentation, the config's own).
     pub sampling: Sampling,
     pub seed: u64,
     pub epoch: u64,
@@ -147,15 +150,37 @@ impl BatchSpec {
                 self.channels
             )));
         }
-        if let Some(a) = &self.augment {
+        for a in self.augments.iter().flatten() {
             a.validate()?;
+        }
+        if let Some(of) = &self.augment_of {
+            if let Some((k, &i)) = of
+                .iter()
+                .enumerate()
+                .find(|(_, &i)| i >= self.augments.len())
+            {
+                return Err(CtfpError::Value(format!(
+                    "augment index of sample {k}: {i} is past the {} configs",
+                    self.augments.len()
+                )));
+            }
         }
         self.sampling.validate()
     }
 
-    /// The parameters drawn for one sample: identity without augmentation.
-    pub fn params(&self, sample_id: u64) -> AugmentParams {
-        match &self.augment {
+    /// The augmentation config of batch position `k`, if any.
+    pub fn config(&self, k: usize) -> Option<&AugmentConfig> {
+        let i = match &self.augment_of {
+            Some(of) => *of.get(k)?,
+            None => 0,
+        };
+        self.augments.get(i)?.as_ref()
+    }
+
+    /// The parameters drawn for batch position `k` with dataset id `sample_id`: identity without
+    /// augmentation.
+    pub fn params(&self, k: usize, sample_id: u64) -> AugmentParams {
+        match self.config(k) {
             Some(cfg) => {
                 AugmentParams::sample(&mut ImageRng::new(self.seed, self.epoch, sample_id), cfg)
             }
@@ -163,9 +188,8 @@ impl BatchSpec {
         }
     }
 
-    fn sampling(&self) -> &Sampling {
-        self.augment
-            .as_ref()
+    fn sampling(&self, k: usize) -> &Sampling {
+        self.config(k)
             .map(|a| &a.sampling)
             .unwrap_or(&self.sampling)
     }
@@ -234,9 +258,11 @@ impl Pixel for f32 {
 /// One row of samples and the scratch that computes it, per worker thread.
 type Row = (Vec<f32>, RowScratch);
 
+#[allow(clippy::too_many_arguments)]
 fn fill_slot<T: Pixel>(
     src: GreyView<'_>,
     params: &AugmentParams,
+    sampling: &Sampling,
     spec: &BatchSpec,
     norm: &Normalize,
     slot: &mut [T],
@@ -248,7 +274,7 @@ fn fill_slot<T: Pixel>(
     row.0.resize(ow, 0.0);
     let plane = oh * ow;
     for i in 0..oh {
-        warp_row(src, &map, spec.sampling(), i, &mut row.0, &mut row.1);
+        warp_row(src, &map, sampling, i, &mut row.0, &mut row.1);
         T::write_row(slot, &row.0, i, plane, spec.channels, norm);
     }
     T::finish(slot, plane, spec.channels);
@@ -299,6 +325,15 @@ pub fn load_batch<T: Pixel>(
 ) -> Result<()> {
     spec.validate()?;
     let threads = pool::resolve(n_threads)?;
+    if let Some(of) = &spec.augment_of {
+        if of.len() != sources.len() {
+            return Err(CtfpError::Value(format!(
+                "augment: expected {} per-sample configs (one per source), found {}",
+                sources.len(),
+                of.len()
+            )));
+        }
+    }
     if sample_ids.len() != sources.len() {
         return Err(CtfpError::Value(format!(
             "sample_ids: expected {} ids (one per source), found {}",
@@ -320,8 +355,17 @@ pub fn load_batch<T: Pixel>(
     let one = |k: usize, slot: &mut [T], row: &mut Row| -> Result<()> {
         let src = &sources[k];
         let loaded = load(src, &spec.limits, cache).map_err(|e| e.with_item(&src.describe(k)))?;
-        let params = spec.params(sample_ids[k]);
-        fill_slot(loaded.view(), &params, spec, norm, slot, row).map_err(|e| match e {
+        let params = spec.params(k, sample_ids[k]);
+        fill_slot(
+            loaded.view(),
+            &params,
+            spec.sampling(k),
+            spec,
+            norm,
+            slot,
+            row,
+        )
+        .map_err(|e| match e {
             CtfpError::Value(m) => CtfpError::Value(format!("{}: {m}", src.describe(k))),
             other => other,
         })
@@ -357,7 +401,8 @@ mod tests {
         BatchSpec {
             out_hw: (12, 10),
             channels: 3,
-            augment: Some(AugmentConfig::default()),
+            augments: vec![Some(AugmentConfig::default())],
+            augment_of: None,
             sampling: Sampling::default(),
             seed: 5,
             epoch: 2,

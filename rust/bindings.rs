@@ -223,8 +223,8 @@ fn sample_params_py(
 }
 
 #[pyfunction(name = "load_batch")]
-#[pyo3(signature = (sources, sample_ids, *, size, channels, dtype, mean, std, augment, sampling,
-                    seed, epoch, limits, cache, n_threads))]
+#[pyo3(signature = (sources, sample_ids, *, size, channels, dtype, mean, std, augments, augment_of,
+                    sampling, seed, epoch, limits, cache, n_threads))]
 #[allow(clippy::too_many_arguments)]
 fn load_batch_py<'py>(
     py: Python<'py>,
@@ -235,7 +235,8 @@ fn load_batch_py<'py>(
     dtype: &str,
     mean: (f64, f64, f64),
     std: (f64, f64, f64),
-    augment: Option<AugmentTuple>,
+    augments: Vec<Option<AugmentTuple>>,
+    augment_of: Option<Vec<usize>>,
     sampling: (String, String, f64),
     seed: u64,
     epoch: u64,
@@ -256,7 +257,11 @@ fn load_batch_py<'py>(
     let spec = BatchSpec {
         out_hw: size,
         channels,
-        augment: augment.as_ref().map(augment_from).transpose()?,
+        augments: augments
+            .iter()
+            .map(|a| a.as_ref().map(augment_from).transpose())
+            .collect::<PyResult<_>>()?,
+        augment_of,
         sampling: sampling_from(&sampling.0, &sampling.1, sampling.2)?,
         seed,
         epoch,

@@ -364,11 +364,39 @@ def _triple(name: str, value: object) -> tuple[float, float, float]:
     raise TypeError(f"{name}: expected a number or 3 numbers, found {value!r}")
 
 
+def _augment_table(augment: object, n: int) -> tuple[list[Augment | None], list[int] | None]:
+    """One config for all (``table[0]``), or a table of distinct configs and each source's index."""
+    if augment is None:
+        return [], None
+    if isinstance(augment, Augment):
+        return [augment], None
+    if isinstance(augment, (str, bytes)) or not isinstance(augment, Sequence):
+        raise TypeError(
+            f"augment: expected a ctfp.Augment, None, or a sequence of them (one per source), "
+            f"found {type(augment).__name__}"
+        )
+    if len(augment) != n:
+        raise ValueError(f"augment: expected {n} configs (one per source), found {len(augment)}")
+    table: list[Augment | None] = []
+    index: dict[Augment | None, int] = {}
+    of = []
+    for k, a in enumerate(augment):
+        if a is not None and not isinstance(a, Augment):
+            raise TypeError(
+                f"augment[{k}]: expected a ctfp.Augment or None, found {type(a).__name__}"
+            )
+        if a not in index:
+            index[a] = len(table)
+            table.append(a)
+        of.append(index[a])
+    return table, of
+
+
 def load_batch(
     sources: Sequence[Any],
     *,
     size: int | tuple[int, int] = (224, 224),
-    augment: Augment | None = None,
+    augment: Augment | Sequence[Augment | None] | None = None,
     seed: int = 0,
     epoch: int = 0,
     sample_ids: Sequence[int] | np.ndarray | None = None,
@@ -390,8 +418,11 @@ def load_batch(
         ``(H, W, 1)`` or ``(H, W, 3)`` (RGB arrays become grey by the PNG luma rule).
     size : int or (height, width)
         Output size; every source is resized to it in the same sampling pass.
-    augment : ctfp.Augment, optional
-        Random augmentation; ``None`` only resizes (with ``interpolation`` and ``fill``).
+    augment : ctfp.Augment, or a sequence of ctfp.Augment or None (one per source), optional
+        Random augmentation; ``None`` only resizes (with ``interpolation`` and ``fill``). A
+        sequence gives each source its own config, e.g. the paper's training set, where a real
+        image appears as itself, flipped, and augmented with and without the flip, and generated
+        images are not augmented.
     seed, epoch : int
         With ``sample_ids``, the only inputs of each image's random draws: the output is
         bit-identical for any ``n_threads`` and any split of a dataset into batches.
@@ -438,8 +469,7 @@ def load_batch(
             raise ValueError(f"sample_ids: expected {n} ids (one per source), found {len(ids)}")
     _check_choice("dtype", dtype, DTYPES)
     _check_choice("layout", layout, LAYOUTS)
-    if augment is not None and not isinstance(augment, Augment):
-        raise TypeError(f"augment: expected a ctfp.Augment or None, found {type(augment).__name__}")
+    table, augment_of = _augment_table(augment, n)
     if cache is not None and not isinstance(cache, ImageCache):
         raise TypeError(f"cache: expected a ctfp.ImageCache or None, found {type(cache).__name__}")
     if n_threads is not None:
@@ -454,7 +484,8 @@ def load_batch(
         dtype=dtype,
         mean=mean,
         std=std,
-        augment=None if augment is None else augment._as_tuple(),
+        augments=[None if a is None else a._as_tuple() for a in table],
+        augment_of=augment_of,
         sampling=(
             _check_choice("interpolation", interpolation, INTERPOLATIONS),
             _check_choice("fill", fill, FILLS),

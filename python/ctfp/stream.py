@@ -44,7 +44,8 @@ class BatchStream:
         first skip PNG decoding.
     **load_kwargs
         ``size``, ``augment``, ``dtype``, ``normalize``, ``layout``, ``interpolation``, ``fill``,
-        ``limits``, ``n_threads``: passed to :func:`ctfp.load_batch`.
+        ``limits``, ``n_threads``: passed to :func:`ctfp.load_batch`. ``augment`` may be one
+        config or a sequence with one per source.
 
     Examples
     --------
@@ -67,7 +68,7 @@ class BatchStream:
         prefetch: int = 2,
         cache: bool | ImageCache = False,
         size: int | tuple[int, int] = (224, 224),
-        augment: Augment | None = None,
+        augment: Augment | Sequence[Augment | None] | None = None,
         dtype: str = "uint8",
         normalize: Any = None,
         layout: str = "rgb",
@@ -108,9 +109,17 @@ class BatchStream:
             n_threads=n_threads,
         )
         self.epoch = 0
+        if augment is not None and not isinstance(augment, Augment):
+            augment = list(augment)
+            if len(augment) != len(self.sources):
+                raise ValueError(
+                    f"augment: expected {len(self.sources)} configs (one per source), "
+                    f"found {len(augment)}"
+                )
+            self.load_kwargs["augment"] = augment
         # Fail now, not in the background thread, on bad loader options.
-        if self.sources:
-            load_batch(self.sources[:0], **self.load_kwargs)
+        probe = {**self.load_kwargs, "augment": augment if isinstance(augment, Augment) else None}
+        load_batch(self.sources[:0], **probe)
 
     def __len__(self) -> int:
         n, b = len(self.sources), self.batch_size
@@ -131,13 +140,17 @@ class BatchStream:
             yield order[k * self.batch_size : (k + 1) * self.batch_size]
 
     def _load(self, idx: np.ndarray, epoch: int) -> Any:
+        kwargs = self.load_kwargs
+        augment = kwargs["augment"]
+        if augment is not None and not isinstance(augment, Augment):
+            kwargs = {**kwargs, "augment": [augment[i] for i in idx]}  # one config per source
         images = load_batch(
             [self.sources[i] for i in idx],
             sample_ids=idx,
             seed=self.seed,
             epoch=epoch,
             cache=self.cache,
-            **self.load_kwargs,
+            **kwargs,
         )
         return images if self.labels is None else (images, self.labels[idx])
 
