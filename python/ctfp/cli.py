@@ -94,14 +94,22 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     """Check a run file against the organisers' rules and the test images; list every problem
-    with its line number. Exit 0 when valid, 1 when not."""
-    from .runfile import validate_run_file
+    with its line number. Exit 0 when valid, 1 when not, 2 when the run file or the test folder
+    cannot be used (missing, unreadable, no test images)."""
+    from .datasets import DatasetError
+    from .runfile import RunFileError, validate_run_file
 
     path = Path(args.runfile)
     if not path.is_file():
         print(f"ctfp validate: {path}: no such file", file=sys.stderr)
         return 2
-    problems = validate_run_file(path, args.test_dir, strip_extension=not args.keep_extension)
+    try:
+        problems = validate_run_file(path, args.test_dir, strip_extension=not args.keep_extension)
+    except (DatasetError, RunFileError, OSError) as exc:
+        # A test folder that is missing or holds no test images, or a file that cannot be read:
+        # nothing was checked, so this is exit 2 (bad usage or bad folder), not 1 (invalid file).
+        print(f"ctfp validate: {exc}", file=sys.stderr)
+        return 2
     for p in problems:
         where = f"{path}:{p.line}" if p.line else str(path)
         print(f"{where}: {p.kind}: {p.message}")

@@ -151,6 +151,8 @@ def find_datasets(root: str | os.PathLike[str], *, require: str | None = None) -
         Check that each dataset has labelled real images (development) or ``real_unknown``
         images (test), and generated images.
     """
+    if require not in (None, "development", "test"):
+        raise ValueError(f"require: expected None, 'development' or 'test', found {require!r}")
     root = Path(root)
     if not root.is_dir():
         raise DatasetError(f"{root}: not a folder; expected an ImageCLEF GANs data folder")
@@ -186,8 +188,6 @@ def find_datasets(root: str | os.PathLike[str], *, require: str | None = None) -
 
 
 def _check(ds: Dataset, require: str | None) -> None:
-    if require not in (None, "development", "test"):
-        raise ValueError(f"require: expected None, 'development' or 'test', found {require!r}")
     missing = []
     if "generated" not in ds.folders or not ds.generated:
         missing.append("generated images (generated/)")
@@ -196,8 +196,15 @@ def _check(ds: Dataset, require: str | None) -> None:
     if require == "test" and not ds.unknown:
         missing.append("real test images (real_unknown/)")
     if missing:
+        # Name the folders that were not recognised: a misspelt real_used/ shows up here.
+        other = sorted(
+            d.name + "/"
+            for d in ds.root.iterdir()
+            if d.is_dir() and not _FOLDER.match(d.name) and not d.name.startswith(".")
+        )
+        hint = f"\n  folders not recognised: {', '.join(other)}" if other else ""
         raise DatasetError(
-            f"dataset {ds.name} ({ds.root}): missing {' and '.join(missing)}\n{ds.describe()}"
+            f"dataset {ds.name} ({ds.root}): missing {' and '.join(missing)}\n{ds.describe()}{hint}"
         )
 
 

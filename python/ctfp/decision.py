@@ -25,6 +25,8 @@ class Threshold:
 
     def __init__(self, threshold: float = 0.5) -> None:
         self.threshold = float(threshold)
+        if np.isnan(self.threshold):
+            raise ValueError(f"threshold: expected a number, found {threshold!r}")
 
     def fit(self, scores: object = None, y: object = None) -> Threshold:
         return self
@@ -54,8 +56,16 @@ class CalibratedThreshold:
         from sklearn import metrics as m
 
         s = _scores(scores)
-        y = np.asarray(y).astype(int)
-        if y.shape != s.shape or len(set(y.tolist())) != 2:
+        y = np.asarray(y)
+        if y.shape != s.shape:
+            raise ValueError(
+                f"y: expected one label per score, shape {s.shape}, found shape {y.shape}"
+            )
+        # Checked before the cast to int, so that 0.7 or 2 is refused rather than read as 0 or 1.
+        if not np.isin(y, (0, 1)).all():
+            raise ValueError("y: expected labels 0 (not used) and 1 (used)")
+        y = y.astype(int)
+        if len(set(y.tolist())) != 2:
             raise ValueError("calibration needs development scores with both labels (0 and 1)")
         u = np.unique(s)
         cands = np.concatenate([[u[0] - 1.0], (u[:-1] + u[1:]) / 2, [u[-1] + 1.0]])

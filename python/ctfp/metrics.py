@@ -36,16 +36,21 @@ def evaluate(
     ``[[tn, fp], [fn, tp]]``."""
     from sklearn import metrics as m
 
-    y_true = np.asarray(y_true).astype(int)
-    y_pred = np.asarray(y_pred).astype(int)
+    y_true = np.asarray(y_true)
+    y_pred = np.asarray(y_pred)
     if y_true.shape != y_pred.shape or y_true.ndim != 1:
         raise ValueError(
             "y_true and y_pred: expected two 1-D arrays of one length, "
             f"found {y_true.shape} and {y_pred.shape}"
         )
+    if len(y_true) == 0:
+        raise ValueError("y_true and y_pred: expected at least one image, found none")
+    # Checked before the cast to int: scores passed as labels (0.7) must not become 0 silently.
     for name, arr in (("y_true", y_true), ("y_pred", y_pred)):
         if not np.isin(arr, (0, 1)).all():
             raise ValueError(f"{name}: expected labels 0 (not used) and 1 (used)")
+    y_true = y_true.astype(int)
+    y_pred = y_pred.astype(int)
     out = {
         "n": int(len(y_true)),
         "accuracy": float(m.accuracy_score(y_true, y_pred)),
@@ -92,7 +97,8 @@ def write_tables(
     md = out / f"{stem}.md"
     js = out / f"{stem}.json"
     md.write_text(
-        "\n\n".join(markdown_table(rows, title=title) for title, rows in tables.items()) + "\n"
+        "\n\n".join(markdown_table(rows, title=title) for title, rows in tables.items()) + "\n",
+        encoding="utf-8",
     )
-    js.write_text(json.dumps(tables, indent=2) + "\n")
+    js.write_text(json.dumps(tables, indent=2) + "\n", encoding="utf-8")
     return md, js

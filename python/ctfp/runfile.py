@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
+import secrets
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -81,7 +81,13 @@ def test_ids(test_dir: str | os.PathLike[str], *, strip_extension: bool = True) 
     from .datasets import find_unknown_dir
 
     folder = find_unknown_dir(Path(test_dir))
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() == ".png")
+    # Hidden files (macOS ``._name.png`` resource forks) are not test images; datasets.scan_images
+    # skips them too.
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() == ".png" and not p.name.startswith(".")
+    )
     if not files:
         raise RunFileError(f"{folder}: no PNG files; expected the real test images")
     return [image_id(p, strip_extension=strip_extension) for p in files]
@@ -121,7 +127,7 @@ def validate_run_text(text: str, ids: Iterable[str]) -> list[Problem]:
             )
         else:
             seen[ident] = no
-        if not re.fullmatch(r"[+-]?\d+", label):
+        if not re.fullmatch(r"[+-]?[0-9]+", label):  # ASCII digits only, not any Unicode digit
             problems.append(Problem(no, "non-integer", f"label {label!r} is not an integer"))
         elif int(label) < 0:
             problems.append(Problem(no, "below 0", f"label {label} is below 0"))
@@ -169,11 +175,15 @@ def write_run_file(
         raise RunFileError(
             f"labels: expected {len(ids)} labels (one per image), found shape {labels.shape}"
         )
-    if labels.dtype.kind not in "iub" or not np.isin(labels, (0, 1)).all():
-        bad = [str(v) for v in labels.ravel()[:5] if v not in (0, 1)]
+    # np.asarray([]) is float64: no labels is "the file is empty" below, not a dtype problem
+    if labels.size and labels.dtype.kind not in "iub":
+        shown = ", ".join(repr(v) for v in labels[:3].tolist())
         raise RunFileError(
-            f"labels: expected integers 0 or 1, found {', '.join(bad) or labels.dtype}"
+            f"labels: expected integers 0 or 1, found {labels.dtype} labels ({shown}, ...)"
         )
+    if not np.isin(labels, (0, 1)).all():
+        bad = [str(v) for v in labels.tolist() if v not in (0, 1)][:5]
+        raise RunFileError(f"labels: expected integers 0 or 1, found {', '.join(bad)}")
     text = "".join(f"{i},{int(v)}\n" for i, v in zip(ids, labels, strict=True))
     expected = test_ids(test_dir, strip_extension=strip_extension) if test_dir is not None else ids
     problems = validate_run_text(text, expected)
@@ -192,7 +202,10 @@ def write_run_file(
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    # Not tempfile.mkstemp: its files are mode 0600, and os.replace would keep that, leaving a
+    # run file that no one else in the group can read. os.open applies the umask as open() does.
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
             f.write(text)

@@ -1,0 +1,372 @@
+"""Run files (python/ctfp/runfile.py): the organisers' rules, checked line by line, and the writer
+that refuses to put a bad file on disk.
+
+Decisions tested here: CRLF line endings are accepted (a run file saved on Windows is the same run),
+one final newline is optional, but a second one is an empty line; one space after the comma is
+tolerated, two are not.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ctfp import runfile as rf  # not `from ... import test_ids`: pytest would collect it
+from ctfp.datasets import DatasetError
+from ctfp.exceptions import CtfpError
+from ctfp.runfile import (
+    Problem,
+    RunFileError,
+    SingleClassWarning,
+    image_id,
+    validate_run_file,
+    validate_run_text,
+    write_run_file,
+)
+from ctfp.synthetic import write_pngs
+
+IDS = [f"real_unknown_{k:04d}" for k in range(4)]
+GOOD = ["real_unknown_0000,1", "real_unknown_0001,0", "real_unknown_0002,1", "real_unknown_0003,0"]
+
+
+@pytest.fixture
+def test_root(tmp_path: Path) -> Path:
+    """A test set as shipped: generated/ and real_unknown/ with four images."""
+    root = tmp_path / "test"
+    write_pngs(root / "generated", 2, prefix="generated", size=32)
+    write_pngs(root / "real_unknown", 4, prefix="real_unknown", size=32)
+    return root
+
+
+def kinds(problems: list[Problem]) -> list[tuple[int, str]]:
+    return [(p.line, p.kind) for p in problems]
+
+
+# --------------------------------------------------------------------------------------------------
+# ids
+
+
+def test_image_id() -> None:
+    assert image_id("a/b/real_unknown_0001.png") == "real_unknown_0001"
+    assert image_id(Path("x/IMG.PNG")) == "IMG"
+    assert image_id("a/real_unknown_0001.png", strip_extension=False) == "real_unknown_0001.png"
+    assert image_id("a/b.jpg") == "b.jpg"
+    assert image_id("a/b.png.png") == "b.png"
+
+
+def test_test_ids_from_test_root_or_folder(test_root: Path) -> None:
+    assert rf.test_ids(test_root) == IDS  # real_unknown/, not generated/
+    assert rf.test_ids(test_root / "real_unknown") == IDS
+    assert rf.test_ids(test_root, strip_extension=False) == [i + ".png" for i in IDS]
+
+
+def test_test_ids_skip_other_files(test_root: Path) -> None:
+    unknown = test_root / "real_unknown"
+    (unknown / "readme.txt").write_text("x")
+    (unknown / "._real_unknown_0000.png").write_bytes(b"\0\5\26\7")  # macOS resource fork
+    (unknown / "sub.png").mkdir()
+    assert rf.test_ids(test_root) == IDS
+
+
+def test_test_ids_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(RunFileError, match="no PNG files"):
+        rf.test_ids(tmp_path / "empty")
+    with pytest.raises(DatasetError, match="not a folder"):
+        rf.test_ids(tmp_path / "missing")
+
+
+# --------------------------------------------------------------------------------------------------
+# validator: valid files
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "\n".join(GOOD) + "\n",
+        "\n".join(GOOD),  # no final newline
+        "\r\n".join(GOOD) + "\r\n",  # CRLF
+        "\r\n".join(GOOD),
+        "\n".join(line.replace(",", ", ") for line in GOOD),  # one space after the comma
+        "\n".join(reversed(GOOD)),  # any order
+    ],
+    ids=["lf", "no-final-newline", "crlf", "crlf-no-final", "space", "reordered"],
+)
+def test_valid_text(text: str) -> None:
+    assert validate_run_text(text, IDS) == []
+
+
+def test_valid_file_crlf_and_strip_option(test_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run.txt"
+    run.write_bytes(("\r\n".join(GOOD) + "\r\n").encode())
+    assert validate_run_file(run, test_root) == []
+    # ids with the extension are wrong by default, right with strip_extension=False
+    run.write_text("\n".join(line.replace(",", ".png,") for line in GOOD) + "\n")
+    assert {p.kind for p in validate_run_file(run, test_root)} == {"unknown id", "missing ids"}
+    assert validate_run_file(run, test_root, strip_extension=False) == []
+
+
+# --------------------------------------------------------------------------------------------------
+# validator: each class of the organisers' failures, at the right line
+
+
+def edited(at: int, line: str | None, *, insert: bool = False) -> str:
+    """GOOD with line ``at`` (1-based) replaced by ``line`` (or removed, or ``line`` inserted)."""
+    lines = list(GOOD)
+    if insert:
+        lines.insert(at - 1, line)
+    elif line is None:
+        del lines[at - 1]
+    else:
+        lines[at - 1] = line
+    return "\n".join(lines) + "\n"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (edited(3, "", insert=True), [(3, "empty line")]),
+        (edited(3, "   ", insert=True), [(3, "empty line")]),
+        ("\n".join(GOOD) + "\n\n", [(5, "empty line")]),  # a second final newline
+        (edited(2, "real_unknown_0001;0"), [(2, "format"), (0, "missing ids")]),
+        (edited(2, "real_unknown_0001 0"), [(2, "format"), (0, "missing ids")]),
+        (edited(2, "real_unknown_0001"), [(2, "format"), (0, "missing ids")]),
+        (edited(2, " real_unknown_0001,0"), [(2, "format"), (0, "missing ids")]),
+        (edited(2, ",0"), [(2, "format"), (0, "missing ids")]),
+        (edited(1, "image_id,label", insert=True), [(1, "unknown id"), (1, "non-integer")]),
+        (edited(5, "real_unknown_9999,1", insert=True), [(5, "unknown id")]),
+        (edited(5, "real_unknown_0000,0", insert=True), [(5, "duplicate id")]),
+        (edited(2, "real_unknown_0001,0.5"), [(2, "non-integer")]),
+        (edited(2, "real_unknown_0001,1.0"), [(2, "non-integer")]),
+        (edited(2, "real_unknown_0001,yes"), [(2, "non-integer")]),
+        (edited(2, "real_unknown_0001,"), [(2, "non-integer")]),
+        (edited(2, "real_unknown_0001,  1"), [(2, "non-integer")]),  # two spaces
+        (edited(2, "real_unknown_0001,1 "), [(2, "non-integer")]),  # trailing space
+        (edited(2, "real_unknown_0001,\u0661"), [(2, "non-integer")]),  # Arabic-Indic one
+        (edited(2, "real_unknown_0001,2"), [(2, "above 1")]),
+        (edited(2, "real_unknown_0001,10"), [(2, "above 1")]),
+        (edited(2, "real_unknown_0001,-1"), [(2, "below 0")]),
+        (edited(3, None), [(0, "missing ids")]),
+    ],
+)
+def test_each_failure_class(text: str, expected: list[tuple[int, str]]) -> None:
+    assert kinds(validate_run_text(text, IDS)) == expected
+
+
+def test_messages_name_the_problem() -> None:
+    (dup,) = validate_run_text(edited(5, "real_unknown_0002,0", insert=True), IDS)
+    assert "real_unknown_0002" in dup.message and "first on line 3" in dup.message
+    assert str(dup).startswith("line 5: duplicate image id")
+    (missing,) = validate_run_text(edited(3, None), IDS)
+    assert "1 test ids have no line: real_unknown_0002" in missing.message
+    assert str(missing).startswith("file: ")
+    (above,) = validate_run_text(edited(2, "real_unknown_0001,7"), IDS)
+    assert "7" in above.message
+
+
+def test_many_missing_ids_are_summarised() -> None:
+    ids = [f"x{k:02d}" for k in range(12)]
+    (p,) = validate_run_text("x00,1\nx01,0\n", ids)
+    assert p.kind == "missing ids"
+    assert p.message.startswith("10 test ids have no line: x02, x03, x04, x05, x06, ...")
+    assert "(10 in all)" in p.message
+
+
+def test_empty_file() -> None:
+    assert kinds(validate_run_text("", IDS)) == [(0, "empty"), (0, "missing ids")]
+    assert kinds(validate_run_text("", [])) == [(0, "empty")]
+
+
+def test_every_problem_in_line_order() -> None:
+    text = "\n".join(
+        [
+            "real_unknown_0000,1",
+            "",  # 2 empty
+            "real_unknown_0001,3",  # 3 above 1
+            "real_unknown_0002,-2",  # 4 below 0
+            "real_unknown_0000,0",  # 5 duplicate
+            "nope,x",  # 6 unknown id and non-integer
+            "garbage",  # 7 format
+        ]
+    )
+    assert kinds(validate_run_text(text, IDS)) == [
+        (2, "empty line"),
+        (3, "above 1"),
+        (4, "below 0"),
+        (5, "duplicate id"),
+        (6, "unknown id"),
+        (6, "non-integer"),
+        (7, "format"),
+        (0, "missing ids"),
+    ]
+
+
+def test_not_utf8(test_root: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run.txt"
+    run.write_bytes(b"real_unknown_0000,1\n\xff\xfe,0\n")
+    assert kinds(validate_run_file(run, test_root)) == [(0, "encoding")]
+
+
+# --------------------------------------------------------------------------------------------------
+# writer
+
+
+def images_of(test_root: Path) -> list[Path]:
+    return sorted((test_root / "real_unknown").glob("*.png"))
+
+
+def test_write_valid_file(test_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "runs" / "sub" / "run1.txt"  # parents created
+    imgs = images_of(test_root)
+    order = [2, 0, 3, 1]
+    labels = np.array([1, 0, 0, 1])
+    got = write_run_file(out, [imgs[k] for k in order], labels, test_dir=test_root)
+    assert got == out
+    assert out.read_bytes() == (
+        b"real_unknown_0002,1\nreal_unknown_0000,0\nreal_unknown_0003,0\nreal_unknown_0001,1\n"
+    )
+    assert validate_run_file(out, test_root) == []
+    assert os.listdir(out.parent) == ["run1.txt"]
+
+
+def test_write_ids_without_test_dir_and_keep_extension(test_root: Path, tmp_path: Path) -> None:
+    out = write_run_file(tmp_path / "a.txt", IDS, [0, 1, 1, 0])
+    assert out.read_text().splitlines() == [
+        "real_unknown_0000,0",
+        "real_unknown_0001,1",
+        "real_unknown_0002,1",
+        "real_unknown_0003,0",
+    ]
+    out = write_run_file(
+        tmp_path / "b.txt",
+        images_of(test_root),
+        [True, False, True, False],
+        test_dir=test_root,
+        strip_extension=False,
+    )
+    assert out.read_text().splitlines()[0] == "real_unknown_0000.png,1"
+    assert validate_run_file(out, test_root, strip_extension=False) == []
+
+
+def test_write_replaces_an_existing_file(test_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run.txt"
+    out.write_text("old\n")
+    write_run_file(out, images_of(test_root), np.array([0, 1, 0, 1], np.uint8), test_dir=test_root)
+    assert out.read_text().startswith("real_unknown_0000,0\n")
+
+
+def test_written_file_is_readable_like_any_other(tmp_path: Path) -> None:
+    # tempfile.mkstemp makes 0600 files; the run file gets the mode open() would give it
+    ref = tmp_path / "ref.txt"
+    ref.write_text("x")
+    out = write_run_file(tmp_path / "run.txt", IDS, [0, 1, 1, 0])
+    assert out.stat().st_mode & 0o777 == ref.stat().st_mode & 0o777
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        ([0, 1, 1], "expected 4 labels"),
+        ([[0, 1], [1, 0]], "expected 4 labels"),
+        ([0, 1, 2, 0], "found 2"),
+        ([0, -1, 1, 0], "found -1"),
+        ([0.0, 1.0, 1.0, 0.0], r"found float64 labels \(0\.0, 1\.0, 1\.0, \.\.\.\)"),
+        ([0.2, 0.9, 0.6, 0.1], "found float64 labels"),
+        (["0", "1", "1", "0"], r"found <U1 labels \('0', '1', '1', \.\.\.\)"),
+        ([None, 1, 1, 0], "found object labels"),
+    ],
+)
+def test_writer_refuses_bad_labels(tmp_path: Path, labels: object, match: str) -> None:
+    out = tmp_path / "run.txt"
+    with pytest.raises(RunFileError, match=match):
+        write_run_file(out, IDS, labels)
+    assert os.listdir(tmp_path) == []
+
+
+def test_writer_names_a_bad_label_far_down(tmp_path: Path) -> None:
+    ids = [f"x{k}" for k in range(11)]
+    with pytest.raises(RunFileError, match="found 7"):
+        write_run_file(tmp_path / "run.txt", ids, [0, 1] * 5 + [7])
+
+
+@pytest.mark.parametrize(
+    ("which", "kind"),
+    [
+        ([0, 1, 2], "missing ids"),
+        ([0, 1, 2, 3, 3], "duplicate id"),
+        ([0, 1, 2, 3, "elsewhere/other.png"], "unknown id"),
+    ],
+)
+def test_writer_refuses_wrong_images_and_keeps_a_good_file(
+    test_root: Path, tmp_path: Path, which: list, kind: str
+) -> None:
+    out_dir = tmp_path / "runs"
+    out_dir.mkdir()
+    out = out_dir / "run.txt"
+    good = "\n".join(GOOD) + "\n"
+    out.write_text(good)
+    imgs = images_of(test_root)
+    images = [imgs[k] if isinstance(k, int) else k for k in which]
+    labels = [k % 2 for k in range(len(images))]
+    with pytest.raises(RunFileError) as exc:
+        write_run_file(out, images, labels, test_dir=test_root)
+    assert kind in {p.kind for p in exc.value.problems}
+    assert "not written" in str(exc.value)
+    assert out.read_text() == good
+    assert os.listdir(out_dir) == ["run.txt"]  # no temporary file left
+
+
+def test_writer_refuses_without_creating_folders(tmp_path: Path) -> None:
+    out = tmp_path / "new" / "run.txt"
+    with pytest.raises(RunFileError):
+        write_run_file(out, ["a", "a"], [0, 1])  # duplicate id
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(RunFileError, match="empty"):
+        write_run_file(out, [], [])
+    assert not (tmp_path / "new").exists()
+
+
+def test_writer_refuses_ids_that_break_the_format(tmp_path: Path) -> None:
+    with pytest.raises(RunFileError) as exc:
+        write_run_file(tmp_path / "run.txt", ["a,b", "c"], [0, 1])
+    assert exc.value.problems[0].line == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_failed_replace_leaves_old_file_and_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run.txt"
+    out.write_text("previous run\n")
+
+    def boom(src: object, dst: object) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(rf.os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        write_run_file(out, IDS, [0, 1, 0, 1])
+    assert out.read_text() == "previous run\n"
+    assert os.listdir(tmp_path) == ["run.txt"]
+
+
+@pytest.mark.parametrize("value", [0, 1])
+def test_single_class_warning(tmp_path: Path, value: int) -> None:
+    out = tmp_path / "run.txt"
+    with pytest.warns(SingleClassWarning, match=f"all 4 predictions are {value}"):
+        write_run_file(out, IDS, [value] * 4)
+    assert out.read_text().splitlines()[0] == f"real_unknown_0000,{value}"  # still written
+
+
+def test_no_warning_for_mixed_predictions(tmp_path: Path) -> None:
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        write_run_file(tmp_path / "run.txt", IDS, [0, 0, 0, 1])
+
+
+def test_run_file_error_is_a_ctfp_value_error() -> None:
+    assert issubclass(RunFileError, CtfpError) and issubclass(RunFileError, ValueError)
+    assert RunFileError("x").problems == []
