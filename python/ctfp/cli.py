@@ -1,6 +1,8 @@
 """The ``ctfp`` command line.
 
-Exit codes: 0 success, 1 the job failed (bad data, failed checks), 2 bad usage.
+Exit codes: 0 success; 1 the job failed (an invalid run file, a failed step); 2 bad usage or
+data that cannot be used (missing folders, unreadable layout); 3 the method needs something this
+installation lacks (e.g. ESRGAN for Method 4).
 """
 
 from __future__ import annotations
@@ -120,6 +122,43 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    """Run one of the paper's methods (1-4) on ImageCLEF data: train on the development data
+    (real vs generated, the 50x expanded training set), score the real images, decide, and write
+    tables, plots, validated run files and a record of the run into OUT."""
+    from .experiments import run_method
+
+    weights = {"none": None, "default": "default"}.get(args.weights.lower(), args.weights)
+    record = run_method(
+        args.method,
+        args.data,
+        args.out,
+        test=args.test,
+        test_labels=args.test_labels,
+        decision=args.decision,
+        holdout=args.holdout,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        batch_size=args.batch_size,
+        copies=args.copies,
+        weights=weights,
+        device=args.device,
+        seed=args.seed,
+        threads=args.threads,
+        verbose=0 if args.quiet else 1,
+    )
+    for title, rows in record.get("tables", {}).items():
+        from .metrics import markdown_table
+
+        print(markdown_table(rows, title=title), end="\n\n")
+    for ds in record["datasets"]:
+        if "run_file" in ds:
+            print(f"run file: {ds['run_file']} ({ds['test_predicted_used']} predicted used)")
+    key = record["method"]["key"]
+    print(f"record: {Path(args.out) / f'record_method{key}.json'} ({record['seconds']} s)")
+    return 0
+
+
 def _positive(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -163,6 +202,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="image ids keep their .png extension (default: stripped)",
     )
     val.set_defaults(func=_validate)
+
+    run = sub.add_parser(
+        "run",
+        help="run one of the paper's methods (1-4) on ImageCLEF data",
+        description=_run.__doc__,
+    )
+    run.add_argument(
+        "--method",
+        required=True,
+        choices=["1", "2", "3", "4"],
+        help="1 MobileNetV2, 2 DenseNet-121, 3 ResNet-50 (ImageNet-pretrained), "
+        "4 MobileNetV2 on ESRGAN x4 images",
+    )
+    run.add_argument("--data", required=True, help="development data folder")
+    run.add_argument("--out", required=True, help="output folder")
+    run.add_argument("--test", help="test data folder (generated/ and real_unknown/)")
+    run.add_argument("--test-labels", help="id,label CSV of the test images, to evaluate")
+    run.add_argument(
+        "--decision",
+        default="threshold:0.5",
+        help="threshold:T (paper: 0.5), calibrated:f1|accuracy|kappa, or top:FRACTION",
+    )
+    run.add_argument(
+        "--holdout",
+        type=float,
+        default=0.0,
+        help="fraction of labelled real images kept out of training to calibrate "
+        "and evaluate (default 0: the paper trains on all)",
+    )
+    run.add_argument("--epochs", type=_positive, default=50)
+    run.add_argument("--image-size", type=_positive, default=224)
+    run.add_argument("--batch-size", type=_positive, default=32)
+    run.add_argument(
+        "--copies",
+        type=_positive,
+        default=50,
+        help="versions of each real image in training (paper: 50)",
+    )
+    run.add_argument(
+        "--weights",
+        default="default",
+        help="'default' (the method's), 'none' (random init), 'imagenet', or a state-dict path",
+    )
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--threads", type=_positive, default=None, help="loader threads")
+    run.add_argument("--quiet", action="store_true", help="no progress bars")
+    run.set_defaults(func=_run)
     return parser
 
 
@@ -176,12 +263,19 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from .datasets import DatasetError
     from .exceptions import CtfpError
+    from .experiments import MethodUnavailable
 
     try:
         return int(args.func(args))
+    except MethodUnavailable as exc:
+        print(f"ctfp {args.command}: {exc}", file=sys.stderr)
+        return 3
+    except (DatasetError, ValueError) as exc:
+        print(f"ctfp {args.command}: {exc}", file=sys.stderr)
+        return 2
     except CtfpError as exc:
         print(f"ctfp {args.command}: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, DatasetError) else 1
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

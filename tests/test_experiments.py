@@ -1,0 +1,153 @@
+"""The experiment runner end to end on small demo data, with a cheap scorer standing in for the
+CNN (the classifier's own tests cover it); the CLI's exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from ctfp import decode_png
+from ctfp.experiments import METHODS, Method, run_method
+from ctfp.leaky import LeakyDataSpec, make_leaky_dataset
+from ctfp.runfile import validate_run_file
+
+SPEC = LeakyDataSpec(
+    n_used=8,
+    n_not_used=8,
+    n_test_used=6,
+    n_test_not_used=6,
+    n_generated=40,
+    leak=0.6,
+    size=64,
+    seed=2,
+)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("leaky")
+    make_leaky_dataset(root, SPEC)
+    return root
+
+
+def nearest_scorer(ds, real_train, generated, info):
+    """Score = minus the mean absolute difference to the closest generated image."""
+    bank = np.stack([decode_png(p).astype(np.float32) for p in generated])
+    info["fit_seconds"] = 0.0
+
+    def score(paths):
+        return np.array([-np.abs(bank - decode_png(p)).mean(axis=(1, 2)).min() for p in paths])
+
+    return score, info
+
+
+METHOD = Method("nn", "nearest generated image", kind="similarity")
+
+
+def test_run_writes_valid_run_files_tables_plots_and_record(demo, tmp_path):
+    rec = run_method(
+        METHOD,
+        demo / "development",
+        tmp_path,
+        test=demo / "test",
+        test_labels=demo / "test_labels.csv",
+        decision="calibrated:accuracy",
+        holdout=0.5,
+        scorer=nearest_scorer,
+    )
+    ds = rec["datasets"][0]
+    assert validate_run_file(ds["run_file"], demo / "test") == []
+    assert ds["decision"]["rule"] == "calibrated" and ds["decision"]["threshold"] is not None
+    assert ds["holdout_images"] == 8
+    for name in (
+        "results_methodnn.md",
+        "results_methodnn.json",
+        "roc_methodnn.png",
+        "scores_methodnn.png",
+        "confusion_methodnn.png",
+        "record_methodnn.json",
+    ):
+        assert (tmp_path / name).stat().st_size > 0, name
+    saved = json.loads((tmp_path / "record_methodnn.json").read_text())
+    assert saved["config"]["decision"] == "calibrated:accuracy"
+    assert "numpy" in saved["versions"] and "git_commit" in saved
+    # the leak is strong: the nearest-copy scorer separates used from not used on the test set
+    assert ds["test"]["roc_auc"] > 0.8
+
+
+def test_test_labels_never_reach_the_threshold(demo, tmp_path):
+    """Calibration sees held-out development images only: flipping every test label changes
+    the test metrics but not the threshold or the predictions."""
+    flipped = tmp_path / "flipped.csv"
+    rows = (demo / "test_labels.csv").read_text().splitlines()
+    flipped.write_text("".join(f"{r.split(',')[0]},{1 - int(r.split(',')[1])}\n" for r in rows))
+    a = run_method(
+        METHOD,
+        demo / "development",
+        tmp_path / "a",
+        test=demo / "test",
+        test_labels=demo / "test_labels.csv",
+        decision="calibrated:f1",
+        holdout=0.5,
+        scorer=nearest_scorer,
+    )
+    b = run_method(
+        METHOD,
+        demo / "development",
+        tmp_path / "b",
+        test=demo / "test",
+        test_labels=flipped,
+        decision="calibrated:f1",
+        holdout=0.5,
+        scorer=nearest_scorer,
+    )
+    assert a["datasets"][0]["decision"] == b["datasets"][0]["decision"]
+    ra = (tmp_path / "a" / "run_methodnn_development.txt").read_text()
+    rb = (tmp_path / "b" / "run_methodnn_development.txt").read_text()
+    assert ra == rb
+    assert a["datasets"][0]["test"]["accuracy"] == pytest.approx(
+        1 - b["datasets"][0]["test"]["accuracy"]
+    )
+
+
+def test_calibration_needs_a_holdout(demo, tmp_path):
+    with pytest.raises(ValueError, match="holdout"):
+        run_method(
+            METHOD, demo / "development", tmp_path, decision="calibrated:f1", scorer=nearest_scorer
+        )
+
+
+def test_presets_follow_the_paper():
+    assert [METHODS[k].backbone for k in "1234"] == [
+        "mobilenet_v2",
+        "densenet121",
+        "resnet50",
+        "mobilenet_v2",
+    ]
+    assert [METHODS[k].weights for k in "1234"] == ["imagenet", "imagenet", "imagenet", None]
+    assert METHODS["4"].super_resolution and not METHODS["1"].super_resolution
+
+
+def test_cli_run_exit_codes(tmp_path):
+    run = [sys.executable, "-m", "ctfp", "run"]
+    bad = subprocess.run(
+        [*run, "--method", "9", "--data", str(tmp_path), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "method" in bad.stderr
+    missing = subprocess.run(
+        [*run, "--method", "1", "--data", str(tmp_path / "nope"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+    )
+    assert missing.returncode == 2 and "nope" in missing.stderr
+    for sub in ("run", "demo", "validate"):
+        h = subprocess.run(
+            [sys.executable, "-m", "ctfp", sub, "--help"], capture_output=True, text=True
+        )
+        assert h.returncode == 0 and "usage" in h.stdout
