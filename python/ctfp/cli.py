@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -159,6 +160,61 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nonneg(text: str) -> int:
+    v = int(text)
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, found {text}")
+    return v
+
+
+def _add_upscale(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``ctfp upscale IN_DIR OUT_DIR`` on an argparse ``add_subparsers()`` object.
+
+    Defined here rather than in ``ctfp.superres`` so that building the parser imports no torch;
+    the handler imports it.
+    """
+    p = subparsers.add_parser(
+        "upscale",
+        help="ESRGAN x4 super-resolution of a folder of PNGs (Method 4)",
+        description=(
+            "Upscale every PNG in IN_DIR x4 with ESRGAN (default: Real-ESRGAN x4plus, bundled, "
+            "no network) and write 8-bit grey PNGs with the same names to OUT_DIR. Existing "
+            "outputs are kept unless --overwrite, so an interrupted run resumes."
+        ),
+    )
+    p.add_argument("in_dir", metavar="IN_DIR")
+    p.add_argument("out_dir", metavar="OUT_DIR")
+    p.add_argument(
+        "--weights",
+        default="realesrgan-x4plus",
+        help="realesrgan-x4plus, realesrgan-x4plus-anime (bundled), or a .pth/.pt/.param file "
+        "(default: realesrgan-x4plus)",
+    )
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--tile", type=_nonneg, default=256, help="tile size in input pixels, 0 = off (default 256)"
+    )
+    p.add_argument(
+        "--tile-pad", type=_nonneg, default=32, help="tile overlap in pixels (default 32)"
+    )
+    p.add_argument(
+        "--batch-size", type=_positive, default=4, help="tiles per forward pass (default 4)"
+    )
+    p.add_argument("--fp32", action="store_true", help="float32 on CUDA too (default there: fp16)")
+    p.add_argument("--pattern", default="*.png", help="file pattern (default *.png)")
+    p.add_argument("--recursive", action="store_true", help="also look in subfolders")
+    p.add_argument("--overwrite", action="store_true", help="redo outputs that exist")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_upscale)
+    return p
+
+
+def _upscale(args: argparse.Namespace) -> int:
+    from .superres import run_upscale_command
+
+    return run_upscale_command(args)
+
+
 def _positive(text: str) -> int:
     v = int(text)
     if v < 1:
@@ -250,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--threads", type=_positive, default=None, help="loader threads")
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_run)
+
+    _add_upscale(sub)
     return parser
 
 
