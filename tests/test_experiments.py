@@ -151,3 +151,50 @@ def test_cli_run_exit_codes(tmp_path):
             [sys.executable, "-m", "ctfp", sub, "--help"], capture_output=True, text=True
         )
         assert h.returncode == 0 and "usage" in h.stdout
+
+
+def test_method1_end_to_end_tiny(demo, tmp_path):
+    """The real classifier path: paper training set -> FingerprintClassifier -> run file."""
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rec = run_method(
+            "1",
+            demo / "development",
+            tmp_path,
+            test=demo / "test",
+            test_labels=demo / "test_labels.csv",
+            weights=None,
+            epochs=1,
+            image_size=32,
+            batch_size=16,
+            copies=4,
+            verbose=0,
+            seed=1,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    ds = rec["datasets"][0]
+    assert ds["training_images"] == 16 * 4 + 40
+    assert len(ds["history"]) == 1 and np.isfinite(ds["history"][0]["loss"])
+    assert validate_run_file(ds["run_file"], demo / "test") == []
+    assert 0.0 <= ds["test"]["accuracy"] <= 1.0
+    assert rec["config"]["weights"] is None
+
+
+def test_fit_takes_one_augmentation_per_image():
+    pytest.importorskip("torch")
+    import ctfp
+    from ctfp.expansion import FLIP_ONLY
+
+    X = np.stack([np.full((24, 24), v, np.uint8) for v in (10, 20, 200, 210)])
+    clf = ctfp.FingerprintClassifier(
+        weights=None, image_size=24, max_epochs=1, batch_size=4, random_state=0
+    )
+    clf.fit(X, [0, 0, 1, 1], augment=[None, FLIP_ONLY, ctfp.Augment(), None])
+    assert clf.predict(X).shape == (4,)
+    with pytest.raises(ValueError, match="one per image"):
+        clf.fit(X, [0, 0, 1, 1], augment=[None])
+    with pytest.raises(TypeError, match=r"augment\[1\]"):
+        clf.fit(X, [0, 0, 1, 1], augment=[None, "flip", None, None])

@@ -36,7 +36,24 @@ __all__ = [
     "load_batch",
     "synthetic",
     "transform",
+    # loaded on first use (they pull in scikit-learn; torch and onnxruntime only when used)
+    "FingerprintClassifier",
+    "ImageContractError",
+    "NotFittedError",
+    "OnnxFingerprintModel",
+    "WeightsError",
+    "export_onnx",
 ]
+
+# name -> module that defines it, imported on first access (see __getattr__)
+_LAZY = {
+    "FingerprintClassifier": ".estimator",
+    "export_onnx": ".onnx",
+    "OnnxFingerprintModel": ".onnx",
+    "NotFittedError": ".exceptions",
+    "WeightsError": ".exceptions",
+    "ImageContractError": ".exceptions",
+}
 
 
 def __getattr__(name: str) -> object:
@@ -45,4 +62,8 @@ def __getattr__(name: str) -> object:
         import importlib
 
         return importlib.import_module(".synthetic", __name__)
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name], __name__), name)
     raise AttributeError(f"module 'ctfp' has no attribute {name!r}")
