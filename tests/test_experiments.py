@@ -34,7 +34,7 @@ def demo(tmp_path_factory):
     return root
 
 
-def nearest_scorer(ds, real_train, generated, info):
+def nearest_scorer(ds, real_train, real_labels, generated, info):
     """Score = minus the mean absolute difference to the closest generated image."""
     bank = np.stack([decode_png(p).astype(np.float32) for p in generated])
     info["fit_seconds"] = 0.0

@@ -126,13 +126,17 @@ def _split_holdout(
     return np.sort(train), np.sort(hold)
 
 
-ScoreFn = Callable[[Dataset, list, list, dict], tuple[Callable[[list], np.ndarray], dict]]
+#: ``fit(dataset, real_train, real_train_labels, generated, info) -> (score, info)``: trains on
+#: one development dataset and returns a function scoring real images (higher = more likely used).
+ScoreFn = Callable[[Dataset, list, list, list, dict], tuple[Callable[[list], np.ndarray], dict]]
 
 
 def _classifier_scorer(method: Method, cfg: dict) -> ScoreFn:
     """Fit the paper's classifier on one dataset; return a function scoring real images."""
 
-    def fit(ds: Dataset, real_train: list, generated: list, info: dict) -> tuple[Callable, dict]:
+    def fit(
+        ds: Dataset, real_train: list, real_labels: list, generated: list, info: dict
+    ) -> tuple[Callable, dict]:
         from .estimator import FingerprintClassifier
 
         prepare = _esrgan_inputs(cfg) if method.super_resolution else list
@@ -272,7 +276,9 @@ def run_method(
         real, labels = ds.real()
         train_idx, hold_idx = _split_holdout(real, labels, holdout, seed)
         info: dict[str, Any] = {"dataset": ds.summary(), "holdout_images": len(hold_idx)}
-        score, info = fit(ds, [real[i] for i in train_idx], ds.generated, info)
+        score, info = fit(
+            ds, [real[i] for i in train_idx], [labels[i] for i in train_idx], ds.generated, info
+        )
         rule = make_rule(decision)
         if len(hold_idx):
             hs = np.asarray(score([real[i] for i in hold_idx]), dtype=float)
