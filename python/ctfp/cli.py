@@ -8,90 +8,30 @@ installation lacks (e.g. ESRGAN for Method 4).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 __all__ = ["main"]
 
 
 def _demo(args: argparse.Namespace) -> int:
-    """The pipeline on built-in data: synthetic CT-like slices -> augmented batches -> a grid PNG
-    and a throughput table (images/s per epoch: the first decodes, later ones hit the cache)."""
-    from PIL import Image
-    from tqdm import tqdm
+    """The whole task on built-in data: a small ImageCLEF-style dataset from synthetic CT-like
+    slices whose generator leaks its training images to a known degree, the paper's Method 1 and
+    ctfp's similarity methods on it, tables, plots and validated run files in OUT."""
+    from .demo import run_demo
 
-    from . import synthetic
-    from .preprocess import Augment, default_threads, load_batch
-    from .stream import BatchStream
-
-    out = Path(args.out)
-    data = out / "slices"
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    paths = synthetic.write_pngs(data, args.n_images, seed=args.seed)
-    t_make = time.perf_counter() - t0
-    print(f"wrote {len(paths)} synthetic CT-like slices to {data} ({t_make:.1f} s)")
-
-    augment = Augment()
-    stream = BatchStream(
-        paths,
-        batch_size=args.batch_size,
-        augment=augment,
-        size=(224, 224),
-        dtype="float32",
-        normalize="imagenet",
-        cache=True,
+    weights = None if args.weights.lower() == "none" else args.weights
+    run_demo(
+        args.out,
+        quick=args.quick,
+        epochs=args.epochs,
+        image_size=args.image_size,
+        weights=weights,
+        device=args.device,
         seed=args.seed,
-        n_threads=args.threads,
+        threads=args.threads,
     )
-    rows = []
-    for epoch in range(args.epochs):
-        t0 = time.perf_counter()
-        n = 0
-        for batch in tqdm(stream, desc=f"epoch {epoch}", unit="batch", leave=False):
-            n += batch.shape[0]
-        dt = time.perf_counter() - t0
-        rows.append(
-            {"epoch": epoch, "images": n, "seconds": round(dt, 3), "images_per_s": round(n / dt, 1)}
-        )
-    threads = args.threads or default_threads()
-    print(f"\naugment + assemble float32 (N, 3, 224, 224), ImageNet-normalised, {threads} threads:")
-    print("| epoch | images | seconds | images/s | PNG decoding |")
-    print("|---:|---:|---:|---:|---|")
-    for r in rows:
-        decoded = "yes" if r["epoch"] == 0 else "no (cache)"
-        print(
-            f"| {r['epoch']} | {r['images']} | {r['seconds']} | {r['images_per_s']} | {decoded} |"
-        )
-
-    # A grid: first column the original slices, then augmented draws of epochs 0, 1, 2, ...
-    k = min(4, len(paths))
-    cols = [load_batch(paths[:k], size=224, layout="grey")[:, 0]]
-    for epoch in range(5):
-        cols.append(
-            load_batch(
-                paths[:k], size=224, augment=augment, epoch=epoch, seed=args.seed, layout="grey"
-            )[:, 0]
-        )
-    pad = 4
-    grid = np.full((k * (224 + pad) - pad, len(cols) * (224 + pad) - pad), 255, np.uint8)
-    for c, col in enumerate(cols):
-        for r in range(k):
-            grid[
-                r * (224 + pad) : r * (224 + pad) + 224, c * (224 + pad) : c * (224 + pad) + 224
-            ] = col[r]
-    grid_path = out / "augmented_grid.png"
-    Image.fromarray(grid).save(grid_path)
-    (out / "demo.json").write_text(
-        json.dumps({"epochs": rows, "threads": threads, "n_images": len(paths)}, indent=2)
-    )
-    print(f"\nwrote {grid_path} (column 1: originals at 224; columns 2-6: augmented, epochs 0-4)")
-    print(f"wrote {out / 'demo.json'}")
     return 0
 
 
@@ -234,15 +174,26 @@ def build_parser() -> argparse.ArgumentParser:
         description=_demo.__doc__,
     )
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
+    demo.add_argument("--epochs", type=_positive, default=3, help="Method 1 epochs (default 3)")
     demo.add_argument(
-        "--n-images", type=_positive, default=512, help="synthetic slices to make (default 512)"
+        "--image-size",
+        type=_positive,
+        default=128,
+        help="Method 1 input size (default 128; the paper: 224)",
     )
-    demo.add_argument("--epochs", type=_positive, default=3, help="epochs to stream (default 3)")
-    demo.add_argument("--batch-size", type=_positive, default=64)
+    demo.add_argument(
+        "--weights",
+        default="none",
+        help="Method 1 backbone weights: none (default: offline), imagenet, or a file",
+    )
+    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     demo.add_argument(
         "--threads", type=_positive, default=None, help="loader threads (default: all cores)"
     )
     demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument(
+        "--quick", action="store_true", help="a tiny version (seconds), as the test suite runs it"
+    )
     demo.set_defaults(func=_demo)
 
     val = sub.add_parser(

@@ -29,7 +29,14 @@ from .expansion import paper_training_set
 from .metrics import evaluate, write_tables
 from .runfile import write_run_file
 
-__all__ = ["METHODS", "Method", "MethodUnavailable", "run_method"]
+__all__ = [
+    "METHODS",
+    "SIMILARITY_PRESETS",
+    "Method",
+    "MethodUnavailable",
+    "run_method",
+    "run_similarity",
+]
 
 
 class MethodUnavailable(CtfpError, RuntimeError):
@@ -311,6 +318,8 @@ def run_method(
             if truth:
                 ty = np.asarray([truth[p.stem] for p in t_paths])
                 info["test"] = evaluate(ty, t_pred, t_scores)
+                info["test_truth"] = ty.tolist()
+                info["test_scores"] = t_scores.tolist()
                 rows.setdefault("Test", []).append(
                     {"method": f"{m.title} [{ds.name}]", **info["test"]}
                 )
@@ -363,3 +372,66 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, Path):
         return str(v)
     return str(v)
+
+
+#: ctfp's similarity methods (DESIGN.md section 3) as presets next to the paper's Methods 1-4:
+#: options for :class:`ctfp.similarity.SimilarityMembership`.
+SIMILARITY_PRESETS: dict[str, dict] = {
+    "SSIM closest": {"measure": "ssim", "statistic": "max"},
+    "Pixel closest, calibrated": {
+        "measure": "pixel",
+        "image_size": 64,
+        "statistic": "max",
+        "calibration": "reference",
+    },
+    "Pixel k-NN count": {"measure": "pixel", "image_size": 64, "statistic": "count"},
+}
+
+
+def _similarity_scorer(options: dict, seed: int) -> ScoreFn:
+    def fit(
+        ds: Dataset, real_train: list, real_labels: list, generated: list, info: dict
+    ) -> tuple[Callable, dict]:
+        from .similarity import SimilarityMembership
+
+        est = SimilarityMembership(**options, random_state=seed)
+        t0 = time.perf_counter()
+        est.fit(generated, real=real_train, y=real_labels)
+        info["fit_seconds"] = round(time.perf_counter() - t0, 2)
+        info["similarity"] = est.describe()
+        return est.score_samples, info
+
+    return fit
+
+
+def run_similarity(
+    name: str,
+    data: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    decision: str = "calibrated:accuracy",
+    holdout: float = 0.25,
+    seed: int = 0,
+    verbose: int = 1,
+    **kwargs: Any,
+) -> dict:
+    """Run a similarity preset (:data:`SIMILARITY_PRESETS`) through :func:`run_method`: fitted on
+    the generated images and the training part of the labelled real images, its threshold
+    calibrated on the held-out ones."""
+    if name not in SIMILARITY_PRESETS:
+        known = ", ".join(map(repr, SIMILARITY_PRESETS))
+        raise ValueError(f"similarity preset {name!r}: expected one of {known}")
+    options = SIMILARITY_PRESETS[name]
+    key = "sim_" + "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
+    method = Method(key, name, kind="similarity", weights=None, options=options)
+    return run_method(
+        method,
+        data,
+        out,
+        decision=decision,
+        holdout=holdout,
+        seed=seed,
+        verbose=verbose,
+        scorer=_similarity_scorer(options, seed),
+        **kwargs,
+    )
