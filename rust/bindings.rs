@@ -13,6 +13,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use crate::augment::{self, AugmentConfig, AugmentParams, Fill, GreyView, Interpolation, Sampling};
 use crate::batch::{self, BatchSpec, Source};
+use crate::buffers;
 use crate::cache::ImageCache;
 use crate::color::Normalize;
 use crate::decode::{self, Limits};
@@ -287,7 +288,7 @@ fn load_batch_py<'py>(
         "uint8" => {
             let buf = py.detach(|| {
                 no_panic(|| {
-                    let mut buf = batch::alloc_output::<u8>(n);
+                    let mut buf = buffers::take::<u8>(n);
                     batch::load_batch(
                         &srcs,
                         &sample_ids,
@@ -302,12 +303,12 @@ fn load_batch_py<'py>(
             })?;
             let arr = Array4::from_shape_vec(shape, buf)
                 .map_err(|e| CtfpError::Internal(e.to_string()))?;
-            Ok(arr.into_pyarray(py).into_any())
+            batch_array(py, BatchOwner(Owned::U8(Some(arr))))
         }
         "float32" => {
             let buf = py.detach(|| {
                 no_panic(|| {
-                    let mut buf = batch::alloc_output::<f32>(n);
+                    let mut buf = buffers::take::<f32>(n);
                     batch::load_batch(
                         &srcs,
                         &sample_ids,
@@ -322,13 +323,54 @@ fn load_batch_py<'py>(
             })?;
             let arr = Array4::from_shape_vec(shape, buf)
                 .map_err(|e| CtfpError::Internal(e.to_string()))?;
-            let out: Bound<'py, PyArray4<f32>> = arr.into_pyarray(py);
-            Ok(out.into_any())
+            batch_array(py, BatchOwner(Owned::F32(Some(arr))))
         }
         other => Err(PyValueError::new_err(format!(
             "dtype: expected 'uint8' or 'float32', found '{other}'"
         ))),
     }
+}
+
+/// Owns a batch's buffer while numpy uses it (it is the array's `base`); when numpy lets go, the
+/// buffer goes back to `buffers` for the next batch instead of to the allocator.
+#[pyclass(name = "_BatchBuffer", module = "ctfp._core", frozen)]
+struct BatchOwner(Owned);
+
+enum Owned {
+    U8(Option<Array4<u8>>),
+    F32(Option<Array4<f32>>),
+}
+
+impl Drop for BatchOwner {
+    fn drop(&mut self) {
+        match &mut self.0 {
+            Owned::U8(a) => {
+                if let Some(a) = a.take() {
+                    buffers::give(a.into_raw_vec_and_offset().0);
+                }
+            }
+            Owned::F32(a) => {
+                if let Some(a) = a.take() {
+                    buffers::give(a.into_raw_vec_and_offset().0);
+                }
+            }
+        }
+    }
+}
+
+/// A numpy array over the buffer held by `owner` (no copy).
+fn batch_array(py: Python<'_>, owner: BatchOwner) -> PyResult<Bound<'_, PyAny>> {
+    let owner = Bound::new(py, owner)?;
+    let base = owner.clone().into_any();
+    // SAFETY: the Array4 inside `owner` is never moved or reallocated while `owner` is alive
+    // (the pyclass is frozen and only `Drop` takes the array out), and `base` keeps `owner`
+    // alive for as long as the numpy array exists.
+    let arr = match &owner.get().0 {
+        Owned::U8(Some(a)) => unsafe { PyArray4::borrow_from_array(a, base) }.into_any(),
+        Owned::F32(Some(a)) => unsafe { PyArray4::borrow_from_array(a, base) }.into_any(),
+        _ => return Err(CtfpError::Internal("batch buffer already released".into()).into()),
+    };
+    Ok(arr)
 }
 
 #[pyfunction(name = "default_threads")]
@@ -391,5 +433,41 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(default_threads_py, m)?)?;
     m.add_function(wrap_pyfunction!(read_png_size_py, m)?)?;
     m.add_class::<PyImageCache>()?;
+    m.add_function(wrap_pyfunction!(ssim_matrix_py, m)?)?;
     Ok(())
+}
+
+/// A `(n, height, width)` uint8 array as a stack of images for the SSIM kernel.
+fn ssim_images<'a>(
+    a: &'a numpy::PyReadonlyArray3<'_, u8>,
+    name: &str,
+) -> PyResult<crate::ssim::Images<'a>> {
+    let shape = a.shape();
+    let data = a.as_slice().map_err(|_| {
+        PyValueError::new_err(format!(
+            "{name}: array is not C-contiguous; pass np.ascontiguousarray({name})"
+        ))
+    })?;
+    Ok(crate::ssim::Images::new(
+        data, shape[0], shape[1], shape[2],
+    )?)
+}
+
+/// SSIM (skimage's defaults for uint8) of every query against every reference.
+#[pyfunction(name = "ssim_matrix")]
+#[pyo3(signature = (queries, references, *, n_threads = None))]
+fn ssim_matrix_py<'py>(
+    py: Python<'py>,
+    queries: numpy::PyReadonlyArray3<'py, u8>,
+    references: numpy::PyReadonlyArray3<'py, u8>,
+    n_threads: Option<usize>,
+) -> PyResult<Bound<'py, PyArray2<f32>>> {
+    let (q, r) = (
+        ssim_images(&queries, "queries")?,
+        ssim_images(&references, "references")?,
+    );
+    let out = py.detach(|| no_panic(|| crate::ssim::ssim_matrix(q, r, n_threads)))?;
+    let arr =
+        Array2::from_shape_vec((q.n, r.n), out).map_err(|e| CtfpError::Internal(e.to_string()))?;
+    Ok(arr.into_pyarray(py))
 }

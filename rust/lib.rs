@@ -3,12 +3,14 @@
 
 pub mod augment;
 pub mod batch;
+pub mod buffers;
 pub mod cache;
 pub mod color;
 pub mod decode;
 pub mod error;
 pub mod pool;
 pub mod rng;
+pub mod ssim;
 
 mod bindings;
 

@@ -41,8 +41,10 @@ __all__ = [
     "ImageContractError",
     "NotFittedError",
     "OnnxFingerprintModel",
+    "SimilarityMembership",
     "WeightsError",
     "export_onnx",
+    "ssim_matrix",
 ]
 
 # name -> module that defines it, imported on first access (see __getattr__)
@@ -53,6 +55,8 @@ _LAZY = {
     "NotFittedError": ".exceptions",
     "WeightsError": ".exceptions",
     "ImageContractError": ".exceptions",
+    "SimilarityMembership": ".similarity",
+    "ssim_matrix": ".similarity",
 }
 
 

@@ -11,6 +11,7 @@ __all__ = [
     "load_batch",
     "read_png_size",
     "sample_params",
+    "ssim_matrix",
     "transform",
     "__version__",
 ]
@@ -58,6 +59,12 @@ def load_batch(
 ) -> npt.NDArray[Any]: ...
 def default_threads() -> int: ...
 def read_png_size(data: bytes, *, limits: _Limits) -> tuple[int, int]: ...
+def ssim_matrix(
+    queries: npt.NDArray[np.uint8],
+    references: npt.NDArray[np.uint8],
+    *,
+    n_threads: int | None = None,
+) -> npt.NDArray[np.float32]: ...
 
 @final
 class ImageCache:

@@ -1,0 +1,458 @@
+"""Membership by similarity: SSIM equals scikit-image's, distances equal plain numpy, every
+statistic, calibration and decision rule on small constructed cases with known answers, and no
+test label reaches a threshold."""
+
+from __future__ import annotations
+
+import pickle
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from skimage.metrics import structural_similarity
+
+from ctfp import synthetic
+from ctfp.similarity import (
+    SimilarityMembership,
+    best_threshold,
+    evaluate_split,
+    load_images,
+    nearest_neighbours,
+    ssim_matrix,
+)
+
+# --------------------------------------------------------------------------------------------------
+# helpers
+
+
+def flat(values, size=8):
+    """Constant images: the RMS difference of two of them is the difference of their values."""
+    return np.stack([np.full((size, size), v, np.uint8) for v in values])
+
+
+def skimage_matrix(q, r):
+    return np.array([[structural_similarity(a, b) for b in r] for a in q])
+
+
+@pytest.fixture(scope="module")
+def ct64():
+    return synthetic.make_slices(12, n_patients=12, size=64, seed=3)
+
+
+# --------------------------------------------------------------------------------------------------
+# SSIM against scikit-image
+
+
+@pytest.mark.parametrize("hw", [(7, 7), (7, 12), (9, 7), (16, 16), (33, 20), (61, 97)])
+def test_ssim_equals_skimage_on_random_images(hw):
+    rng = np.random.default_rng(hw[0] * 100 + hw[1])
+    q = rng.integers(0, 256, (3, *hw), dtype=np.uint8)
+    r = rng.integers(0, 256, (4, *hw), dtype=np.uint8)
+    # correlated pairs too: r[0] is q[0] plus a little noise, r[1] a darker q[1]
+    r[0] = np.clip(q[0] + rng.normal(0, 10, hw), 0, 255).astype(np.uint8)
+    r[1] = q[1] // 3
+    got = ssim_matrix(q, r, n_threads=1)
+    assert got.dtype == np.float32 and got.shape == (3, 4)
+    np.testing.assert_allclose(got, skimage_matrix(q, r), atol=1e-5, rtol=0)
+
+
+def test_ssim_equals_skimage_on_ct_like_pairs(ct64):
+    rng = np.random.default_rng(0)
+    noisy = np.clip(ct64[:4] + rng.normal(0, 6, ct64[:4].shape), 0, 255).astype(np.uint8)
+    shifted = np.roll(ct64[4:8], 2, axis=2)
+    q = ct64[:6]
+    r = np.concatenate([noisy, shifted, ct64[8:]])
+    np.testing.assert_allclose(ssim_matrix(q, r), skimage_matrix(q, r), atol=1e-5, rtol=0)
+
+
+def test_ssim_equals_skimage_at_256_and_non_square():
+    big = synthetic.make_slices(2, n_patients=2, size=256, seed=5)
+    got = ssim_matrix(big[:1], big)
+    np.testing.assert_allclose(got[0], skimage_matrix(big[:1], big)[0], atol=1e-5)
+    assert abs(got[0, 0] - 1.0) < 1e-6
+    rect = np.ascontiguousarray(big[:, 40:140, 10:250])  # 100 x 240
+    np.testing.assert_allclose(ssim_matrix(rect, rect), skimage_matrix(rect, rect), atol=1e-5)
+
+
+def test_ssim_constant_and_extreme_images():
+    imgs = np.stack([flat([0])[0], flat([255])[0], flat([128])[0]])
+    rng = np.random.default_rng(1)
+    imgs = np.concatenate([imgs, (rng.integers(0, 2, (2, 8, 8)) * 255).astype(np.uint8)])
+    np.testing.assert_allclose(ssim_matrix(imgs, imgs), skimage_matrix(imgs, imgs), atol=1e-5)
+
+
+def test_ssim_matrix_is_the_same_for_any_thread_count(ct64):
+    one = ssim_matrix(ct64, ct64[:5], n_threads=1)
+    for n in (2, 3):
+        np.testing.assert_array_equal(ssim_matrix(ct64, ct64[:5], n_threads=n), one)
+
+
+def test_ssim_matrix_inputs(ct64, tmp_path):
+    paths = synthetic.write_pngs(tmp_path, 3, size=32, seed=4)
+    imgs = load_images(paths)
+    np.testing.assert_array_equal(ssim_matrix(paths, list(imgs)), ssim_matrix(imgs, imgs))
+    assert ssim_matrix(imgs[:0], imgs).shape == (0, 3)
+    with pytest.raises(ValueError, match="at least 7x7"):
+        ssim_matrix(imgs[:, :6, :6], imgs[:, :6, :6])
+    with pytest.raises(ValueError, match="queries' size 32x32"):
+        ssim_matrix(imgs, ct64)
+    with pytest.raises(ValueError, match="n_threads"):
+        ssim_matrix(imgs, imgs, n_threads=0)
+
+
+# --------------------------------------------------------------------------------------------------
+# distances against plain numpy
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("block_size", [1, 7, 1000])
+def test_nearest_neighbours_equal_brute_force(dtype, block_size):
+    rng = np.random.default_rng(2)
+    q = rng.normal(size=(9, 13)).astype(dtype)
+    r = rng.normal(size=(50, 13)).astype(dtype)
+    d, i = nearest_neighbours(q, r, k=4, block_size=block_size)
+    full = np.sqrt(((q[:, None, :].astype(np.float64) - r[None]) ** 2).sum(-1))
+    want_i = np.argsort(full, axis=1, kind="stable")[:, :4]
+    np.testing.assert_array_equal(i, want_i)
+    tol = 1e-10 if dtype == np.float64 else 1e-4
+    np.testing.assert_allclose(d, np.take_along_axis(full, want_i, 1), rtol=tol, atol=tol)
+
+
+def test_nearest_neighbours_checks():
+    with pytest.raises(ValueError, match="at most 3"):
+        nearest_neighbours(np.zeros((2, 4)), np.zeros((3, 4)), k=4)
+    with pytest.raises(ValueError, match="4 features"):
+        nearest_neighbours(np.zeros((2, 4)), np.zeros((3, 5)))
+
+
+def test_pixel_scores_equal_numpy(ct64):
+    gen, real = ct64[:8], ct64[8:]
+    rng = np.random.default_rng(3)
+    real = np.clip(real + rng.normal(0, 5, real.shape), 0, 255).astype(np.uint8)
+    est = SimilarityMembership(measure="pixel", rule="top", block_size=3).fit(gen)
+    g = gen.reshape(8, -1).astype(np.float64)
+    x = real.reshape(len(real), -1).astype(np.float64)
+    rms = np.sqrt(((x[:, None] - g[None]) ** 2).mean(-1))
+    np.testing.assert_allclose(est.score_samples(real), -rms.min(1), rtol=1e-4, atol=1e-3)
+    est.set_params(statistic="mean_k", k=3).fit(gen)
+    want = -np.sort(rms, axis=1)[:, :3].mean(1)
+    np.testing.assert_allclose(est.score_samples(real), want, rtol=1e-4, atol=1e-3)
+
+
+def test_pixel_scale_resizes_through_load_batch(ct64):
+    import ctfp
+
+    est = SimilarityMembership(measure="pixel", image_size=16, rule="top").fit(ct64[:4])
+    small = ctfp.load_batch(list(ct64), size=16, layout="grey")[:, 0].astype(np.float64)
+    rms = np.sqrt(((small[4:, None] - small[None, :4]) ** 2).reshape(8, 4, -1).mean(-1))
+    np.testing.assert_allclose(est.score_samples(ct64[4:]), -rms.min(1), rtol=1e-4, atol=1e-3)
+
+
+def test_embedding_scores_are_distances_between_normalised_features(ct64):
+    pytest.importorskip("torchvision")
+    est = SimilarityMembership(
+        measure="embedding",
+        backbone="mobilenet_v2",
+        weights=None,
+        image_size=32,
+        rule="top",
+        random_state=0,
+        n_jobs=1,
+    ).fit(ct64[:5])
+    assert est.describe()["weights"] == "random"
+    feats = est._embed(ct64)
+    np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
+    d = np.sqrt(((feats[5:, None].astype(np.float64) - feats[None, :5]) ** 2).sum(-1))
+    np.testing.assert_allclose(est.score_samples(ct64[5:]), -d.min(1), atol=1e-5)
+    # a generated image itself is at distance 0
+    assert est.score_samples(ct64[:1])[0] == pytest.approx(0.0, abs=1e-3)
+    # same random_state, same network
+    again = SimilarityMembership(**est.get_params()).fit(ct64[:5])
+    np.testing.assert_allclose(again._embed(ct64[:2]), feats[:2], atol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------------
+# statistics and calibration on constructed cases
+
+
+def test_count_statistic_is_fraction_within_generated_radius():
+    gen = flat([0, 10, 20, 30, 100])
+    est = SimilarityMembership(
+        measure="pixel", statistic="count", radius_quantile=0.3, radius_sample=5, rule="top"
+    ).fit(gen)
+    v = np.array([0, 10, 20, 30, 100.0])
+    pair = -np.abs(v[:, None] - v[None])
+    radius = np.quantile(pair[~np.eye(5, dtype=bool)], 0.7)
+    assert est.radius_ == pytest.approx(radius, abs=1e-3)
+    assert radius == pytest.approx(-17)  # generated images within 17 grey levels
+    # 12 is within 17 of 0, 10, 20; 60 of none; 95 of 100
+    np.testing.assert_allclose(est.score_samples(flat([12, 60, 95])), [3 / 5, 0, 1 / 5])
+    # with development images, the radius comes from their closeness to the generated set
+    est.set_params(radius_quantile=0.2).fit(gen, flat([5, 50]))
+    pairs = -np.abs(np.array([5.0, 50.0])[:, None] - v[None])
+    assert est.radius_ == pytest.approx(np.quantile(pairs, 0.8), abs=1e-3)
+    assert est.radius_ == pytest.approx(-13.0, abs=1e-3)
+    np.testing.assert_allclose(est.score_samples(flat([12, 95])), [3 / 5, 1 / 5])
+
+
+def test_reference_calibration_subtracts_closeness_to_non_members():
+    gen = flat([0, 100])
+    real = flat([5, 40, 90, 200])
+    y = np.array([1, 0, 1, 0])
+    est = SimilarityMembership(measure="pixel", calibration="reference").fit(gen, real, y)
+    # dev scores: closeness to the generated set minus closeness to the other non-members
+    # 5: -5 - (-35)=30; 40: -40 - (-160)=120 (itself left out); 90: -10 - (-50)=40;
+    # 200: -100 - (-160)=60
+    np.testing.assert_allclose(est.dev_scores_, [30, 120, 40, 60], atol=1e-3)
+    np.testing.assert_allclose(est.score_samples(flat([45])), [-45 - (-5)], atol=1e-3)
+
+
+def test_density_calibration_is_a_leave_one_out_kde_ratio():
+    rng = np.random.default_rng(4)
+    centres_used = np.array([20, 40, 60, 80, 100, 120])
+    centres_unused = np.array([150, 170, 190, 210, 230, 250])
+    # generated images cluster at the used images' values; features: 2 pixels vary
+    gen = []
+    for c in np.repeat(centres_used, 10):
+        img = np.full((4, 4), 128, np.uint8)
+        img[0, 0] = np.clip(c + rng.normal(0, 3), 0, 255)
+        img[0, 1] = np.clip(255 - c + rng.normal(0, 3), 0, 255)
+        gen.append(img)
+    gen = np.stack(gen)
+
+    def real_of(c):
+        img = np.full((4, 4), 128, np.uint8)
+        img[0, 0], img[0, 1] = c, 255 - c
+        return img
+
+    real = np.stack([real_of(c) for c in np.concatenate([centres_used, centres_unused])])
+    y = np.r_[np.ones(6), np.zeros(6)].astype(int)
+    est = SimilarityMembership(
+        measure="pixel", calibration="density", n_components=2, random_state=0
+    ).fit(gen, real, y)
+    assert est.pca_.n_components_ == 2
+    # the fitted dev scores equal an explicit leave-one-out KDE ratio
+    z = est.pca_.transform(est._represent(real)).astype(np.float64)
+
+    def log_kde(points, data, skip=None):
+        n, d = data.shape
+        h = n ** (-1 / (d + 4))
+        out = []
+        for i, p in enumerate(points):
+            rows = [j for j in range(n) if skip is None or skip[i] != j]
+            sq = ((data[rows] - p) ** 2).sum(1)
+            out.append(
+                np.log(np.mean(np.exp(-sq / (2 * h * h)))) - d * np.log(h * np.sqrt(2 * np.pi))
+            )
+        return np.array(out)
+
+    skip = np.r_[np.full(6, -1), np.arange(6)]
+    want = log_kde(z, est.density_gen_) - log_kde(z, est.density_ref_, skip)
+    np.testing.assert_allclose(est.dev_scores_, want, rtol=1e-6, atol=1e-6)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(y, est.dev_scores_) == 1.0
+
+
+# --------------------------------------------------------------------------------------------------
+# decision rules
+
+
+def test_best_threshold_known_answers():
+    t, v = best_threshold([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1])
+    assert (t, v) == (pytest.approx(0.25), 1.0)
+    # a plateau of equally good thresholds: the middle one
+    t, v = best_threshold([1, 2, 3, 4, 5, 6], [0, 1, 0, 1, 0, 1], metric="accuracy")
+    assert v == pytest.approx(4 / 6) and t == pytest.approx(3.5)  # of 1.5, 3.5 and 5.5
+    t_f1, v_f1 = best_threshold([1, 2, 3, 4], [1, 0, 1, 1], metric="f1")
+    assert t_f1 == pytest.approx(0.0) and v_f1 == pytest.approx(6 / 7)  # all used: F1 6/7
+    t_k, v_k = best_threshold([1, 2, 3, 4], [0, 1, 0, 1], metric="kappa")
+    assert v_k == pytest.approx(0.5) and t_k == pytest.approx(3.5)
+    with pytest.raises(ValueError, match="both classes"):
+        best_threshold([1, 2], [1, 1])
+
+
+def test_calibrated_rule_threshold_from_development_images():
+    gen = flat([0, 100, 200])
+    real = flat([2, 50, 97, 150, 204, 175])
+    y = np.array([1, 0, 1, 0, 1, 0])
+    est = SimilarityMembership(measure="pixel").fit(gen, real, y)
+    # closeness: -2, -50, -3, -50, -4, -25 -> threshold between -25 and -4
+    assert est.threshold_ == pytest.approx(-14.5, abs=1e-3)
+    assert est.dev_value_ == 1.0
+    np.testing.assert_array_equal(est.predict(flat([10, 30, 199])), [1, 0, 1])
+    np.testing.assert_allclose(est.decision_function(flat([10])), [-10 + 14.5], atol=1e-3)
+
+
+def test_real_real_rule():
+    # real images 0, 60, 120, 180: each one's nearest other real is 60 away; median -60
+    real = flat([0, 60, 120, 180])
+    gen = flat([1, 119])
+    est = SimilarityMembership(measure="pixel", rule="real_real").fit(gen, real)
+    assert est.real_threshold_ == pytest.approx(-60, abs=1e-3)
+    # closest generated: 0 -> 1 away, 60 -> 58, 180 -> 61, 240 -> 121
+    np.testing.assert_array_equal(est.predict(flat([0, 60, 180, 240])), [1, 1, 0, 0])
+
+
+def test_real_real_rule_quantile_and_transductive():
+    real = flat([0, 60, 120, 180])
+    gen = flat([1, 119])
+    strict = SimilarityMembership(measure="pixel", rule="real_real", real_quantile=1.0)
+    strict.fit(gen, real)
+    assert strict.real_threshold_ == pytest.approx(-60, abs=1e-3)
+    np.testing.assert_array_equal(strict.predict(flat([0, 120, 250])), [1, 1, 0])
+    # without development images, the images predicted give the real-real similarities:
+    # 0, 30, 120, 250 -> nearest others 30, 30, 90, 130 -> median -60
+    est = SimilarityMembership(measure="pixel", rule="real_real").fit(gen)
+    assert est.real_threshold_ is None
+    np.testing.assert_array_equal(est.predict(flat([0, 30, 120, 250])), [1, 1, 1, 0])
+
+
+def test_retrieval_rule_votes():
+    queries = flat([0, 100, 200, 50])
+    gen = flat([1, 2, 99, 104, 180, 48, 52])
+    est = SimilarityMembership(measure="pixel", rule="retrieval", block_size=2).fit(gen)
+    # nearest query of each generated image: 0, 0, 100, 100, 200, 50, 50
+    np.testing.assert_array_equal(est.score_samples(queries), [2, 2, 1, 2])
+    np.testing.assert_array_equal(est.predict(queries), [1, 1, 1, 1])
+    est.set_params(min_votes=2).fit(gen)
+    np.testing.assert_array_equal(est.predict(queries), [1, 1, 0, 1])
+    np.testing.assert_allclose(est.decision_function(queries), [0.5, 0.5, -0.5, 0.5])
+
+
+def test_top_fraction_rule():
+    gen = flat([0])
+    queries = flat([5, 50, 10, 80, 1])
+    est = SimilarityMembership(measure="pixel", rule="top", fraction=0.4).fit(gen)
+    np.testing.assert_array_equal(est.predict(queries), [1, 0, 0, 0, 1])
+    dec = est.decision_function(queries)
+    np.testing.assert_array_equal(dec > 0, est.predict(queries).astype(bool))
+    # default fraction: the share of used images among the development labels
+    est = SimilarityMembership(measure="pixel", rule="top").fit(
+        gen, flat([1, 2, 3, 4]), [1, 0, 0, 0]
+    )
+    assert est.fraction_ == 0.25
+    np.testing.assert_array_equal(est.predict(queries[:4]), [1, 0, 0, 0])
+
+
+# --------------------------------------------------------------------------------------------------
+# development data only
+
+
+def _leaky_split(seed=0):
+    """Used images have noisy copies among the generated ones; unused images do not."""
+    rng = np.random.default_rng(seed)
+    real = synthetic.make_slices(24, n_patients=24, size=32, seed=seed)
+    y = np.r_[np.ones(12), np.zeros(12)].astype(int)
+    copies = np.repeat(real[:12], 2, axis=0) + rng.normal(0, 12, (24, 32, 32))
+    gen = np.clip(np.concatenate([copies, synthetic.make_slices(16, size=32, seed=99)]), 0, 255)
+    dev = np.r_[0:6, 12:18]
+    test = np.r_[6:12, 18:24]
+    return gen.astype(np.uint8), real[dev], y[dev], real[test], y[test]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"measure": "ssim"},
+        {"measure": "pixel", "calibration": "reference", "statistic": "mean_k", "k": 2},
+        {"measure": "pixel", "calibration": "density", "n_components": 3},
+        {"measure": "ssim", "rule": "top"},
+        {"measure": "ssim", "rule": "real_real"},
+    ],
+)
+def test_no_test_label_reaches_the_decision(params):
+    gen, x_dev, y_dev, x_test, y_test = _leaky_split()
+    base = evaluate_split(
+        SimilarityMembership(random_state=0, **params), gen, x_dev, y_dev, x_test, y_test
+    )
+    rng = np.random.default_rng(5)
+    for flip in (rng.permutation(y_test), 1 - y_test, np.zeros_like(y_test)):
+        other = evaluate_split(
+            SimilarityMembership(random_state=0, **params), gen, x_dev, y_dev, x_test, flip
+        )
+        np.testing.assert_array_equal(other["predictions"], base["predictions"])
+        np.testing.assert_array_equal(other["scores"], base["scores"])
+        assert other["describe"] == base["describe"]
+    if params.get("calibration") != "density":  # 6 reference images make a poor KDE
+        assert base["metrics"]["roc_auc"] > 0.8  # and the leak is found
+
+
+def test_development_labels_move_the_calibrated_threshold():
+    gen, x_dev, y_dev, *_ = _leaky_split()
+    a = SimilarityMembership().fit(gen, x_dev, y_dev)
+    b = SimilarityMembership().fit(gen, x_dev, 1 - y_dev)
+    assert a.threshold_ != b.threshold_
+
+
+# --------------------------------------------------------------------------------------------------
+# streaming, inputs and the estimator contract
+
+
+def test_streamed_generated_set_equals_cached(tmp_path):
+    paths = synthetic.write_pngs(tmp_path / "gen", 10, size=32, seed=6)
+    real = synthetic.make_slices(4, size=32, seed=7)
+    for measure in ("ssim", "pixel"):
+        cached = SimilarityMembership(measure=measure, rule="top", statistic="mean_k", k=3)
+        streamed = SimilarityMembership(**{**cached.get_params(), "max_cache_bytes": 0})
+        streamed.set_params(block_size=3)
+        cached.fit(paths)
+        streamed.fit(paths)
+        assert cached._gen_cache is not None and streamed._gen_cache is None
+        np.testing.assert_allclose(
+            streamed.score_samples(real), cached.score_samples(real), rtol=1e-5, atol=1e-4
+        )
+
+
+def test_load_images_from_paths_and_sizes(tmp_path):
+    import ctfp
+
+    paths = synthetic.write_pngs(tmp_path, 3, size=40, seed=8)
+    imgs = load_images(paths)
+    assert imgs.shape == (3, 40, 40) and imgs.dtype == np.uint8
+    np.testing.assert_array_equal(imgs[1], ctfp.decode_png(paths[1]))
+    assert load_images(paths, size=(20, 24)).shape == (3, 20, 24)
+    assert load_images(imgs) is imgs  # a uint8 stack of the right size is taken as it is
+    with pytest.raises(TypeError, match="wrap a single image"):
+        load_images(str(paths[0]))
+
+
+def test_estimator_contract(ct64):
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.estimator_checks import check_no_attributes_set_in_init
+
+    est = SimilarityMembership(measure="pixel", rule="top", k=3)
+    check_no_attributes_set_in_init("SimilarityMembership", est)
+    assert clone(est).get_params() == est.get_params()
+    with pytest.raises(NotFittedError):
+        est.predict(ct64[:2])
+    est.fit(ct64[:6])
+    np.testing.assert_array_equal(est.classes_, [0, 1])
+    back = pickle.loads(pickle.dumps(est))
+    np.testing.assert_array_equal(back.score_samples(ct64[6:]), est.score_samples(ct64[6:]))
+
+
+@pytest.mark.parametrize(
+    ("params", "fit_args", "match"),
+    [
+        ({"measure": "dct"}, (), "measure: expected one of"),
+        ({"rule": "calibrated"}, (), "labelled development images"),
+        ({"calibration": "density", "measure": "ssim"}, ("dev",), "feature space"),
+        ({"calibration": "reference", "rule": "retrieval"}, ("dev",), "calibration=None"),
+        ({"calibration": "reference"}, (), "needs development images with labels"),
+        ({"k": 0, "rule": "top"}, (), "k: expected an integer >= 1"),
+    ],
+)
+def test_bad_settings_are_explained(ct64, params, fit_args, match):
+    est = SimilarityMembership(**params)
+    args = (ct64[:4], ct64[4:8], [1, 0, 1, 0]) if fit_args else (ct64[:4],)
+    with pytest.raises(ValueError, match=match):
+        est.fit(*args)
+
+
+def test_import_does_not_pull_in_torch():
+    code = "import sys, ctfp.similarity; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
