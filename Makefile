@@ -43,8 +43,12 @@ test-python: $(STAMP)
 
 bench: $(STAMP)
 	$(PIP) install --quiet -e ".[test,dev,bench]"
-	$(PY) -m pytest benches -q --benchmark-json=out/bench.json --benchmark-columns=median,iqr,ops
-	$(PY) benches/report.py out/bench.json
+	mkdir -p out
+	$(PY) -m pytest benches/test_pipeline.py -q -p no:cacheprovider --benchmark-json=out/bench.json \
+		--benchmark-min-rounds=20 --benchmark-max-time=2 --benchmark-warmup=on
+	$(PY) benches/report.py out/bench.json | tee out/bench.md
+	$(PY) -m pytest benches/bench_ssim.py -q -p no:cacheprovider --benchmark-json=out/bench_ssim.json
+	$(PY) benches/bench_ssim.py out/bench_ssim.json
 
 wheel: $(STAMP)
 	rm -rf dist
