@@ -58,7 +58,7 @@ wheel: $(STAMP)
 wheel-check: wheel
 	rm -rf out/wheel-check && mkdir -p out/wheel-check
 	$(PYTHON) -m venv out/wheel-check/venv
-	out/wheel-check/venv/bin/pip install --quiet dist/*.whl pytest hypothesis
+	out/wheel-check/venv/bin/pip install --quiet "$$(ls dist/*.whl)[test]"
 	cp -r tests out/wheel-check/tests
 	cd out/wheel-check && venv/bin/python -m pytest -q -p no:cacheprovider tests
 

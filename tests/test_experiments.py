@@ -198,3 +198,55 @@ def test_fit_takes_one_augmentation_per_image():
         clf.fit(X, [0, 0, 1, 1], augment=[None])
     with pytest.raises(TypeError, match=r"augment\[1\]"):
         clf.fit(X, [0, 0, 1, 1], augment=[None, "flip", None, None])
+
+
+def test_cli_runs_a_similarity_preset(demo, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "ctfp", "run", "--method", "sim-ssim", "--data",
+         str(demo / "development"), "--test", str(demo / "test"), "--test-labels",
+         str(demo / "test_labels.csv"), "--out", str(tmp_path), "--quiet"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "SSIM closest" in done.stdout and "run file:" in done.stdout
+    rec = json.loads(next(tmp_path.glob("record_*.json")).read_text())
+    assert rec["config"]["decision"] == "calibrated:accuracy" and rec["config"]["holdout"] == 0.25
+    assert validate_run_file(rec["datasets"][0]["run_file"], demo / "test") == []
+
+
+@pytest.mark.slow
+def test_method4_trains_on_esrgan_upscaled_images(demo, tmp_path, monkeypatch):
+    """Method 4 end to end with a tiny ESRGAN standing in for Real-ESRGAN x4plus (31 s of CPU
+    per image here): inputs resized to 224, upscaled x4 once into the disk cache, trained on."""
+    torch = pytest.importorskip("torch")
+    from ctfp import superres
+
+    class Tiny(superres.Upscaler):
+        def __init__(self, *args, **kwargs):
+            torch.manual_seed(0)
+            net = superres.RRDBNet(num_feat=8, num_block=1, num_grow_ch=4)
+            super().__init__(net, device="cpu", progress=False)
+
+    monkeypatch.setattr(superres, "Upscaler", Tiny)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rec = run_method(
+            "4",
+            demo / "development",
+            tmp_path,
+            test=demo / "test",
+            epochs=1,
+            image_size=32,
+            batch_size=16,
+            copies=2,
+            verbose=0,
+        )
+    finally:
+        torch.set_num_threads(threads)
+    cached = list((tmp_path / "esrgan_cache").rglob("*.png"))
+    n_dev = 16 + 40
+    assert len(cached) >= n_dev  # every development image upscaled once
+    assert {decode_png(p).shape for p in cached[:5]} == {(896, 896)}
+    assert rec["config"]["weights"] == "default" and rec["method"]["weights"] is None
+    assert validate_run_file(rec["datasets"][0]["run_file"], demo / "test") == []

@@ -64,30 +64,38 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Run one of the paper's methods (1-4) on ImageCLEF data: train on the development data
-    (real vs generated, the 50x expanded training set), score the real images, decide, and write
-    tables, plots, validated run files and a record of the run into OUT."""
-    from .experiments import run_method
+    """Run one of the paper's methods (1-4) or a similarity method (sim-*) on ImageCLEF data:
+    train on the development data (for 1-4: real vs generated, the 50x expanded training set),
+    score the real images, decide, and write tables, plots, validated run files and a record of
+    the run into OUT."""
+    from .experiments import run_method, run_similarity
 
-    weights = {"none": None, "default": "default"}.get(args.weights.lower(), args.weights)
-    record = run_method(
-        args.method,
-        args.data,
-        args.out,
-        test=args.test,
-        test_labels=args.test_labels,
-        decision=args.decision,
-        holdout=args.holdout,
-        epochs=args.epochs,
-        image_size=args.image_size,
-        batch_size=args.batch_size,
-        copies=args.copies,
-        weights=weights,
-        device=args.device,
-        seed=args.seed,
-        threads=args.threads,
-        verbose=0 if args.quiet else 1,
+    common = dict(
+        test=args.test, test_labels=args.test_labels, seed=args.seed, verbose=0 if args.quiet else 1
     )
+    if args.method.startswith("sim-"):
+        holdout = args.holdout if args.holdout > 0 else 0.25
+        decision = "calibrated:accuracy" if args.decision == "threshold:0.5" else args.decision
+        record = run_similarity(
+            args.method, args.data, args.out, decision=decision, holdout=holdout, **common
+        )
+    else:
+        weights = {"none": None, "default": "default"}.get(args.weights.lower(), args.weights)
+        record = run_method(
+            args.method,
+            args.data,
+            args.out,
+            decision=args.decision,
+            holdout=args.holdout,
+            epochs=args.epochs,
+            image_size=args.image_size,
+            batch_size=args.batch_size,
+            copies=args.copies,
+            weights=weights,
+            device=args.device,
+            threads=args.threads,
+            **common,
+        )
     for title, rows in record.get("tables", {}).items():
         from .metrics import markdown_table
 
@@ -218,9 +226,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--method",
         required=True,
-        choices=["1", "2", "3", "4"],
+        choices=["1", "2", "3", "4", "sim-ssim", "sim-pixel", "sim-count"],
         help="1 MobileNetV2, 2 DenseNet-121, 3 ResNet-50 (ImageNet-pretrained), "
-        "4 MobileNetV2 on ESRGAN x4 images",
+        "4 MobileNetV2 on ESRGAN x4 images; sim-ssim, sim-pixel (GAN-Leaks calibration), "
+        "sim-count (k-NN count): similarity to the generated set, threshold calibrated on "
+        "--holdout (default 0.25 for them)",
     )
     run.add_argument("--data", required=True, help="development data folder")
     run.add_argument("--out", required=True, help="output folder")

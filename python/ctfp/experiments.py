@@ -31,6 +31,7 @@ from .runfile import write_run_file
 
 __all__ = [
     "METHODS",
+    "SIMILARITY_KEYS",
     "SIMILARITY_PRESETS",
     "Method",
     "MethodUnavailable",
@@ -388,6 +389,14 @@ SIMILARITY_PRESETS: dict[str, dict] = {
 }
 
 
+#: Short names for the command line (``ctfp run --method sim-ssim``).
+SIMILARITY_KEYS = {
+    "sim-ssim": "SSIM closest",
+    "sim-pixel": "Pixel closest, calibrated",
+    "sim-count": "Pixel k-NN count",
+}
+
+
 def _similarity_scorer(options: dict, seed: int) -> ScoreFn:
     def fit(
         ds: Dataset, real_train: list, real_labels: list, generated: list, info: dict
@@ -418,6 +427,7 @@ def run_similarity(
     """Run a similarity preset (:data:`SIMILARITY_PRESETS`) through :func:`run_method`: fitted on
     the generated images and the training part of the labelled real images, its threshold
     calibrated on the held-out ones."""
+    name = SIMILARITY_KEYS.get(name, name)
     if name not in SIMILARITY_PRESETS:
         known = ", ".join(map(repr, SIMILARITY_PRESETS))
         raise ValueError(f"similarity preset {name!r}: expected one of {known}")
