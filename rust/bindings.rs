@@ -283,48 +283,17 @@ fn load_batch_py<'py>(
     let norm = Normalize::new([mean.0, mean.1, mean.2], [std.0, std.1, std.2]);
     let cache_ref: Option<&ImageCache> = cache.as_ref().map(|c| &c.get().inner);
     let shape = (srcs.len(), channels, size.0, size.1);
-    let n = shape.0 * shape.1 * shape.2 * shape.3;
+    let job = BatchJob {
+        srcs: &srcs,
+        sample_ids: &sample_ids,
+        spec: &spec,
+        norm: &norm,
+        cache: cache_ref,
+        n_threads,
+    };
     match dtype {
-        "uint8" => {
-            let buf = py.detach(|| {
-                no_panic(|| {
-                    let mut buf = buffers::take::<u8>(n);
-                    batch::load_batch(
-                        &srcs,
-                        &sample_ids,
-                        &spec,
-                        &norm,
-                        cache_ref,
-                        n_threads,
-                        &mut buf,
-                    )?;
-                    Ok(buf)
-                })
-            })?;
-            let arr = Array4::from_shape_vec(shape, buf)
-                .map_err(|e| CtfpError::Internal(e.to_string()))?;
-            batch_array(py, BatchOwner(Owned::U8(Some(arr))))
-        }
-        "float32" => {
-            let buf = py.detach(|| {
-                no_panic(|| {
-                    let mut buf = buffers::take::<f32>(n);
-                    batch::load_batch(
-                        &srcs,
-                        &sample_ids,
-                        &spec,
-                        &norm,
-                        cache_ref,
-                        n_threads,
-                        &mut buf,
-                    )?;
-                    Ok(buf)
-                })
-            })?;
-            let arr = Array4::from_shape_vec(shape, buf)
-                .map_err(|e| CtfpError::Internal(e.to_string()))?;
-            batch_array(py, BatchOwner(Owned::F32(Some(arr))))
-        }
+        "uint8" => job.run::<u8>(py, shape),
+        "float32" => job.run::<f32>(py, shape),
         other => Err(PyValueError::new_err(format!(
             "dtype: expected 'uint8' or 'float32', found '{other}'"
         ))),
@@ -355,6 +324,62 @@ impl Drop for BatchOwner {
                 }
             }
         }
+    }
+}
+
+/// Element types a batch can be made of, and how their buffer is owned on the Python side.
+trait BatchElement: buffers::Pooled {
+    fn owned(a: Array4<Self>) -> Owned;
+}
+
+impl BatchElement for u8 {
+    fn owned(a: Array4<u8>) -> Owned {
+        Owned::U8(Some(a))
+    }
+}
+
+impl BatchElement for f32 {
+    fn owned(a: Array4<f32>) -> Owned {
+        Owned::F32(Some(a))
+    }
+}
+
+/// Everything `load_batch` needs besides the element type.
+struct BatchJob<'a> {
+    srcs: &'a [Source<'a>],
+    sample_ids: &'a [u64],
+    spec: &'a BatchSpec,
+    norm: &'a Normalize,
+    cache: Option<&'a ImageCache>,
+    n_threads: Option<usize>,
+}
+
+impl BatchJob<'_> {
+    /// Fill a (recycled) buffer with the GIL released, then hand it to numpy without a copy.
+    fn run<'py, T: BatchElement>(
+        &self,
+        py: Python<'py>,
+        shape: (usize, usize, usize, usize),
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let n = shape.0 * shape.1 * shape.2 * shape.3;
+        let buf = py.detach(|| {
+            no_panic(|| {
+                let mut buf = buffers::take::<T>(n);
+                batch::load_batch(
+                    self.srcs,
+                    self.sample_ids,
+                    self.spec,
+                    self.norm,
+                    self.cache,
+                    self.n_threads,
+                    &mut buf,
+                )?;
+                Ok(buf)
+            })
+        })?;
+        let arr =
+            Array4::from_shape_vec(shape, buf).map_err(|e| CtfpError::Internal(e.to_string()))?;
+        batch_array(py, BatchOwner(T::owned(arr)))
     }
 }
 
