@@ -250,3 +250,27 @@ def test_method4_trains_on_esrgan_upscaled_images(demo, tmp_path, monkeypatch):
     assert {decode_png(p).shape for p in cached[:5]} == {(896, 896)}
     assert rec["config"]["weights"] == "default" and rec["method"]["weights"] is None
     assert validate_run_file(rec["datasets"][0]["run_file"], demo / "test") == []
+
+
+def test_two_datasets_give_both_and_each_tables(tmp_path):
+    """2024 had two datasets: the tables have a 'both datasets' row and one row per dataset."""
+    import shutil
+
+    small = LeakyDataSpec(n_used=6, n_not_used=6, n_test_used=4, n_test_not_used=4,
+                          n_generated=16, size=48, seed=5)  # fmt: skip
+    dev, test = tmp_path / "dev", tmp_path / "test"
+    for k in (1, 2):
+        root = tmp_path / f"src{k}"
+        make_leaky_dataset(root, small)
+        shutil.copytree(root / "development", dev / f"Dataset{k}")
+        shutil.copytree(root / "test", test / f"Dataset{k}")
+    rec = run_method(METHOD, dev, tmp_path / "out", test=test, holdout=0.5,
+                     decision="calibrated:accuracy", scorer=nearest_scorer)  # fmt: skip
+    assert [d["dataset"]["dataset"] for d in rec["datasets"]] == ["Dataset1", "Dataset2"]
+    held = rec["tables"]["Development (held-out real images)"]
+    assert [r["method"].rsplit("[", 1)[1] for r in held] == [
+        "both datasets]", "Dataset1]", "Dataset2]",
+    ]  # fmt: skip
+    assert held[0]["n"] == held[1]["n"] + held[2]["n"]
+    for d, name in zip(rec["datasets"], ("Dataset1", "Dataset2"), strict=True):
+        assert validate_run_file(d["run_file"], test / name) == []
