@@ -11,6 +11,7 @@ use crate::augment::{
 };
 use crate::cache::ImageCache;
 use crate::color::{replicate_plane, Normalize};
+use crate::cpu::Kernel;
 use crate::decode::{decode_png, Image, Limits};
 use crate::error::{CtfpError, Result};
 use crate::pool;
@@ -134,6 +135,8 @@ pub struct BatchSpec {
     pub seed: u64,
     pub epoch: u64,
     pub limits: Limits,
+    /// The kernel build the warp runs (`Kernel::selected()` outside tests).
+    pub kernel: Kernel,
 }
 
 impl BatchSpec {
@@ -274,7 +277,7 @@ fn fill_slot<T: Pixel>(
     row.0.resize(ow, 0.0);
     let plane = oh * ow;
     for i in 0..oh {
-        warp_row(src, &map, sampling, i, &mut row.0, &mut row.1);
+        warp_row(spec.kernel, src, &map, sampling, i, &mut row.0, &mut row.1);
         T::write_row(slot, &row.0, i, plane, spec.channels, norm);
     }
     T::finish(slot, plane, spec.channels);
@@ -390,11 +393,21 @@ pub fn load_batch<T: Pixel>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::augment::Fill;
 
     fn grey(h: usize, w: usize, salt: u8) -> Vec<u8> {
         (0..h * w)
             .map(|k| (k as u8).wrapping_mul(31).wrapping_add(salt))
             .collect()
+    }
+
+    /// `data` as a borrowed `height x width` grey source.
+    fn grey_source(data: &[u8], height: usize, width: usize) -> Source<'_> {
+        Source::Grey(GreyView {
+            data,
+            height,
+            width,
+        })
     }
 
     fn spec() -> BatchSpec {
@@ -407,22 +420,14 @@ mod tests {
             seed: 5,
             epoch: 2,
             limits: Limits::default(),
+            kernel: Kernel::detect(),
         }
     }
 
     #[test]
     fn identical_for_any_thread_count_and_split() {
         let imgs: Vec<Vec<u8>> = (0..7).map(|k| grey(16, 14, k as u8)).collect();
-        let srcs: Vec<Source> = imgs
-            .iter()
-            .map(|d| {
-                Source::Grey(GreyView {
-                    data: d,
-                    height: 16,
-                    width: 14,
-                })
-            })
-            .collect();
+        let srcs: Vec<Source> = imgs.iter().map(|d| grey_source(d, 16, 14)).collect();
         let ids: Vec<u64> = (100..107).collect();
         let slot = 3 * 12 * 10;
         let norm = Normalize::new([0.0; 3], [1.0; 3]);
@@ -440,15 +445,50 @@ mod tests {
         assert_eq!(split, reference);
     }
 
+    /// Whole batches (uint8 and normalised float32, every fill) are bit-identical with the
+    /// portable and the AVX2+FMA warp. Without AVX2 on this CPU only the portable build runs.
+    #[test]
+    fn portable_and_avx2_batches_are_identical() {
+        let Some(simd) = Kernel::avx2_fma_or_skip("warp") else {
+            return;
+        };
+        let imgs: Vec<Vec<u8>> = (0..9).map(|k| grey(37, 29, k as u8)).collect();
+        let srcs: Vec<Source> = imgs.iter().map(|d| grey_source(d, 37, 29)).collect();
+        let ids: Vec<u64> = (0..9).collect();
+        let norm = Normalize::new([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]);
+        for fill in [Fill::Nearest, Fill::Constant, Fill::Reflect] {
+            let sampling = Sampling {
+                fill,
+                fill_value: 33.0,
+                ..Sampling::default()
+            };
+            let cfg = AugmentConfig {
+                max_angle_deg: 30.0,
+                sampling,
+                ..AugmentConfig::default()
+            };
+            let run = |kernel: Kernel| {
+                let spec = BatchSpec {
+                    out_hw: (40, 52),
+                    augments: vec![Some(cfg.clone())],
+                    kernel,
+                    ..spec()
+                };
+                let n = srcs.len() * 3 * 40 * 52;
+                let (mut a, mut b) = (vec![0u8; n], vec![0f32; n]);
+                load_batch(&srcs, &ids, &spec, &norm, None, Some(2), &mut a).unwrap();
+                load_batch(&srcs, &ids, &spec, &norm, None, Some(2), &mut b).unwrap();
+                (a, b.iter().map(|v| v.to_bits()).collect::<Vec<_>>())
+            };
+            assert_eq!(run(Kernel::Portable), run(simd), "{fill:?}");
+        }
+    }
+
     #[test]
     fn lowest_failing_index_is_reported() {
         let good = grey(8, 8, 0);
         let srcs = vec![
-            Source::Grey(GreyView {
-                data: &good,
-                height: 8,
-                width: 8,
-            }),
+            grey_source(&good, 8, 8),
             Source::Bytes(b"nope"),
             Source::Bytes(b""),
             Source::Path(Path::new("/no/such/file.png")),
@@ -465,11 +505,7 @@ mod tests {
     #[test]
     fn channels_are_copies_of_the_grey_plane() {
         let img = grey(20, 20, 3);
-        let srcs = [Source::Grey(GreyView {
-            data: &img,
-            height: 20,
-            width: 20,
-        })];
+        let srcs = [grey_source(&img, 20, 20)];
         let mut out = vec![0u8; 3 * 120];
         load_batch(
             &srcs,

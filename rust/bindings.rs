@@ -10,12 +10,14 @@ use numpy::{
 use pyo3::exceptions::{PyFileNotFoundError, PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
+use pyo3::Borrowed;
 
 use crate::augment::{self, AugmentConfig, AugmentParams, Fill, GreyView, Interpolation, Sampling};
 use crate::batch::{self, BatchSpec, Source};
 use crate::buffers;
 use crate::cache::ImageCache;
 use crate::color::Normalize;
+use crate::cpu::Kernel;
 use crate::decode::{self, Limits};
 use crate::error::{no_panic, CtfpError};
 use crate::pool;
@@ -103,36 +105,110 @@ fn as_source<'a>(held: &'a Held<'_>, index: usize) -> PyResult<Source<'a>> {
     })
 }
 
-fn limits_from(limits: (u32, u32, u64)) -> Limits {
-    Limits {
-        max_width: limits.0,
-        max_height: limits.1,
-        max_pixels: limits.2,
-    }
-}
-
-fn sampling_from(interpolation: &str, fill: &str, cval: f64) -> PyResult<Sampling> {
-    Ok(Sampling {
-        interpolation: Interpolation::parse(interpolation)?,
-        fill: Fill::parse(fill)?,
-        cval: cval as f32,
+/// Attribute `name` of `obj` (the argument `arg`, a `class`) as a `T` described by `expected`;
+/// the errors name the field.
+fn attr<'py, T: FromPyObjectOwned<'py>>(
+    obj: &Bound<'py, PyAny>,
+    arg: &str,
+    class: &str,
+    name: &str,
+    expected: &str,
+) -> PyResult<T> {
+    let kind = |o: &Bound<'py, PyAny>| {
+        o.get_type()
+            .name()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into())
+    };
+    let value = obj.getattr(name).map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{arg}: expected a {class}, found {} (it has no '{name}' attribute)",
+            kind(obj)
+        ))
+    })?;
+    value.extract::<T>().map_err(|_| {
+        let repr = value
+            .repr()
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| "?".into());
+        PyTypeError::new_err(format!(
+            "{arg}.{name}: expected {expected}, found {} {repr}",
+            kind(&value)
+        ))
     })
 }
 
-/// `(hflip, max_angle_deg, zoom_lo, zoom_hi, zoom_per_axis, shift_h, shift_w, interpolation, fill, cval)`
-type AugmentTuple = (f64, f64, f64, f64, bool, f64, f64, String, String, f64);
+/// A `ctfp.DecodeLimits`, read by attribute name.
+struct LimitsArg(Limits);
 
-fn augment_from(t: &AugmentTuple) -> PyResult<AugmentConfig> {
-    let cfg = AugmentConfig {
-        hflip_prob: t.0,
-        max_angle_deg: t.1,
-        zoom_range: (t.2, t.3),
-        zoom_per_axis: t.4,
-        shift_frac: (t.5, t.6),
-        sampling: sampling_from(&t.7, &t.8, t.9)?,
+impl<'a, 'py> FromPyObject<'a, 'py> for LimitsArg {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let (arg, class) = ("limits", "ctfp.DecodeLimits");
+        let limits = Limits {
+            max_width: attr(&obj, arg, class, "max_width", "an integer in [1, 2**32)")?,
+            max_height: attr(&obj, arg, class, "max_height", "an integer in [1, 2**32)")?,
+            max_pixels: attr(&obj, arg, class, "max_pixels", "an integer in [1, 2**64)")?,
+        };
+        for (name, v) in [
+            ("max_width", limits.max_width as u64),
+            ("max_height", limits.max_height as u64),
+            ("max_pixels", limits.max_pixels),
+        ] {
+            if v == 0 {
+                return Err(PyValueError::new_err(format!(
+                    "limits.{name}: expected a positive integer, found 0"
+                )));
+            }
+        }
+        Ok(LimitsArg(limits))
+    }
+}
+
+fn sampling_from(interpolation: &str, fill: &str, fill_value: f64) -> PyResult<Sampling> {
+    let sampling = Sampling {
+        interpolation: Interpolation::parse(interpolation)?,
+        fill: Fill::parse(fill)?,
+        fill_value: fill_value as f32,
     };
-    cfg.validate()?;
-    Ok(cfg)
+    sampling.validate()?;
+    Ok(sampling)
+}
+
+/// A `ctfp.Augment`, read by attribute name and checked.
+struct AugmentArg(AugmentConfig);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for AugmentArg {
+    type Error = PyErr;
+
+    fn extract(obj: Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let (arg, class) = ("augment", "ctfp.Augment");
+        let number = "a number";
+        let pair = "a (height, width) pair of numbers";
+        let name = "a string";
+        let interpolation: String = attr(&obj, arg, class, "interpolation", name)?;
+        let fill: String = attr(&obj, arg, class, "fill", name)?;
+        let cfg = AugmentConfig {
+            hflip_prob: attr(&obj, arg, class, "hflip", number)?,
+            max_angle_deg: attr(&obj, arg, class, "max_angle_deg", number)?,
+            zoom_range: attr(&obj, arg, class, "zoom", "a (lo, hi) pair of numbers")?,
+            zoom_per_axis: attr(&obj, arg, class, "zoom_per_axis", "a bool")?,
+            shift_frac: attr(&obj, arg, class, "shift_frac", pair)?,
+            sampling: sampling_from(
+                &interpolation,
+                &fill,
+                attr(&obj, arg, class, "fill_value", number)?,
+            )?,
+        };
+        cfg.validate()?;
+        Ok(AugmentArg(cfg))
+    }
+}
+
+/// The kernel build this process uses (decided once; see `cpu`).
+fn kernel() -> PyResult<Kernel> {
+    Ok(Kernel::selected()?)
 }
 
 #[pyfunction(name = "decode_png")]
@@ -140,7 +216,7 @@ fn augment_from(t: &AugmentTuple) -> PyResult<AugmentConfig> {
 fn decode_png_py<'py>(
     py: Python<'py>,
     source: &Bound<'py, PyAny>,
-    limits: (u32, u32, u64),
+    limits: LimitsArg,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
     let held = extract_source(source, 0)?;
     if let Held::Array(_) = held {
@@ -149,7 +225,7 @@ fn decode_png_py<'py>(
         ));
     }
     let src = as_source(&held, 0)?;
-    let limits = limits_from(limits);
+    let limits = limits.0;
     let img = py.detach(|| {
         no_panic(|| {
             batch::load_grey(&src, &limits).map_err(|e| match &src {
@@ -164,7 +240,7 @@ fn decode_png_py<'py>(
 }
 
 #[pyfunction(name = "transform")]
-#[pyo3(signature = (image, *, flip, angle_deg, zoom, shift, size, interpolation, fill, cval))]
+#[pyo3(signature = (image, *, flip, angle_deg, zoom, shift, size, interpolation, fill, fill_value))]
 #[allow(clippy::too_many_arguments)]
 fn transform_py<'py>(
     py: Python<'py>,
@@ -176,9 +252,10 @@ fn transform_py<'py>(
     size: (usize, usize),
     interpolation: &str,
     fill: &str,
-    cval: f64,
+    fill_value: f64,
 ) -> PyResult<Bound<'py, PyArray2<u8>>> {
-    let sampling = sampling_from(interpolation, fill, cval)?;
+    let sampling = sampling_from(interpolation, fill, fill_value)?;
+    let kernel = kernel()?;
     let (h, w) = (image.shape()[0], image.shape()[1]);
     let data = image.as_slice().map_err(|_| {
         PyValueError::new_err("image: array is not C-contiguous; pass np.ascontiguousarray(image)")
@@ -192,6 +269,7 @@ fn transform_py<'py>(
     let out = py.detach(|| {
         no_panic(|| {
             augment::transform(
+                kernel,
                 GreyView {
                     data,
                     height: h,
@@ -213,19 +291,21 @@ type ParamsTuple = (bool, f64, (f64, f64), (f64, f64));
 #[pyfunction(name = "sample_params")]
 #[pyo3(signature = (augment, *, seed, epoch, sample_id))]
 fn sample_params_py(
-    augment: AugmentTuple,
+    augment: AugmentArg,
     seed: u64,
     epoch: u64,
     sample_id: u64,
 ) -> PyResult<ParamsTuple> {
-    let cfg = augment_from(&augment)?;
-    let p = AugmentParams::sample(&mut crate::rng::ImageRng::new(seed, epoch, sample_id), &cfg);
+    let p = AugmentParams::sample(
+        &mut crate::rng::ImageRng::new(seed, epoch, sample_id),
+        &augment.0,
+    );
     Ok((p.flip, p.angle_deg, p.zoom, p.shift))
 }
 
 #[pyfunction(name = "load_batch")]
 #[pyo3(signature = (sources, sample_ids, *, size, channels, dtype, mean, std, augments, augment_of,
-                    sampling, seed, epoch, limits, cache, n_threads))]
+                    interpolation, fill, fill_value, seed, epoch, limits, cache, n_threads))]
 #[allow(clippy::too_many_arguments)]
 fn load_batch_py<'py>(
     py: Python<'py>,
@@ -236,12 +316,14 @@ fn load_batch_py<'py>(
     dtype: &str,
     mean: (f64, f64, f64),
     std: (f64, f64, f64),
-    augments: Vec<Option<AugmentTuple>>,
+    augments: Vec<Option<AugmentArg>>,
     augment_of: Option<Vec<usize>>,
-    sampling: (String, String, f64),
+    interpolation: &str,
+    fill: &str,
+    fill_value: f64,
     seed: u64,
     epoch: u64,
-    limits: (u32, u32, u64),
+    limits: LimitsArg,
     cache: Option<Bound<'py, PyImageCache>>,
     n_threads: Option<usize>,
 ) -> PyResult<Bound<'py, PyAny>> {
@@ -258,15 +340,13 @@ fn load_batch_py<'py>(
     let spec = BatchSpec {
         out_hw: size,
         channels,
-        augments: augments
-            .iter()
-            .map(|a| a.as_ref().map(augment_from).transpose())
-            .collect::<PyResult<_>>()?,
+        augments: augments.into_iter().map(|a| a.map(|a| a.0)).collect(),
         augment_of,
-        sampling: sampling_from(&sampling.0, &sampling.1, sampling.2)?,
+        sampling: sampling_from(interpolation, fill, fill_value)?,
         seed,
         epoch,
-        limits: limits_from(limits),
+        limits: limits.0,
+        kernel: kernel()?,
     };
     spec.validate()?;
     for (name, v) in [
@@ -398,19 +478,59 @@ fn batch_array(py: Python<'_>, owner: BatchOwner) -> PyResult<Bound<'_, PyAny>> 
     Ok(arr)
 }
 
+/// The kernel build in use: `"avx2"` or `"portable"` (`CTFP_CPU` forces one; read once).
+#[pyfunction(name = "_cpu_features")]
+fn cpu_features_py() -> PyResult<&'static str> {
+    Ok(kernel()?.name())
+}
+
 #[pyfunction(name = "default_threads")]
 fn default_threads_py() -> usize {
     pool::default_threads()
 }
 
+/// ITU-R 601-2 luma of uint8 RGB `(..., 3)`: the same rule (`decode::luma`) that decodes RGB and
+/// palette PNGs, so every grey image in ctfp comes from one formula.
+#[pyfunction(name = "rgb_to_grey")]
+fn rgb_to_grey_py<'py>(
+    py: Python<'py>,
+    rgb: PyReadonlyArrayDyn<'py, u8>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let shape = rgb.shape().to_vec();
+    if shape.last() != Some(&3) {
+        return Err(PyValueError::new_err(format!(
+            "rgb: expected a uint8 array whose last axis has 3 channels (..., 3), found shape {shape:?}"
+        )));
+    }
+    let src = rgb.as_slice().map_err(|_| {
+        PyValueError::new_err(
+            "rgb: expected a C-contiguous array; pass np.ascontiguousarray(rgb)".to_string(),
+        )
+    })?;
+    let grey: Vec<u8> = py.detach(|| {
+        src.chunks_exact(3)
+            .map(|p| decode::luma(p[0], p[1], p[2]))
+            .collect()
+    });
+    let out_shape = numpy::ndarray::IxDyn(&shape[..shape.len() - 1]);
+    let arr = numpy::ndarray::ArrayD::from_shape_vec(out_shape, grey)
+        .map_err(|e| PyRuntimeError::new_err(format!("rgb_to_grey: {e}")))?;
+    Ok(arr.into_pyarray(py).into_any())
+}
+
+#[pyfunction(name = "read_png_info")]
+#[pyo3(signature = (data, *, limits))]
+fn read_png_info_py(
+    data: &Bound<'_, PyBytes>,
+    limits: LimitsArg,
+) -> PyResult<(usize, usize, Option<u8>)> {
+    Ok(decode::read_info(data.as_bytes(), &limits.0).map_err(|e| e.with_item("PNG bytes"))?)
+}
+
 #[pyfunction(name = "read_png_size")]
 #[pyo3(signature = (data, *, limits))]
-fn read_png_size_py(
-    data: &Bound<'_, PyBytes>,
-    limits: (u32, u32, u64),
-) -> PyResult<(usize, usize)> {
-    Ok(decode::read_size(data.as_bytes(), &limits_from(limits))
-        .map_err(|e| e.with_item("PNG bytes"))?)
+fn read_png_size_py(data: &Bound<'_, PyBytes>, limits: LimitsArg) -> PyResult<(usize, usize)> {
+    Ok(decode::read_size(data.as_bytes(), &limits.0).map_err(|e| e.with_item("PNG bytes"))?)
 }
 
 /// Decode-once in-memory cache of grey images, shared across `load_batch` calls and threads.
@@ -456,7 +576,10 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(sample_params_py, m)?)?;
     m.add_function(wrap_pyfunction!(load_batch_py, m)?)?;
     m.add_function(wrap_pyfunction!(default_threads_py, m)?)?;
+    m.add_function(wrap_pyfunction!(cpu_features_py, m)?)?;
     m.add_function(wrap_pyfunction!(read_png_size_py, m)?)?;
+    m.add_function(wrap_pyfunction!(read_png_info_py, m)?)?;
+    m.add_function(wrap_pyfunction!(rgb_to_grey_py, m)?)?;
     m.add_class::<PyImageCache>()?;
     m.add_function(wrap_pyfunction!(ssim_matrix_py, m)?)?;
     Ok(())
@@ -491,7 +614,8 @@ fn ssim_matrix_py<'py>(
         ssim_images(&queries, "queries")?,
         ssim_images(&references, "references")?,
     );
-    let out = py.detach(|| no_panic(|| crate::ssim::ssim_matrix(q, r, n_threads)))?;
+    let kernel = kernel()?;
+    let out = py.detach(|| no_panic(|| crate::ssim::ssim_matrix(kernel, q, r, n_threads)))?;
     let arr =
         Array2::from_shape_vec((q.n, r.n), out).map_err(|e| CtfpError::Internal(e.to_string()))?;
     Ok(arr.into_pyarray(py))

@@ -100,11 +100,23 @@ fn from16(hi: u8, lo: u8) -> u8 {
 
 /// Read the header only: `(height, width)` after checking the caps.
 pub fn read_size(bytes: &[u8], limits: &Limits) -> Result<(usize, usize)> {
+    read_info(bytes, limits).map(|(h, w, _)| (h, w))
+}
+
+/// Read the header only: `(height, width, colour channels)` after checking the caps. Channels
+/// count colour only (alpha is dropped when decoding): 1 for grey, 3 for RGB, `None` for a
+/// palette, whose colours are known only from its PLTE chunk.
+pub fn read_info(bytes: &[u8], limits: &Limits) -> Result<(usize, usize, Option<u8>)> {
     check_signature(bytes)?;
     let mut decoder = png::Decoder::new(Cursor::new(bytes));
     let info = decoder.read_header_info().map_err(map_png_error)?;
     check_limits(info.width, info.height, limits)?;
-    Ok((info.height as usize, info.width as usize))
+    let channels = match info.color_type {
+        png::ColorType::Grayscale | png::ColorType::GrayscaleAlpha => Some(1),
+        png::ColorType::Rgb | png::ColorType::Rgba => Some(3),
+        png::ColorType::Indexed => None,
+    };
+    Ok((info.height as usize, info.width as usize, channels))
 }
 
 fn check_signature(bytes: &[u8]) -> Result<()> {

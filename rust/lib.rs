@@ -6,6 +6,7 @@ pub mod batch;
 pub mod buffers;
 pub mod cache;
 pub mod color;
+pub mod cpu;
 pub mod decode;
 pub mod error;
 pub mod pool;

@@ -12,8 +12,8 @@
 //!   and reused for every pair it is in; a pair only adds the cross sums `Sxy`.
 //! - `Sxy` is a running 7-row column sum (one add and one subtract of pixel products per pixel and
 //!   row) followed by a 7-wide horizontal sum in 4 adds; all loops are branch-free over whole rows
-//!   so that they vectorise, with an AVX2 build of the kernel chosen at run time where the CPU has
-//!   it (same operations, same results).
+//!   so that they vectorise, with an AVX2 build of the kernel that callers choose through
+//!   [`Kernel`] (same operations, same results).
 //! - Pairs run in parallel on the per-process pool, in tiles whose statistics stay within a fixed
 //!   memory budget, however many images there are.
 //!
@@ -24,6 +24,7 @@
 
 use rayon::prelude::*;
 
+use crate::cpu::{kernel_dispatch, Kernel};
 use crate::error::{CtfpError, Result};
 use crate::pool;
 
@@ -213,7 +214,7 @@ fn stats_impl(
 }
 
 /// The window statistics of one image (`height, width >= 7`).
-pub fn window_stats(img: &[u8], height: usize, width: usize) -> Result<Stats> {
+pub fn window_stats(kernel: Kernel, img: &[u8], height: usize, width: usize) -> Result<Stats> {
     check_size(height, width)?;
     if img.len() != height * width {
         return Err(CtfpError::Value(format!(
@@ -226,7 +227,8 @@ pub fn window_stats(img: &[u8], height: usize, width: usize) -> Result<Stats> {
         sum: vec![0; windows],
         var: vec![0; windows],
     };
-    stats_impl(
+    stats(
+        kernel,
         img,
         height,
         width,
@@ -302,75 +304,22 @@ fn pair_impl(
     total / (oh * ow) as f64
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn pair_avx2(
-    x: &[u8],
-    y: &[u8],
-    height: usize,
-    width: usize,
-    sx: StatsRef<'_>,
-    sy: StatsRef<'_>,
-    s: &mut Scratch,
-) -> f64 {
-    pair_impl(x, y, height, width, sx, sy, s)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn stats_avx2(
-    img: &[u8],
-    height: usize,
-    width: usize,
-    s: &mut Scratch,
-    sum: &mut [i32],
-    var: &mut [i32],
-) {
-    stats_impl(img, height, width, s, sum, var)
-}
-
-fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-/// The kernels of this CPU; `simd` picks the AVX2 build (only ever true where the CPU has it).
-#[derive(Clone, Copy)]
-struct Kernel {
-    simd: bool,
-}
-
-impl Kernel {
-    fn detect() -> Self {
-        Kernel { simd: has_avx2() }
-    }
-
-    fn stats(
-        self,
+kernel_dispatch! {
+    /// The window statistics of one image with the build `kernel`.
+    fn stats => stats_impl(
         img: &[u8],
         height: usize,
         width: usize,
         s: &mut Scratch,
         sum: &mut [i32],
         var: &mut [i32],
-    ) {
-        #[cfg(target_arch = "x86_64")]
-        if self.simd {
-            // SAFETY: `simd` is only true when the CPU reported AVX2 and FMA (`has_avx2`).
-            return unsafe { stats_avx2(img, height, width, s, sum, var) };
-        }
-        stats_impl(img, height, width, s, sum, var)
-    }
+    )
+}
 
+kernel_dispatch! {
+    /// The SSIM of one pair with the build `kernel`.
     #[allow(clippy::too_many_arguments)]
-    fn pair(
-        self,
+    fn pair => pair_impl(
         x: &[u8],
         y: &[u8],
         height: usize,
@@ -378,18 +327,12 @@ impl Kernel {
         sx: StatsRef<'_>,
         sy: StatsRef<'_>,
         s: &mut Scratch,
-    ) -> f64 {
-        #[cfg(target_arch = "x86_64")]
-        if self.simd {
-            // SAFETY: `simd` is only true when the CPU reported AVX2 and FMA (`has_avx2`).
-            return unsafe { pair_avx2(x, y, height, width, sx, sy, s) };
-        }
-        pair_impl(x, y, height, width, sx, sy, s)
-    }
+    ) -> f64
 }
 
 /// SSIM of two images with their statistics already computed (see [`window_stats`]).
 pub fn ssim_with_stats(
+    kernel: Kernel,
     x: &[u8],
     y: &[u8],
     height: usize,
@@ -409,7 +352,8 @@ pub fn ssim_with_stats(
             "ssim: images and statistics do not match a {height}x{width} image"
         )));
     }
-    Ok(Kernel::detect().pair(
+    Ok(pair(
+        kernel,
         x,
         y,
         height,
@@ -421,10 +365,10 @@ pub fn ssim_with_stats(
 }
 
 /// SSIM of two `height x width` grey images (skimage's `structural_similarity(x, y)`).
-pub fn ssim(x: &[u8], y: &[u8], height: usize, width: usize) -> Result<f64> {
-    let sx = window_stats(x, height, width)?;
-    let sy = window_stats(y, height, width)?;
-    ssim_with_stats(x, y, height, width, &sx, &sy)
+pub fn ssim(kernel: Kernel, x: &[u8], y: &[u8], height: usize, width: usize) -> Result<f64> {
+    let sx = window_stats(kernel, x, height, width)?;
+    let sy = window_stats(kernel, y, height, width)?;
+    ssim_with_stats(kernel, x, y, height, width, &sx, &sy)
 }
 
 /// `f(k)` for `k in 0..n`, in parallel on the current pool unless `parallel` is false.
@@ -481,7 +425,7 @@ fn fill_stats(
     let per_image = 2 * (h - WIN + 1) * (w - WIN + 1);
     let one = |s: &mut Scratch, (k, chunk): (usize, &mut [i32])| {
         let (sum, var) = chunk.split_at_mut(per_image / 2);
-        kernel.stats(images.image(first + k), h, w, s, sum, var)
+        stats(kernel, images.image(first + k), h, w, s, sum, var)
     };
     let slots = &mut tile[..n * per_image];
     if parallel {
@@ -512,17 +456,20 @@ fn tile_len(height: usize, width: usize) -> usize {
 /// SSIM of every query against every reference: a row-major `(queries.n, references.n)` matrix.
 ///
 /// Statistics are computed once per image and tile; tiles of queries and references are visited
-/// so that memory stays within a fixed budget. The result does not depend on `n_threads`.
+/// so that memory stays within a fixed budget. The result depends neither on `n_threads` nor on
+/// `kernel`.
 pub fn ssim_matrix(
+    kernel: Kernel,
     queries: Images<'_>,
     references: Images<'_>,
     n_threads: Option<usize>,
 ) -> Result<Vec<f32>> {
     let tile = tile_len(queries.height.max(WIN), queries.width.max(WIN));
-    matrix_tiled(queries, references, n_threads, tile)
+    matrix_tiled(kernel, queries, references, n_threads, tile)
 }
 
 fn matrix_tiled(
+    kernel: Kernel,
     queries: Images<'_>,
     references: Images<'_>,
     n_threads: Option<usize>,
@@ -542,7 +489,6 @@ fn matrix_tiled(
     if nq == 0 || nr == 0 {
         return Ok(out);
     }
-    let kernel = Kernel::detect();
     let parallel = threads > 1;
     let per_image = 2 * (h - WIN + 1) * (w - WIN + 1);
     let mut qstats = alloc_tile(tile.min(nq) * per_image);
@@ -565,7 +511,7 @@ fn matrix_tiled(
                         tile_stats(&qstats, a, per_image),
                         tile_stats(&rstats, b, per_image),
                     );
-                    kernel.pair(x, y, h, w, sx, sy, s) as f32
+                    pair(kernel, x, y, h, w, sx, sy, s) as f32
                 });
                 for a in 0..tq {
                     let row = (q0 + a) * nr + r0;
@@ -633,9 +579,9 @@ mod tests {
     #[test]
     fn identical_images_give_one() {
         let x = noise(40 * 33, 1);
-        assert!((ssim(&x, &x, 40, 33).unwrap() - 1.0).abs() < 1e-6);
+        assert!((ssim(Kernel::detect(), &x, &x, 40, 33).unwrap() - 1.0).abs() < 1e-6);
         let flat = vec![17u8; 12 * 9];
-        assert!((ssim(&flat, &flat, 12, 9).unwrap() - 1.0).abs() < 1e-6);
+        assert!((ssim(Kernel::detect(), &flat, &flat, 12, 9).unwrap() - 1.0).abs() < 1e-6);
     }
 
     #[test]
@@ -648,20 +594,20 @@ mod tests {
             .map(|&v| if v & 1 == 0 { 0 } else { 255 })
             .collect::<Vec<u8>>();
         for (x, y) in [(&black, &white), (&white, &check), (&check, &black)] {
-            let got = ssim(x, y, h, w).unwrap();
+            let got = ssim(Kernel::detect(), x, y, h, w).unwrap();
             assert!((got - reference(x, y, h, w)).abs() < 1e-6, "{got}");
         }
     }
 
     #[test]
     fn rejects_small_and_mismatched_images() {
-        assert!(ssim(&[0; 36], &[0; 36], 6, 6).is_err());
-        assert!(ssim(&[0; 49], &[0; 48], 7, 7).is_err());
+        assert!(ssim(Kernel::detect(), &[0; 36], &[0; 36], 6, 6).is_err());
+        assert!(ssim(Kernel::detect(), &[0; 49], &[0; 48], 7, 7).is_err());
         let a = noise(64, 1);
         let q = Images::new(&a, 1, 8, 8).unwrap();
         let b = noise(81, 1);
         let r = Images::new(&b, 1, 9, 9).unwrap();
-        assert!(ssim_matrix(q, r, Some(1)).is_err());
+        assert!(ssim_matrix(Kernel::detect(), q, r, Some(1)).is_err());
         assert!(Images::new(&a, 2, 8, 8).is_err());
     }
 
@@ -672,9 +618,9 @@ mod tests {
         let r = noise(nr * h * w, 12);
         let qi = Images::new(&q, nq, h, w).unwrap();
         let ri = Images::new(&r, nr, h, w).unwrap();
-        let one = ssim_matrix(qi, ri, Some(1)).unwrap();
+        let one = ssim_matrix(Kernel::detect(), qi, ri, Some(1)).unwrap();
         for t in [2, 3] {
-            assert_eq!(ssim_matrix(qi, ri, Some(t)).unwrap(), one);
+            assert_eq!(ssim_matrix(Kernel::detect(), qi, ri, Some(t)).unwrap(), one);
         }
         for a in 0..nq {
             for b in 0..nr {
@@ -683,31 +629,52 @@ mod tests {
             }
         }
         for tile in [1, 2, 3, 5, 8] {
-            assert_eq!(matrix_tiled(qi, ri, Some(1), tile).unwrap(), one);
-            assert_eq!(matrix_tiled(qi, ri, Some(2), tile).unwrap(), one);
+            assert_eq!(
+                matrix_tiled(Kernel::detect(), qi, ri, Some(1), tile).unwrap(),
+                one
+            );
+            assert_eq!(
+                matrix_tiled(Kernel::detect(), qi, ri, Some(2), tile).unwrap(),
+                one
+            );
         }
         let empty = Images::new(&[], 0, h, w).unwrap();
-        assert!(ssim_matrix(empty, ri, None).unwrap().is_empty());
+        assert!(ssim_matrix(Kernel::detect(), empty, ri, None)
+            .unwrap()
+            .is_empty());
     }
 
+    /// The portable and AVX2+FMA builds give bit-identical statistics and SSIM values (the sums
+    /// are integers; the final ratio is the same `f32` operations in both builds). Without AVX2
+    /// on this CPU only the portable build runs, and the test says so.
     #[test]
-    fn simd_and_portable_kernels_agree() {
+    fn portable_and_avx2_kernels_are_identical() {
+        let Some(simd) = Kernel::avx2_fma_or_skip("SSIM") else {
+            return;
+        };
         let (h, w) = (31, 45);
         let (x, y) = (noise(h * w, 5), noise(h * w, 6));
         let mut s = Scratch::default();
-        let sx = window_stats(&x, h, w).unwrap();
-        let sy = window_stats(&y, h, w).unwrap();
-        let mut again = sx.clone();
-        again.sum.fill(0);
-        again.var.fill(0);
-        let portable = pair_impl(&x, &y, h, w, sx.view(), sy.view(), &mut s);
-        let k = Kernel::detect();
-        k.stats(&x, h, w, &mut s, &mut again.sum, &mut again.var);
-        assert_eq!(again, sx);
+        let sx = window_stats(Kernel::Portable, &x, h, w).unwrap();
+        let sy = window_stats(Kernel::Portable, &y, h, w).unwrap();
+        assert_eq!(window_stats(simd, &x, h, w).unwrap(), sx);
         let mut plain = sx.clone();
         stats_impl(&x, h, w, &mut s, &mut plain.sum, &mut plain.var);
         assert_eq!(plain, sx);
-        assert_eq!(k.pair(&x, &y, h, w, sx.view(), sy.view(), &mut s), portable);
+        let portable = pair(Kernel::Portable, &x, &y, h, w, sx.view(), sy.view(), &mut s);
+        let fast = pair(simd, &x, &y, h, w, sx.view(), sy.view(), &mut s);
+        assert_eq!(fast.to_bits(), portable.to_bits());
+        // whole matrices, several sizes (row lengths around the vector widths)
+        for (h, w, nq, nr) in [(20, 17, 5, 7), (7, 7, 3, 2), (40, 71, 4, 6), (64, 64, 3, 3)] {
+            let q = noise(nq * h * w, 11 + w as u64);
+            let r = noise(nr * h * w, 12 + h as u64);
+            let qi = Images::new(&q, nq, h, w).unwrap();
+            let ri = Images::new(&r, nr, h, w).unwrap();
+            let bits = |v: Vec<f32>| v.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+            let a = bits(ssim_matrix(Kernel::Portable, qi, ri, Some(2)).unwrap());
+            let b = bits(ssim_matrix(simd, qi, ri, Some(2)).unwrap());
+            assert_eq!(a, b, "{h}x{w}");
+        }
     }
 
     proptest! {
@@ -726,15 +693,15 @@ mod tests {
                     x.iter_mut().for_each(|v| *v /= 4);
                 }
             }
-            let got = ssim(&x, &y, h, w).unwrap();
+            let got = ssim(Kernel::detect(), &x, &y, h, w).unwrap();
             prop_assert!((got - reference(&x, &y, h, w)).abs() < 1e-6);
-            prop_assert!((got - ssim(&y, &x, h, w).unwrap()).abs() < 1e-9);
+            prop_assert!((got - ssim(Kernel::detect(), &y, &x, h, w).unwrap()).abs() < 1e-9);
         }
 
         #[test]
         fn statistics_are_exact(h in 7usize..20, w in 7usize..20, seed in 0u64..1000) {
             let x = noise(h * w, seed);
-            let st = window_stats(&x, h, w).unwrap();
+            let st = window_stats(Kernel::detect(), &x, h, w).unwrap();
             let ow = w - WIN + 1;
             for i in 0..=h - WIN {
                 for j in 0..ow {
