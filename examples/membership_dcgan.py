@@ -49,7 +49,7 @@ METHODS: list[tuple[str, dict]] = [
 
 def make_data(n_used: int, n_unused: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """One 256x256 slice per patient, area-downsampled 4x to 64x64; split at random."""
-    from ctfp import synthetic
+    from ctfp.data import synthetic
 
     n = n_used + n_unused
     big = synthetic.make_slices(n, n_patients=n, size=256, seed=seed)
@@ -181,7 +181,7 @@ def baseline_cnn(generated, x_dev, x_test, args: argparse.Namespace):
     threshold 0.5): test probabilities of "generated" and predictions, or None when ctfp's
     FingerprintClassifier is not available."""
     try:
-        from ctfp.estimator import FingerprintClassifier
+        from ctfp.models import FingerprintClassifier
     except ImportError:
         return None
     rng = np.random.default_rng(args.seed)
@@ -254,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from ctfp.metrics import evaluate, markdown_table
-    from ctfp.similarity import SimilarityMembership, evaluate_split
+    from ctfp.membership.index import GeneratedIndex
+    from ctfp.membership.metrics import evaluate, markdown_table
+    from ctfp.membership.similarity import SimilarityMembership, evaluate_split
 
     torch.set_num_threads(args.torch_threads)
     t_start = time.perf_counter()
@@ -290,11 +291,17 @@ def main(argv: list[str] | None = None) -> int:
 
         for name, params in METHODS:
             t = time.perf_counter()
+            # the generated set, indexed once for both halves (the estimator reuses an index
+            # fitted with its own settings)
+            index = GeneratedIndex(
+                **{k: v for k, v in params.items() if k in GeneratedIndex().get_params()},
+                random_state=args.seed,
+            ).fit(generated)
 
-            def fit_predict(dev, test, params=params, generated=generated):
+            def fit_predict(dev, test, params=params, index=index):
                 est = SimilarityMembership(random_state=args.seed, **params)
                 # fitted on the development half; the test labels only score the predictions
-                res = evaluate_split(est, generated, x[dev], y[dev], x[test], y[test])
+                res = evaluate_split(est, index, x[dev], y[dev], x[test], y[test])
                 return res["scores"], res["predictions"], res["describe"]
 
             add_row(name, *cross_fit(fit_predict, x, y, folds), t)

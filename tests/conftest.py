@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pathlib
 import struct
+import threading
 import zlib
 from collections.abc import Callable
 
@@ -115,6 +116,25 @@ def fake_png(width: int, height: int, *, bit_depth: int = 8, color_type: int = 0
 # fixtures
 
 
+def _one_torch_thread():
+    """Tiny models gain nothing from torch's thread pool, and on a small machine whose cores are
+    busy (the loader's threads, other jobs) OpenMP's spinning workers make each step many times
+    slower (on a shared 2-core VM tests/test_superres.py took 80 s with 2 threads and 14 s with
+    one). These tests check behaviour, not speed: run them on one torch thread, then restore the
+    count. Skips where torch is not installed."""
+    torch = pytest.importorskip("torch")
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+# a module's tests: ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``
+one_torch_thread = pytest.fixture(scope="module", name="one_torch_thread")(_one_torch_thread)
+# one test only, where the rest of its module keeps torch's own thread count
+one_torch_thread_per_test = pytest.fixture(name="one_torch_thread_per_test")(_one_torch_thread)
+
+
 @pytest.fixture(scope="session")
 def png_encoder() -> Callable[..., bytes]:
     return encode_png
@@ -151,6 +171,72 @@ def save_pil(tmp_path: pathlib.Path) -> Callable[..., pathlib.Path]:
     return save
 
 
+@pytest.fixture(scope="session")
+def mixed_sources() -> Callable[[list[np.ndarray], pathlib.Path], list[object]]:
+    """``mixed_sources(arrays, directory) -> sources``: the images as both kinds of ctfp source,
+    odd indices as 8-bit grey PNGs written by Pillow into ``directory`` (``{k}.png``), even ones
+    as the arrays themselves."""
+
+    def make(arrays: list[np.ndarray], directory: pathlib.Path) -> list[object]:
+        out: list[object] = []
+        for k, a in enumerate(arrays):
+            if k % 2:
+                p = directory / f"{k}.png"
+                Image.fromarray(a).save(p)
+                out.append(p)
+            else:
+                out.append(a)
+        return out
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def run_threads() -> Callable[..., None]:
+    """``run_threads(work, n, *, timeout=None, main=None)``: run ``work(k)`` for each ``k`` in
+    ``range(n)`` in a thread of its own, all started together; ``main(threads)``, when given, runs
+    in the calling thread meanwhile. Then wait up to ``timeout`` s for each thread and fail with
+    the exceptions the threads raised, if any."""
+
+    def run(
+        work: Callable[[int], None],
+        n: int,
+        *,
+        timeout: float | None = None,
+        main: Callable[[list[threading.Thread]], None] | None = None,
+    ) -> None:
+        errors: list[BaseException] = []
+
+        def target(k: int) -> None:
+            try:
+                work(k)
+            except BaseException as e:  # pragma: no cover - reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=target, args=(k,)) for k in range(n)]
+        for t in threads:
+            t.start()
+        if main is not None:
+            main(threads)
+        for t in threads:
+            t.join(timeout)
+        assert not errors, errors
+
+    return run
+
+
+@pytest.fixture
+def test_root(tmp_path: pathlib.Path) -> pathlib.Path:
+    """A test set as shipped: ``generated/`` with two images and ``real_unknown/`` with four
+    (``real_unknown_0000.png`` ... ``real_unknown_0003.png``), 32x32 synthetic slices."""
+    from ctfp.data.synthetic import write_pngs
+
+    root = tmp_path / "test"
+    write_pngs(root / "generated", 2, prefix="generated", size=32)
+    write_pngs(root / "real_unknown", 4, prefix="real_unknown", size=32)
+    return root
+
+
 GREY8_SIZES = [(1, 1), (1, 17), (17, 1), (2, 3), (7, 5), (31, 33), (64, 64), (97, 45)]
 
 
@@ -158,7 +244,7 @@ GREY8_SIZES = [(1, 1), (1, 17), (17, 1), (2, 3), (7, 5), (31, 33), (64, 64), (97
 def grey8_files(tmp_path: pathlib.Path) -> list[tuple[pathlib.Path, np.ndarray]]:
     """8-bit grey PNGs written by Pillow, with the arrays they hold: random noise of several sizes
     (1xN, Nx1, odd sizes) and synthetic CT slices."""
-    from ctfp.synthetic import make_slice
+    from ctfp.data.synthetic import make_slice
 
     r = np.random.default_rng(7)
     out = []
@@ -178,7 +264,7 @@ def grey8_files(tmp_path: pathlib.Path) -> list[tuple[pathlib.Path, np.ndarray]]
 @pytest.fixture
 def slice_paths(tmp_path: pathlib.Path) -> list[pathlib.Path]:
     """Twelve 64x64 synthetic slices, 8-bit grey PNG."""
-    from ctfp.synthetic import make_slices
+    from ctfp.data.synthetic import make_slices
 
     imgs = make_slices(12, n_patients=3, size=64)
     paths = []

@@ -9,25 +9,12 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
-from ctfp.backbones import (  # noqa: E402
-    BACKBONES,
-    FingerprintNet,
-    available_backbones,
-    build_model,
-    get_spec,
-)
 from ctfp.exceptions import CtfpError, WeightsError  # noqa: E402
+from ctfp.models import available_backbones, build_model, get_spec  # noqa: E402
+from ctfp.models.builders import FingerprintNet  # noqa: E402
+from ctfp.models.registry import BACKBONES  # noqa: E402
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from torch's thread pool, and on a small machine whose cores are
-    busy (the loader's threads, other jobs) OpenMP's spinning workers make each step many times
-    slower. These tests check behaviour, not speed: run them on one torch thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _has_lite() -> bool:

@@ -342,17 +342,8 @@ def test_bad_options(arrays16, kwargs, exc):
 
 
 @pytest.fixture(scope="module")
-def det_sources(tmp_path_factory, arrays16) -> list[object]:
-    d = tmp_path_factory.mktemp("det")
-    out: list[object] = []
-    for k, a in enumerate(arrays16):
-        if k % 2:
-            p = d / f"{k}.png"
-            Image.fromarray(a).save(p)
-            out.append(p)
-        else:
-            out.append(a)
-    return out
+def det_sources(tmp_path_factory, arrays16, mixed_sources) -> list[object]:
+    return mixed_sources(arrays16, tmp_path_factory.mktemp("det"))
 
 
 def test_same_output_for_any_thread_count(det_sources):

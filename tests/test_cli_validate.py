@@ -7,19 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from ctfp.synthetic import write_pngs
-
 IDS = [f"real_unknown_{k:04d}" for k in range(4)]
-
-
-@pytest.fixture
-def test_root(tmp_path: Path) -> Path:
-    root = tmp_path / "test"
-    write_pngs(root / "generated", 2, prefix="generated", size=32)
-    write_pngs(root / "real_unknown", 4, prefix="real_unknown", size=32)
-    return root
 
 
 def validate(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 import ctfp
-from ctfp.synthetic import make_slice
+from ctfp.data.synthetic import make_slice
 
 AUG = ctfp.Augment()
 
@@ -38,38 +38,32 @@ def slow_batch(png512) -> list[bytes]:
     return [png512] * n
 
 
-def _run_threads(slow_batch: list[bytes], n: int) -> tuple[list, list, list]:
+def _run_threads(run_threads, slow_batch: list[bytes], n: int) -> tuple[list, list, list]:
     barrier = threading.Barrier(n + 1)
     spans: list[tuple[float, float]] = [(0.0, 0.0)] * n
     outs: list[np.ndarray | None] = [None] * n
-    errors: list[BaseException] = []
+    beats: list[float] = []
 
     def work(k: int) -> None:
-        try:
-            barrier.wait()
-            t0 = time.perf_counter()
-            outs[k] = ctfp.load_batch(slow_batch, size=128, augment=AUG, seed=k, n_threads=1)
-            spans[k] = (t0, time.perf_counter())
-        except BaseException as e:  # pragma: no cover - reported below
-            errors.append(e)
+        barrier.wait()
+        t0 = time.perf_counter()
+        outs[k] = ctfp.load_batch(slow_batch, size=128, augment=AUG, seed=k, n_threads=1)
+        spans[k] = (t0, time.perf_counter())
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(n)]
-    for t in threads:
-        t.start()
-    barrier.wait()
-    # The main thread keeps running Python while the workers are inside load_batch: with the
-    # GIL held by a worker for a whole call, these heartbeats would stop for that long.
-    beats = [time.perf_counter()]
-    while any(t.is_alive() for t in threads):
+    def heartbeats(threads: list[threading.Thread]) -> None:
+        barrier.wait()
+        # The main thread keeps running Python while the workers are inside load_batch: with the
+        # GIL held by a worker for a whole call, these heartbeats would stop for that long.
         beats.append(time.perf_counter())
-    for t in threads:
-        t.join()
-    assert not errors, errors
+        while any(t.is_alive() for t in threads):
+            beats.append(time.perf_counter())
+
+    run_threads(work, n, main=heartbeats)
     return spans, outs, beats
 
 
-def test_threads_overlap_in_time(slow_batch):
-    spans, outs, beats = _run_threads(slow_batch, 2)
+def test_threads_overlap_in_time(slow_batch, run_threads):
+    spans, outs, beats = _run_threads(run_threads, slow_batch, 2)
     (s0, e0), (s1, e1) = spans
     assert max(s0, s1) < min(e0, e1), f"calls did not overlap: {spans}"
     # both calls were running together for most of their length
@@ -88,7 +82,7 @@ def test_threads_overlap_in_time(slow_batch):
         np.testing.assert_array_equal(out[:8], ref)
 
 
-def test_many_threads_share_pool_and_cache(tmp_path):
+def test_many_threads_share_pool_and_cache(tmp_path, run_threads):
     paths = []
     for k in range(10):
         p = tmp_path / f"{k}.png"
@@ -98,24 +92,15 @@ def test_many_threads_share_pool_and_cache(tmp_path):
     kw = dict(size=40, augment=AUG, seed=3)
     expected = {e: ctfp.load_batch(paths, epoch=e, **kw) for e in range(6)}
     results: dict[tuple[int, int], np.ndarray] = {}
-    errors: list[BaseException] = []
 
     def work(k: int) -> None:
-        try:
-            for rep in range(5):
-                e = (k + rep) % 6
-                results[(k, rep)] = ctfp.load_batch(
-                    paths, epoch=e, cache=cache, n_threads=1 + k % 3, **kw
-                )
-        except BaseException as e:  # pragma: no cover
-            errors.append(e)
+        for rep in range(5):
+            e = (k + rep) % 6
+            results[(k, rep)] = ctfp.load_batch(
+                paths, epoch=e, cache=cache, n_threads=1 + k % 3, **kw
+            )
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(6)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors, errors
+    run_threads(work, 6, timeout=60)
     for (k, rep), out in results.items():
         np.testing.assert_array_equal(out, expected[(k + rep) % 6])
     s = cache.stats()

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from ctfp.datasets import Dataset, DatasetError, find_datasets, find_unknown_dir, scan_images
+from ctfp.data.datasets import Dataset, DatasetError, find_datasets, find_unknown_dir, scan_images
+from ctfp.data.synthetic import write_pngs
 from ctfp.exceptions import CtfpError
-from ctfp.synthetic import write_pngs
 
 
 def pngs(folder: Path, n: int, *, prefix: str = "img", size: int = 32) -> list[Path]:

@@ -1,12 +1,18 @@
-"""Decision rules from scores to labels (python/ctfp/decision.py), on scores whose best threshold
-is known by construction."""
+"""Decision rules from scores to labels (python/ctfp/membership/decision.py), on scores whose
+best threshold is known by construction; ctfp's one threshold calibration (best_threshold)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from ctfp.decision import CalibratedThreshold, Threshold, TopFraction, make_rule
+from ctfp.membership.decision import (
+    CalibratedThreshold,
+    Threshold,
+    TopFraction,
+    best_threshold,
+    make_rule,
+)
 
 
 def test_threshold_at_half_is_inclusive() -> None:
@@ -183,3 +189,74 @@ def test_make_rule(spec: str, cls: type, attrs: dict) -> None:
 def test_make_rule_errors(spec: str, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         make_rule(spec)
+
+
+# --------------------------------------------------------------------------------------------------
+# best_threshold: ctfp's one calibration (candidates, tie-break)
+
+
+def test_best_threshold_known_answers() -> None:
+    t, v = best_threshold([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1])
+    assert (t, v) == (pytest.approx(0.25), 1.0)
+    # a plateau of equally good thresholds: the median candidate
+    t, v = best_threshold([1, 2, 3, 4, 5, 6], [0, 1, 0, 1, 0, 1], metric="accuracy")
+    assert v == pytest.approx(4 / 6) and t == pytest.approx(3.5)  # of 1.5, 3.5 and 5.5
+    t_f1, v_f1 = best_threshold([1, 2, 3, 4], [1, 0, 1, 1], metric="f1")
+    assert t_f1 == pytest.approx(0.0) and v_f1 == pytest.approx(6 / 7)  # all used: F1 6/7
+    t_k, v_k = best_threshold([1, 2, 3, 4], [0, 1, 0, 1], metric="kappa")
+    assert v_k == pytest.approx(0.5) and t_k == pytest.approx(3.5)
+    with pytest.raises(ValueError, match="both labels"):
+        best_threshold([1, 2], [1, 1])
+    with pytest.raises(ValueError, match="metric"):
+        best_threshold([1, 2], [0, 1], metric="auc")
+
+
+def test_ties_take_the_median_candidate() -> None:
+    # accuracy 4/6 at 1.5, 3.5, 5.5 (odd count): the middle one, not the lowest (1.5)
+    s, y = [1, 2, 3, 4, 5, 6], [0, 1, 0, 1, 0, 1]
+    assert CalibratedThreshold().fit(s, y).threshold_ == pytest.approx(3.5)
+    # an even count of tied candidates: the upper of the two middle ones (accuracy 4/5 at 1.5
+    # and 3.5: the lowest rule would take 1.5)
+    s, y = [1, 2, 3, 4, 5], [0, 1, 0, 1, 1]
+    t, v = best_threshold(s, y)
+    tied = [c for c in (0.0, 1.5, 2.5, 3.5, 4.5, 6.0) if _accuracy(s, y, c) == pytest.approx(v)]
+    assert tied == [1.5, 3.5] and t == pytest.approx(3.5)
+    assert CalibratedThreshold().fit(s, y).threshold_ == pytest.approx(3.5)
+    # four tied (accuracy 1/2), not contiguous: 0.0, 2.5, 4.5, 7.0 -> 4.5
+    s, y = [1, 2, 3, 4, 5, 6], [1, 0, 1, 0, 1, 0]
+    t, v = best_threshold(s, y)
+    cands = (0.0, 1.5, 2.5, 3.5, 4.5, 5.5, 7.0)
+    tied = [c for c in cands if _accuracy(s, y, c) == pytest.approx(v)]
+    assert tied == [0.0, 2.5, 4.5, 7.0] and t == pytest.approx(4.5)
+
+
+def _accuracy(s: list, y: list, t: float) -> float:
+    return float(np.mean((np.asarray(s) >= t).astype(int) == np.asarray(y)))
+
+
+@pytest.mark.parametrize("metric", ["accuracy", "f1", "kappa"])
+@pytest.mark.parametrize("seed", range(6))
+def test_best_threshold_equals_a_brute_force_search(metric: str, seed: int) -> None:
+    """Every candidate scored with scikit-learn's own metrics; ties (repeated scores too) go to
+    the median of the best candidates."""
+    from sklearn import metrics as m
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(4, 40))
+    s = np.round(rng.normal(size=n), 1)  # rounded: repeated scores
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]
+    fn = {
+        "accuracy": m.accuracy_score,
+        "f1": lambda a, b: m.f1_score(a, b, zero_division=0),
+        "kappa": lambda a, b: m.cohen_kappa_score(a, b) if len(set(b.tolist())) > 1 else 0.0,
+    }[metric]
+    u = np.unique(s)
+    cands = np.r_[u[0] - 1, (u[:-1] + u[1:]) / 2, u[-1] + 1]
+    values = np.array([fn(y, (s >= c).astype(int)) for c in cands])
+    best = cands[values >= values.max() - 1e-9]
+    t, v = best_threshold(s, y, metric)
+    assert v == pytest.approx(values.max(), abs=1e-12)
+    assert t == best[len(best) // 2]
+    rule = CalibratedThreshold(metric).fit(s, y)
+    assert (rule.threshold_, rule.dev_value_) == (t, v)

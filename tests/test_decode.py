@@ -333,3 +333,23 @@ def test_decode_rejects_wrong_types():
         ctfp.decode_png(12)  # type: ignore[arg-type]
     with pytest.raises(TypeError):
         ctfp.decode_png(b"", limits=(1, 2, 3))  # type: ignore[arg-type]
+
+
+def test_rgb_to_grey_is_pillows_luma_and_the_decoders():
+    """One grey rule: ``_core.rgb_to_grey`` equals Pillow's convert("L") and decoding an RGB PNG."""
+    import io
+
+    from PIL import Image
+
+    rgb = np.random.default_rng(5).integers(0, 256, (2, 9, 11, 3), dtype=np.uint8)
+    grey = ctfp._core.rgb_to_grey(rgb)
+    assert grey.shape == (2, 9, 11) and grey.dtype == np.uint8
+    for k in range(2):
+        np.testing.assert_array_equal(grey[k], np.asarray(Image.fromarray(rgb[k]).convert("L")))
+        buf = io.BytesIO()
+        Image.fromarray(rgb[k]).save(buf, format="PNG")
+        np.testing.assert_array_equal(grey[k], ctfp.decode_png(buf.getvalue()))
+    with pytest.raises(ValueError, match=r"last axis has 3 channels"):
+        ctfp._core.rgb_to_grey(rgb[..., :2].copy())
+    with pytest.raises(ValueError, match="C-contiguous"):
+        ctfp._core.rgb_to_grey(rgb[:, ::2])

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from ctfp.runfile import validate_run_file
+from ctfp.imageclef.runfile import validate_run_file
 
 
 @pytest.mark.slow
@@ -16,7 +16,7 @@ def test_quick_demo_completes(tmp_path):
     pytest.importorskip("torch")
     out = tmp_path / "demo"
     done = subprocess.run(
-        [sys.executable, "-m", "ctfp", "demo", "--quick", "--out", str(out), "--threads", "1"],
+        [sys.executable, "-m", "ctfp", "demo", "--quick", "--out", str(out), "--n-jobs", "1"],
         capture_output=True,
         text=True,
         timeout=600,

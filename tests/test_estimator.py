@@ -4,6 +4,7 @@ errors a user can act on. Tiny settings throughout (random init, 32x32 input, 1-
 from __future__ import annotations
 
 import copy
+import os
 import pickle
 import warnings
 
@@ -20,22 +21,13 @@ from sklearn.utils import estimator_checks as ec  # noqa: E402
 
 import ctfp  # noqa: E402
 from ctfp import FingerprintClassifier  # noqa: E402
+from ctfp.data.synthetic import make_slices, write_pngs  # noqa: E402
 from ctfp.exceptions import ImageContractError, NotFittedError, WeightsError  # noqa: E402
-from ctfp.synthetic import make_slices, write_pngs  # noqa: E402
 
 TINY = dict(weights=None, image_size=32, max_epochs=1, batch_size=8, random_state=0, n_jobs=2)
 N, SIZE = 12, 40
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models gain nothing from torch's thread pool, and on a small machine whose cores are
-    busy (the loader's threads, other jobs) OpenMP's spinning workers make each step many times
-    slower. These tests check behaviour, not speed: run them on one torch thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
@@ -180,6 +172,52 @@ def test_rgb_arrays(images, labels) -> None:
     # grey copied into R, G and B is the same grey after the PNG luma rule
     for key, value in grey.model_.state_dict().items():
         assert torch.equal(value, clf.model_.state_dict()[key]), key
+
+
+def test_sample_augment_and_its_deprecated_name(images, labels) -> None:
+    flip = ctfp.Augment(hflip=1.0, max_angle_deg=0.0, zoom=(1.0, 1.0), shift_frac=0.0)
+    configs = [flip if k % 2 else None for k in range(N)]
+    a = FingerprintClassifier(**TINY).fit(images, labels, sample_augment=configs)
+    with pytest.warns(DeprecationWarning, match="sample_augment"):
+        b = FingerprintClassifier(**TINY).fit(images, labels, augment=configs)
+    assert _same_weights(a, b)
+    c = FingerprintClassifier(**dict(TINY, augment=None)).fit(images, labels)
+    assert not _same_weights(a, c)
+    # a per-sample fit parameter: model selection splits it with X
+    scores = cross_val_score(
+        FingerprintClassifier(**TINY), images, labels, cv=2, params={"sample_augment": configs}
+    )
+    assert scores.shape == (2,)
+    with pytest.raises(ValueError, match="sample_augment: expected 12 configs"):
+        FingerprintClassifier(**TINY).fit(images, labels, sample_augment=configs[:3])
+    with pytest.raises(TypeError, match=r"sample_augment\[1\]: expected a ctfp.Augment"):
+        FingerprintClassifier(**TINY).fit(images, labels, sample_augment=[None, "flip"] * 6)
+    with pytest.raises(TypeError, match="sample_augment only"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        FingerprintClassifier(**TINY).fit(images, labels, sample_augment=configs, augment=configs)
+
+
+def test_fit_leaves_torch_thread_count_alone(images, labels) -> None:
+    before = torch.get_num_threads()
+    FingerprintClassifier(**dict(TINY, n_jobs=-1)).fit(images, labels)
+    assert torch.get_num_threads() == before
+
+
+def test_registry_and_models_package_import_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, ctfp.models, ctfp.models.registry as r\n"
+        "assert r.get_spec('mobilenet_v2').input_size == (224, 224)\n"
+        "assert r.get_spec('efficientnet_lite0').offline\n"
+        "assert ctfp.models.available_backbones() == r.available_backbones()\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "print('ok')"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,6 +378,42 @@ def test_class_weight(images, labels) -> None:
         FingerprintClassifier(**TINY, class_weight={"fake": 2.0}).fit(images, y)
 
 
+def test_training_functions_work_without_the_estimator(images, labels) -> None:
+    """timm's shape: the loop is free functions over a model, a loader, an optimizer, a loss."""
+    from ctfp.models import build_model, get_spec
+    from ctfp.models.training import (
+        EarlyStopping,
+        binary_cross_entropy,
+        predict_logits,
+        train_one_epoch,
+    )
+
+    torch.manual_seed(0)
+    model = build_model("mobilenet_v2", weights=None, image_size=32)
+    xb = ctfp.load_batch(
+        list(images), size=32, dtype="float32", normalize=get_spec("mobilenet_v2").normalize
+    )
+    y = (labels == "real").astype(np.float32)
+    loader = [(xb[:6], y[:6]), (xb[6:], y[6:])]
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    stats = train_one_epoch(model, loader, opt, binary_cross_entropy(), device=torch.device("cpu"))
+    assert stats["n_images"] == N and np.isfinite(stats["loss"]) and model.training
+    logits = predict_logits(model, [xb[:5], xb[5:]], torch.device("cpu"))
+    assert logits.shape == (N,) and logits.dtype == np.float32 and model.training
+    model.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(logits, model(torch.from_numpy(xb)).numpy(), atol=1e-5)
+
+    stopper = EarlyStopping(patience=2)
+    assert [stopper.step(e, v, model) for e, v in enumerate([1.0, 0.5, 0.7, 0.6], 1)] == [
+        False,
+        False,
+        False,
+        True,
+    ]
+    assert stopper.best_epoch == 2 and not EarlyStopping(None).step(1, None, model)
+
+
 # --------------------------------------------------------------------------------------------------
 # save / load
 
@@ -350,6 +424,9 @@ def test_save_load_one_file(fitted, images, tmp_path) -> None:
         path = tmp_path / "model.ctfp"
         fitted.save(path)
         assert sorted(p.name for p in tmp_path.iterdir()) == ["model.ctfp"]
+        umask = os.umask(0)
+        os.umask(umask)
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
         back = FingerprintClassifier.load(path)
     finally:
         fitted.set_params(augment="paper")
@@ -362,7 +439,7 @@ def test_save_load_one_file(fitted, images, tmp_path) -> None:
     assert back.history_ == fitted.history_ and back.image_shape_ == fitted.image_shape_
     assert back.image_size_ == fitted.image_size_ and back.normalize_ == fitted.normalize_
     # the file also serves as weights for a new model of the same backbone
-    from ctfp.backbones import build_model
+    from ctfp.models.builders import build_model
 
     model = build_model("mobilenet_v2", weights=path, image_size=32)
     assert all(torch.equal(v, fitted.model_.state_dict()[k]) for k, v in model.state_dict().items())
@@ -455,7 +532,9 @@ def test_missing_file(tmp_path, labels) -> None:
 
 
 def test_unknown_backbone_lists_the_known_ones(images, labels) -> None:
-    with pytest.raises(ValueError, match="unknown backbone 'vgg16'.*'mobilenet_v2'.*'resnet50'"):
+    with pytest.raises(
+        ValueError, match="backbone: expected one of 'mobilenet_v2'.*'resnet50'.*'vgg16'"
+    ):
         FingerprintClassifier(**dict(TINY, backbone="vgg16")).fit(images, labels)
 
 
@@ -477,10 +556,16 @@ def test_weights_file_for_another_architecture(images, labels, tmp_path) -> None
         ("batch_size", 0, "batch_size"),
         ("lr", -1.0, "lr"),
         ("dropout", 1.0, "dropout"),
-        ("augment", "keras", "augment: expected 'paper'"),
+        ("augment", "keras", "augment: expected .*'paper'"),
+        ("image_size", (32, 0), "image_size"),
+        ("threshold", 1.5, "threshold"),
+        ("max_epochs", 1.0, "max_epochs"),
+        ("class_weight", "even", "class_weight"),
+        ("random_state", -1, "random_state"),
+        ("verbose", "loud", "verbose"),
         ("validation_fraction", 1.5, "validation_fraction"),
         ("patience", 2, "needs validation images"),
-        ("device", "tpu", "device: expected 'auto'"),
+        ("device", "tpu", "device: expected one of 'auto'"),
         ("mixed_precision", "yes", "mixed_precision"),
         ("n_jobs", 0, "n_jobs"),
         ("callbacks", "print", "callbacks"),
@@ -496,6 +581,22 @@ def test_bad_parameters_are_reported_by_fit(param, value, match, images, labels)
 def test_cuda_requested_without_cuda(images, labels) -> None:
     with pytest.raises(ValueError, match="CUDA is not available here"):
         FingerprintClassifier(**dict(TINY, device="cuda")).fit(images, labels)
+
+
+@pytest.mark.parametrize("device", ["cuda:7", "bogus", "cuda:x", "tpu"])
+def test_device_errors_are_the_shared_ones(device, images, labels, fitted, tmp_path) -> None:
+    """fit, load and the shared rule (ctfp._util.resolve_device) say the same thing."""
+    from ctfp._util import resolve_device
+
+    with pytest.raises(ValueError) as expected:
+        resolve_device(device)
+    with pytest.raises(ValueError) as from_fit:
+        FingerprintClassifier(**dict(TINY, device=device)).fit(images, labels)
+    assert str(from_fit.value) == str(expected.value)
+    fitted.save(tmp_path / "m.ctfp")
+    with pytest.raises(ValueError) as from_load:
+        FingerprintClassifier.load(tmp_path / "m.ctfp", device=device)
+    assert str(from_load.value) == str(expected.value)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 
 import ctfp
 from ctfp import synthetic
-from ctfp.expansion import FLIP_ONLY, paper_training_set
+from ctfp.data.expansion import FLIP_ONLY, paper_training_set
 
 
 @pytest.fixture(scope="module")

@@ -6,25 +6,17 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from ctfp import decode_png
-from ctfp.experiments import METHODS, Method, run_method
-from ctfp.leaky import LeakyDataSpec, make_leaky_dataset
-from ctfp.runfile import validate_run_file
+from ctfp.imageclef.experiments import METHODS, Method, run_method
+from ctfp.imageclef.leaky import LeakyDataSpec, make_leaky_dataset
+from ctfp.imageclef.runfile import validate_run_file
 
-SPEC = LeakyDataSpec(
-    n_used=8,
-    n_not_used=8,
-    n_test_used=6,
-    n_test_not_used=6,
-    n_generated=40,
-    leak=0.6,
-    size=64,
-    seed=2,
-)
+SPEC = LeakyDataSpec.small(leak=0.6, seed=2)
 
 
 @pytest.fixture(scope="module")
@@ -48,16 +40,21 @@ def nearest_scorer(ds, real_train, real_labels, generated, info):
 METHOD = Method("nn", "nearest generated image", kind="similarity")
 
 
+def run_nn(data, out, *, decision="calibrated:f1", **kwargs):
+    """:func:`run_method` for :data:`METHOD`, scored by :func:`nearest_scorer`, half the
+    development images held out for calibration."""
+    return run_method(
+        METHOD, data, out, holdout=0.5, decision=decision, scorer=nearest_scorer, **kwargs
+    )
+
+
 def test_run_writes_valid_run_files_tables_plots_and_record(demo, tmp_path):
-    rec = run_method(
-        METHOD,
+    rec = run_nn(
         demo / "development",
         tmp_path,
         test=demo / "test",
         test_labels=demo / "test_labels.csv",
         decision="calibrated:accuracy",
-        holdout=0.5,
-        scorer=nearest_scorer,
     )
     ds = rec["datasets"][0]
     assert validate_run_file(ds["run_file"], demo / "test") == []
@@ -85,29 +82,13 @@ def test_test_labels_never_reach_the_threshold(demo, tmp_path):
     flipped = tmp_path / "flipped.csv"
     rows = (demo / "test_labels.csv").read_text().splitlines()
     flipped.write_text("".join(f"{r.split(',')[0]},{1 - int(r.split(',')[1])}\n" for r in rows))
-    a = run_method(
-        METHOD,
-        demo / "development",
-        tmp_path / "a",
-        test=demo / "test",
-        test_labels=demo / "test_labels.csv",
-        decision="calibrated:f1",
-        holdout=0.5,
-        scorer=nearest_scorer,
-    )
-    b = run_method(
-        METHOD,
-        demo / "development",
-        tmp_path / "b",
-        test=demo / "test",
-        test_labels=flipped,
-        decision="calibrated:f1",
-        holdout=0.5,
-        scorer=nearest_scorer,
+    a, b = (
+        run_nn(demo / "development", tmp_path / name, test=demo / "test", test_labels=labels)
+        for name, labels in (("a", demo / "test_labels.csv"), ("b", flipped))
     )
     assert a["datasets"][0]["decision"] == b["datasets"][0]["decision"]
-    ra = (tmp_path / "a" / "run_methodnn_development.txt").read_text()
-    rb = (tmp_path / "b" / "run_methodnn_development.txt").read_text()
+    ra = (tmp_path / "a" / "run_methodnn_test.txt").read_text()
+    rb = (tmp_path / "b" / "run_methodnn_test.txt").read_text()
     assert ra == rb
     assert a["datasets"][0]["test"]["accuracy"] == pytest.approx(
         1 - b["datasets"][0]["test"]["accuracy"]
@@ -153,28 +134,28 @@ def test_cli_run_exit_codes(tmp_path):
         assert h.returncode == 0 and "usage" in h.stdout
 
 
+def run_tiny_cnn(method: str, demo: Path, out: Path, **kwargs):
+    """:func:`run_method` for a CNN preset on the demo data, with a tiny network: one epoch on
+    32x32 inputs in batches of 16 (run the test with ``one_torch_thread_per_test``)."""
+    return run_method(
+        method,
+        demo / "development",
+        out,
+        test=demo / "test",
+        epochs=1,
+        image_size=32,
+        batch_size=16,
+        verbose=0,
+        **kwargs,
+    )
+
+
+@pytest.mark.usefixtures("one_torch_thread_per_test")
 def test_method1_end_to_end_tiny(demo, tmp_path):
     """The real classifier path: paper training set -> FingerprintClassifier -> run file."""
-    torch = pytest.importorskip("torch")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rec = run_method(
-            "1",
-            demo / "development",
-            tmp_path,
-            test=demo / "test",
-            test_labels=demo / "test_labels.csv",
-            weights=None,
-            epochs=1,
-            image_size=32,
-            batch_size=16,
-            copies=4,
-            verbose=0,
-            seed=1,
-        )
-    finally:
-        torch.set_num_threads(threads)
+    rec = run_tiny_cnn(
+        "1", demo, tmp_path, test_labels=demo / "test_labels.csv", weights=None, copies=4, seed=1
+    )
     ds = rec["datasets"][0]
     assert ds["training_images"] == 16 * 4 + 40
     assert len(ds["history"]) == 1 and np.isfinite(ds["history"][0]["loss"])
@@ -186,18 +167,18 @@ def test_method1_end_to_end_tiny(demo, tmp_path):
 def test_fit_takes_one_augmentation_per_image():
     pytest.importorskip("torch")
     import ctfp
-    from ctfp.expansion import FLIP_ONLY
+    from ctfp.data.expansion import FLIP_ONLY
 
     X = np.stack([np.full((24, 24), v, np.uint8) for v in (10, 20, 200, 210)])
     clf = ctfp.FingerprintClassifier(
         weights=None, image_size=24, max_epochs=1, batch_size=4, random_state=0
     )
-    clf.fit(X, [0, 0, 1, 1], augment=[None, FLIP_ONLY, ctfp.Augment(), None])
+    clf.fit(X, [0, 0, 1, 1], sample_augment=[None, FLIP_ONLY, ctfp.Augment(), None])
     assert clf.predict(X).shape == (4,)
     with pytest.raises(ValueError, match="one per image"):
-        clf.fit(X, [0, 0, 1, 1], augment=[None])
-    with pytest.raises(TypeError, match=r"augment\[1\]"):
-        clf.fit(X, [0, 0, 1, 1], augment=[None, "flip", None, None])
+        clf.fit(X, [0, 0, 1, 1], sample_augment=[None])
+    with pytest.raises(TypeError, match=r"sample_augment\[1\]"):
+        clf.fit(X, [0, 0, 1, 1], sample_augment=[None, "flip", None, None])
 
 
 def test_cli_runs_a_similarity_preset(demo, tmp_path):
@@ -214,7 +195,46 @@ def test_cli_runs_a_similarity_preset(demo, tmp_path):
     assert validate_run_file(rec["datasets"][0]["run_file"], demo / "test") == []
 
 
+def _thresholds(node, path=()):
+    """Every non-None value under a key naming a threshold, with its path in the record."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if "threshold" in k and v is not None and not isinstance(v, (dict, list)):
+                yield (*path, k), v
+            yield from _thresholds(v, (*path, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from _thresholds(v, (*path, i))
+
+
+@pytest.mark.parametrize("preset", ["sim-ssim", "sim-pixel", "sim-count"])
+def test_a_similarity_run_has_one_threshold_and_applies_it(demo, tmp_path, preset):
+    """The estimator only scores; the runner's calibrated rule decides. The record shows that
+    one threshold, and the run file's labels are exactly the test scores at or above it."""
+    from ctfp.imageclef.experiments import run_similarity
+
+    rec = run_similarity(
+        preset,
+        demo / "development",
+        tmp_path,
+        test=demo / "test",
+        test_labels=demo / "test_labels.csv",
+        verbose=0,
+    )
+    ds = rec["datasets"][0]
+    assert [p for p, _ in _thresholds(rec)] == [("datasets", 0, "decision", "threshold")]
+    assert ds["similarity"]["rule"] is None
+    t = ds["decision"]["threshold"]
+    assert ds["decision"]["rule"] == "calibrated"
+    lines = Path(ds["run_file"]).read_text().splitlines()
+    labels = [int(line.split(",")[1]) for line in lines]
+    assert labels == [int(s >= t) for s in ds["test_scores"]]
+    saved = json.loads(next(tmp_path.glob("record_*.json")).read_text())
+    assert [p for p, _ in _thresholds(saved)] == [("datasets", 0, "decision", "threshold")]
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("one_torch_thread_per_test")
 def test_method4_trains_on_esrgan_upscaled_images(demo, tmp_path, monkeypatch):
     """Method 4 end to end with a tiny ESRGAN standing in for Real-ESRGAN x4plus (31 s of CPU
     per image here): inputs resized to 224, upscaled x4 once into the disk cache, trained on."""
@@ -228,22 +248,7 @@ def test_method4_trains_on_esrgan_upscaled_images(demo, tmp_path, monkeypatch):
             super().__init__(net, device="cpu", progress=False)
 
     monkeypatch.setattr(superres, "Upscaler", Tiny)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        rec = run_method(
-            "4",
-            demo / "development",
-            tmp_path,
-            test=demo / "test",
-            epochs=1,
-            image_size=32,
-            batch_size=16,
-            copies=2,
-            verbose=0,
-        )
-    finally:
-        torch.set_num_threads(threads)
+    rec = run_tiny_cnn("4", demo, tmp_path, copies=2)
     cached = list((tmp_path / "esrgan_cache").rglob("*.png"))
     n_dev = 16 + 40
     assert len(cached) >= n_dev  # every development image upscaled once
@@ -264,8 +269,7 @@ def test_two_datasets_give_both_and_each_tables(tmp_path):
         make_leaky_dataset(root, small)
         shutil.copytree(root / "development", dev / f"Dataset{k}")
         shutil.copytree(root / "test", test / f"Dataset{k}")
-    rec = run_method(METHOD, dev, tmp_path / "out", test=test, holdout=0.5,
-                     decision="calibrated:accuracy", scorer=nearest_scorer)  # fmt: skip
+    rec = run_nn(dev, tmp_path / "out", test=test, decision="calibrated:accuracy")
     assert [d["dataset"]["dataset"] for d in rec["datasets"]] == ["Dataset1", "Dataset2"]
     held = rec["tables"]["Development (held-out real images)"]
     assert [r["method"].rsplit("[", 1)[1] for r in held] == [
@@ -274,3 +278,93 @@ def test_two_datasets_give_both_and_each_tables(tmp_path):
     assert held[0]["n"] == held[1]["n"] + held[2]["n"]
     for d, name in zip(rec["datasets"], ("Dataset1", "Dataset2"), strict=True):
         assert validate_run_file(d["run_file"], test / name) == []
+
+
+def test_test_split_files_are_named_for_it_and_scores_carry_ids(demo, tmp_path):
+    rec = run_nn(demo / "development", tmp_path / "out", test=demo / "test")
+    ds = rec["datasets"][0]
+    assert Path(ds["run_file"]).name == "run_methodnn_test.txt"
+    rows = (tmp_path / "out" / "scores_methodnn_test.csv").read_text().splitlines()
+    assert rows[0] == "id,score,predicted"
+    ids = [r.split(",")[0] for r in rows[1:]]
+    assert ids == [p.stem for p in sorted((demo / "test" / "real_unknown").glob("*.png"))]
+    run_lines = Path(ds["run_file"]).read_text().splitlines()
+    assert [r.split(",")[2] for r in rows[1:]] == [ln.split(",")[1] for ln in run_lines]
+
+
+def test_cli_honours_or_refuses_every_option_for_similarity(demo, tmp_path, capsys):
+    from ctfp.imageclef.cli import main
+
+    base = ["run", "--method", "sim-pixel", "--data", str(demo / "development"), "--quiet"]
+    assert main([*base, "--out", str(tmp_path / "a"), "--max-epochs", "3"]) == 2
+    assert "--max-epochs: not used by --method sim-pixel" in capsys.readouterr().err
+    # --holdout 0 is honoured: a calibrated rule then has nothing to calibrate on, and says so
+    assert main([*base, "--out", str(tmp_path / "b"), "--holdout", "0"]) == 2
+    assert "pass holdout > 0" in capsys.readouterr().err
+    out = tmp_path / "c"
+    rc = main(
+        [*base, "--out", str(out), "--image-size", "32", "--decision", "top:0.5", "--n-jobs", "1"]
+    )
+    assert rc == 0
+    rec = json.loads(next(out.glob("record_method*.json")).read_text())
+    assert rec["config"]["decision"] == "top:0.5"
+    assert rec["datasets"][0]["similarity"]["image_size"] == [32, 32]
+    assert rec["config"]["threads"] == 1
+
+
+def _corrupt(path: Path) -> None:
+    """A PNG whose header reads but whose pixels do not (truncated image data)."""
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.fixture
+def broken_demo(tmp_path):
+    root = tmp_path / "data"
+    make_leaky_dataset(root, LeakyDataSpec.small(seed=4))
+    _corrupt(sorted((root / "development" / "real_used").glob("*.png"))[0])
+    bad_test = sorted((root / "test" / "real_unknown").glob("*.png"))[1]
+    _corrupt(bad_test)
+    (root / "test" / "real_unknown" / "notes.txt").write_text("not an image")
+    return root, bad_test
+
+
+def test_unreadable_images_stop_the_run_before_any_work(broken_demo, tmp_path, capsys):
+    from ctfp.imageclef.cli import main
+
+    root, bad_test = broken_demo
+    args = ["run", "--method", "sim-pixel", "--data", str(root / "development")]
+    args += ["--test", str(root / "test"), "--quiet", "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"unreadable: {bad_test}" in err and "used_0001.png" in err
+    assert "2 unreadable image(s)" in err and "Traceback" not in err
+    assert not list((tmp_path / "o").glob("run_*.txt"))  # nothing computed, nothing written
+
+
+def test_skip_drops_development_images_but_not_test_images(broken_demo, tmp_path, capsys):
+    from ctfp.imageclef.cli import main
+
+    root, _ = broken_demo
+    args = ["run", "--method", "sim-pixel", "--data", str(root / "development"), "--quiet"]
+    assert main([*args, "--on-unreadable", "skip", "--out", str(tmp_path / "a")]) == 0
+    assert main([*args, "--test", str(root / "test"), "--on-unreadable", "skip",
+                 "--out", str(tmp_path / "b")]) == 2  # fmt: skip
+    assert "predict:0|1" in capsys.readouterr().err
+
+
+def test_predict_label_writes_a_valid_run_file(broken_demo, tmp_path):
+    root, bad_test = broken_demo
+    rec = run_nn(
+        root / "development", tmp_path / "out", test=root / "test", on_unreadable="predict:1"
+    )
+    ds = rec["datasets"][0]
+    assert validate_run_file(ds["run_file"], root / "test") == []
+    lines = dict(ln.split(",") for ln in Path(ds["run_file"]).read_text().splitlines())
+    assert lines[bad_test.stem] == "1"
+    actions = {Path(f["path"]).name: f["action"] for f in rec["unreadable"]}
+    assert actions == {
+        "used_0001.png": "left out",
+        bad_test.name: "predicted 1",
+        "notes.txt": "ignored (not an image)",
+    }

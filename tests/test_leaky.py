@@ -8,8 +8,8 @@ import json
 import numpy as np
 
 from ctfp import decode_png
-from ctfp.datasets import find_datasets
-from ctfp.leaky import LeakyDataSpec, make_leaky_dataset
+from ctfp.data.datasets import find_datasets
+from ctfp.imageclef.leaky import LeakyDataSpec, make_leaky_dataset
 
 SPEC = dict(n_used=6, n_not_used=6, n_test_used=4, n_test_not_used=4, n_generated=24, size=64)
 

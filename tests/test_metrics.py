@@ -1,5 +1,5 @@
-"""Metrics against hand-computed confusion matrices, the result tables (python/ctfp/metrics.py) and
-the result plots (python/ctfp/plots.py)."""
+"""Metrics against hand-computed confusion matrices, the result tables (membership/metrics.py) and
+the result plots (python/ctfp/imageclef/plots.py)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from ctfp.metrics import COLUMNS, evaluate, markdown_table, write_tables
-from ctfp.plots import plot_confusion, plot_roc, plot_score_histograms
+from ctfp.imageclef.plots import (
+    GalleryRow,
+    difference_map,
+    plot_confusion,
+    plot_gallery,
+    plot_roc,
+    plot_score_histograms,
+    plot_training_curves,
+)
+from ctfp.membership.metrics import COLUMNS, evaluate, markdown_table, write_tables
 
 
 def by_hand(tp: int, fp: int, fn: int, tn: int) -> dict:
@@ -191,4 +199,49 @@ def test_plots_write_pngs(tmp_path: Path) -> None:
     assert_png(roc)
     assert_png(plot_score_histograms(y, s, tmp_path / "hist.png", threshold=0.5))
     assert_png(plot_score_histograms(y, s, tmp_path / "hist_plain.png", title="dev"))
+    # (nearly) one score for every image (an untrained classifier): bars still show
+    flat = np.full(40, 0.4717432) + np.linspace(0, 4e-9, 40)
+    assert_png(plot_score_histograms(y, flat, tmp_path / "hist_flat.png", threshold=0.5))
     assert_png(plot_confusion(evaluate(y, s >= 0.5)["confusion"], tmp_path / "cm.png"))
+
+
+def test_difference_map_is_flat_for_an_exact_copy() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (16, 12), dtype=np.uint8)
+    assert difference_map(a, a.copy()).max() == 0
+    b = a.astype(int)
+    b[3, 4] = 255 - b[3, 4]
+    d = difference_map(a, b.astype(np.uint8))
+    assert d.dtype == np.uint8 and d[3, 4] == abs(255 - 2 * int(a[3, 4]))
+    assert np.count_nonzero(d) <= 1
+    assert difference_map(np.zeros((2, 2), np.uint8), np.full((2, 2), 255, np.uint8)).min() == 255
+    with pytest.raises(ValueError, match="shape"):
+        difference_map(a, a[:-1])
+
+
+def test_gallery_and_training_curves_write_pngs(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    img = [rng.integers(0, 256, (32, 32), dtype=np.uint8) for _ in range(4)]
+    rows = [
+        GalleryRow(img[0], "highest #1", "real_1\nscore 3", [(img[0], "g1.png\nRMS 0.0"),
+                                                         (img[1], "g2.png\nRMS 9.0")]),
+        GalleryRow(img[2], "low #1", "real_2", [(img[3], "g3.png")]),  # fewer neighbours
+    ]  # fmt: skip
+    path = plot_gallery(rows, tmp_path / "g" / "gallery.png", title="t")
+    assert_png(path)
+    with Image.open(path) as im:  # 2 rows of (real, 2 neighbours, difference map)
+        assert im.size[0] > im.size[1] * 1.2
+    with pytest.raises(ValueError, match="at least one"):
+        plot_gallery([], tmp_path / "none.png")
+    history = [
+        {"epoch": 1, "loss": 0.7, "val_loss": 0.69, "val_accuracy": 0.5, "val_roc_auc": None},
+        {
+            "epoch": 2,
+            "loss": 0.6,
+            "val_loss": float("nan"),
+            "val_accuracy": 0.6,
+            "val_roc_auc": 0.7,
+        },
+    ]
+    assert_png(plot_training_curves(history, tmp_path / "train.png", title="m1"))
+    assert_png(plot_training_curves([{"epoch": 1, "loss": 0.7}], tmp_path / "no_val.png"))

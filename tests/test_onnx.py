@@ -16,21 +16,14 @@ ort = pytest.importorskip("onnxruntime")
 
 import ctfp  # noqa: E402
 from ctfp import FingerprintClassifier, OnnxFingerprintModel, export_onnx  # noqa: E402
+from ctfp.data.synthetic import make_slices, write_pngs  # noqa: E402
 from ctfp.exceptions import ImageContractError, NotFittedError  # noqa: E402
-from ctfp.synthetic import make_slices, write_pngs  # noqa: E402
 
 N, SIZE = 10, 40
 TINY = dict(weights=None, image_size=32, max_epochs=1, batch_size=4, random_state=0)
 HAS_ONNXSCRIPT = __import__("importlib").util.find_spec("onnxscript") is not None
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """See tests/test_estimator.py: one torch thread keeps tiny models fast on busy small hosts."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def calibrate_bn(clf: FingerprintClassifier, X: np.ndarray) -> None:
@@ -112,9 +105,26 @@ def test_metadata_holds_the_preprocessing(exported, fitted) -> None:
     assert meta["ctfp.backbone"] == "mobilenet_v2"
     assert meta["ctfp.image_shape"] == [SIZE, SIZE] and meta["ctfp.image_channels"] == 1
     model = OnnxFingerprintModel(exported)
-    assert model.threshold == 0.4 and model.image_size == (32, 32)
-    assert model.normalize == fitted.normalize_
+    assert model.threshold_ == 0.4 and model.image_size_ == (32, 32)
+    assert model.normalize_ == fitted.normalize_ and model.backbone_ == "mobilenet_v2"
+    assert model.image_shape_ == (SIZE, SIZE) and model.image_channels_ == 1
+    assert model.metadata_["threshold"] == 0.4
     assert "mobilenet_v2" in repr(model)
+
+
+def test_loaded_attributes_end_in_underscore(exported) -> None:
+    model = OnnxFingerprintModel(exported, batch_size=5, n_jobs=-1)
+    assert (model.path, model.providers, model.batch_size, model.n_jobs) == (exported, None, 5, -1)
+    with pytest.warns(DeprecationWarning, match="threshold_"):
+        assert model.threshold == model.threshold_
+    with pytest.warns(DeprecationWarning, match="image_size_"):
+        assert model.image_size == model.image_size_
+    with pytest.raises(AttributeError):
+        model.nothing  # noqa: B018
+    with pytest.raises(ValueError, match="OnnxFingerprintModel: batch_size: expected an integer"):
+        OnnxFingerprintModel(exported, batch_size=0)
+    with pytest.raises(ValueError, match="OnnxFingerprintModel: n_jobs"):
+        OnnxFingerprintModel(exported, n_jobs=0)
 
 
 def test_integer_labels_round_trip(images, tmp_path) -> None:
@@ -188,7 +198,7 @@ def test_efficientnet_lite0_with_imagenet_weights(images, tmp_path) -> None:
     expected = clf.predict_proba(images)
     assert expected[:, 1].std() > 1e-4
     np.testing.assert_allclose(model.predict_proba(images), expected, atol=1e-4, rtol=0)
-    assert model.normalize[0] == pytest.approx((127 / 255,) * 3)
+    assert model.normalize_[0] == pytest.approx((127 / 255,) * 3)
 
 
 @pytest.mark.slow

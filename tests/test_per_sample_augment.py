@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import ctfp
-from ctfp import synthetic
+from ctfp.data import synthetic
 
 FLIP_ONLY = ctfp.Augment(hflip=1.0, max_angle_deg=0.0, zoom=(1.0, 1.0), shift_frac=0.0)
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ctfp import runfile as rf  # not `from ... import test_ids`: pytest would collect it
-from ctfp.datasets import DatasetError
+from ctfp.data.datasets import DatasetError
 from ctfp.exceptions import CtfpError
-from ctfp.runfile import (
+from ctfp.imageclef import runfile as rf  # not `from ... import test_ids`: pytest would collect it
+from ctfp.imageclef.runfile import (
     Problem,
     RunFileError,
     SingleClassWarning,
@@ -27,19 +27,9 @@ from ctfp.runfile import (
     validate_run_text,
     write_run_file,
 )
-from ctfp.synthetic import write_pngs
 
 IDS = [f"real_unknown_{k:04d}" for k in range(4)]
 GOOD = ["real_unknown_0000,1", "real_unknown_0001,0", "real_unknown_0002,1", "real_unknown_0003,0"]
-
-
-@pytest.fixture
-def test_root(tmp_path: Path) -> Path:
-    """A test set as shipped: generated/ and real_unknown/ with four images."""
-    root = tmp_path / "test"
-    write_pngs(root / "generated", 2, prefix="generated", size=32)
-    write_pngs(root / "real_unknown", 4, prefix="real_unknown", size=32)
-    return root
 
 
 def kinds(problems: list[Problem]) -> list[tuple[int, str]]:

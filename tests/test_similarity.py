@@ -13,9 +13,9 @@ import pytest
 from skimage.metrics import structural_similarity
 
 from ctfp import synthetic
-from ctfp.similarity import (
+from ctfp.membership.index import GeneratedIndex
+from ctfp.membership.similarity import (
     SimilarityMembership,
-    best_threshold,
     evaluate_split,
     load_images,
     nearest_neighbours,
@@ -130,12 +130,12 @@ def test_pixel_scores_equal_numpy(ct64):
     gen, real = ct64[:8], ct64[8:]
     rng = np.random.default_rng(3)
     real = np.clip(real + rng.normal(0, 5, real.shape), 0, 255).astype(np.uint8)
-    est = SimilarityMembership(measure="pixel", rule="top", block_size=3).fit(gen)
+    est = SimilarityMembership(measure="pixel", rule="top", block_size=3).fit(generated=gen)
     g = gen.reshape(8, -1).astype(np.float64)
     x = real.reshape(len(real), -1).astype(np.float64)
     rms = np.sqrt(((x[:, None] - g[None]) ** 2).mean(-1))
     np.testing.assert_allclose(est.score_samples(real), -rms.min(1), rtol=1e-4, atol=1e-3)
-    est.set_params(statistic="mean_k", k=3).fit(gen)
+    est.set_params(statistic="mean_k", k=3).fit(generated=gen)
     want = -np.sort(rms, axis=1)[:, :3].mean(1)
     np.testing.assert_allclose(est.score_samples(real), want, rtol=1e-4, atol=1e-3)
 
@@ -143,7 +143,7 @@ def test_pixel_scores_equal_numpy(ct64):
 def test_pixel_scale_resizes_through_load_batch(ct64):
     import ctfp
 
-    est = SimilarityMembership(measure="pixel", image_size=16, rule="top").fit(ct64[:4])
+    est = SimilarityMembership(measure="pixel", image_size=16, rule="top").fit(generated=ct64[:4])
     small = ctfp.load_batch(list(ct64), size=16, layout="grey")[:, 0].astype(np.float64)
     rms = np.sqrt(((small[4:, None] - small[None, :4]) ** 2).reshape(8, 4, -1).mean(-1))
     np.testing.assert_allclose(est.score_samples(ct64[4:]), -rms.min(1), rtol=1e-4, atol=1e-3)
@@ -159,17 +159,17 @@ def test_embedding_scores_are_distances_between_normalised_features(ct64):
         rule="top",
         random_state=0,
         n_jobs=1,
-    ).fit(ct64[:5])
+    ).fit(generated=ct64[:5])
     assert est.describe()["weights"] == "random"
-    feats = est._embed(ct64)
+    feats = est.index_.transform(ct64)
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-5)
     d = np.sqrt(((feats[5:, None].astype(np.float64) - feats[None, :5]) ** 2).sum(-1))
     np.testing.assert_allclose(est.score_samples(ct64[5:]), -d.min(1), atol=1e-5)
     # a generated image itself is at distance 0
     assert est.score_samples(ct64[:1])[0] == pytest.approx(0.0, abs=1e-3)
     # same random_state, same network
-    again = SimilarityMembership(**est.get_params()).fit(ct64[:5])
-    np.testing.assert_allclose(again._embed(ct64[:2]), feats[:2], atol=1e-6)
+    again = SimilarityMembership(**est.get_params()).fit(generated=ct64[:5])
+    np.testing.assert_allclose(again.index_.transform(ct64[:2]), feats[:2], atol=1e-6)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,7 +180,7 @@ def test_count_statistic_is_fraction_within_generated_radius():
     gen = flat([0, 10, 20, 30, 100])
     est = SimilarityMembership(
         measure="pixel", statistic="count", radius_quantile=0.3, radius_sample=5, rule="top"
-    ).fit(gen)
+    ).fit(generated=gen)
     v = np.array([0, 10, 20, 30, 100.0])
     pair = -np.abs(v[:, None] - v[None])
     radius = np.quantile(pair[~np.eye(5, dtype=bool)], 0.7)
@@ -189,7 +189,7 @@ def test_count_statistic_is_fraction_within_generated_radius():
     # 12 is within 17 of 0, 10, 20; 60 of none; 95 of 100
     np.testing.assert_allclose(est.score_samples(flat([12, 60, 95])), [3 / 5, 0, 1 / 5])
     # with development images, the radius comes from their closeness to the generated set
-    est.set_params(radius_quantile=0.2).fit(gen, flat([5, 50]))
+    est.set_params(radius_quantile=0.2).fit(flat([5, 50]), generated=gen)
     pairs = -np.abs(np.array([5.0, 50.0])[:, None] - v[None])
     assert est.radius_ == pytest.approx(np.quantile(pairs, 0.8), abs=1e-3)
     assert est.radius_ == pytest.approx(-13.0, abs=1e-3)
@@ -200,7 +200,7 @@ def test_reference_calibration_subtracts_closeness_to_non_members():
     gen = flat([0, 100])
     real = flat([5, 40, 90, 200])
     y = np.array([1, 0, 1, 0])
-    est = SimilarityMembership(measure="pixel", calibration="reference").fit(gen, real, y)
+    est = SimilarityMembership(measure="pixel", calibration="reference").fit(real, y, generated=gen)
     # dev scores: closeness to the generated set minus closeness to the other non-members
     # 5: -5 - (-35)=30; 40: -40 - (-160)=120 (itself left out); 90: -10 - (-50)=40;
     # 200: -100 - (-160)=60
@@ -230,10 +230,10 @@ def test_density_calibration_is_a_leave_one_out_kde_ratio():
     y = np.r_[np.ones(6), np.zeros(6)].astype(int)
     est = SimilarityMembership(
         measure="pixel", calibration="density", n_components=2, random_state=0
-    ).fit(gen, real, y)
+    ).fit(real, y, generated=gen)
     assert est.pca_.n_components_ == 2
     # the fitted dev scores equal an explicit leave-one-out KDE ratio
-    z = est.pca_.transform(est._represent(real)).astype(np.float64)
+    z = est.pca_.transform(est.index_.transform(real)).astype(np.float64)
 
     def log_kde(points, data, skip=None):
         n, d = data.shape
@@ -259,25 +259,11 @@ def test_density_calibration_is_a_leave_one_out_kde_ratio():
 # decision rules
 
 
-def test_best_threshold_known_answers():
-    t, v = best_threshold([0.1, 0.2, 0.3, 0.4], [0, 0, 1, 1])
-    assert (t, v) == (pytest.approx(0.25), 1.0)
-    # a plateau of equally good thresholds: the middle one
-    t, v = best_threshold([1, 2, 3, 4, 5, 6], [0, 1, 0, 1, 0, 1], metric="accuracy")
-    assert v == pytest.approx(4 / 6) and t == pytest.approx(3.5)  # of 1.5, 3.5 and 5.5
-    t_f1, v_f1 = best_threshold([1, 2, 3, 4], [1, 0, 1, 1], metric="f1")
-    assert t_f1 == pytest.approx(0.0) and v_f1 == pytest.approx(6 / 7)  # all used: F1 6/7
-    t_k, v_k = best_threshold([1, 2, 3, 4], [0, 1, 0, 1], metric="kappa")
-    assert v_k == pytest.approx(0.5) and t_k == pytest.approx(3.5)
-    with pytest.raises(ValueError, match="both classes"):
-        best_threshold([1, 2], [1, 1])
-
-
 def test_calibrated_rule_threshold_from_development_images():
     gen = flat([0, 100, 200])
     real = flat([2, 50, 97, 150, 204, 175])
     y = np.array([1, 0, 1, 0, 1, 0])
-    est = SimilarityMembership(measure="pixel").fit(gen, real, y)
+    est = SimilarityMembership(measure="pixel").fit(real, y, generated=gen)
     # closeness: -2, -50, -3, -50, -4, -25 -> threshold between -25 and -4
     assert est.threshold_ == pytest.approx(-14.5, abs=1e-3)
     assert est.dev_value_ == 1.0
@@ -289,7 +275,7 @@ def test_real_real_rule():
     # real images 0, 60, 120, 180: each one's nearest other real is 60 away; median -60
     real = flat([0, 60, 120, 180])
     gen = flat([1, 119])
-    est = SimilarityMembership(measure="pixel", rule="real_real").fit(gen, real)
+    est = SimilarityMembership(measure="pixel", rule="real_real").fit(real, generated=gen)
     assert est.real_threshold_ == pytest.approx(-60, abs=1e-3)
     # closest generated: 0 -> 1 away, 60 -> 58, 180 -> 61, 240 -> 121
     np.testing.assert_array_equal(est.predict(flat([0, 60, 180, 240])), [1, 1, 0, 0])
@@ -299,12 +285,12 @@ def test_real_real_rule_quantile_and_transductive():
     real = flat([0, 60, 120, 180])
     gen = flat([1, 119])
     strict = SimilarityMembership(measure="pixel", rule="real_real", real_quantile=1.0)
-    strict.fit(gen, real)
+    strict.fit(real, generated=gen)
     assert strict.real_threshold_ == pytest.approx(-60, abs=1e-3)
     np.testing.assert_array_equal(strict.predict(flat([0, 120, 250])), [1, 1, 0])
     # without development images, the images predicted give the real-real similarities:
     # 0, 30, 120, 250 -> nearest others 30, 30, 90, 130 -> median -60
-    est = SimilarityMembership(measure="pixel", rule="real_real").fit(gen)
+    est = SimilarityMembership(measure="pixel", rule="real_real").fit(generated=gen)
     assert est.real_threshold_ is None
     np.testing.assert_array_equal(est.predict(flat([0, 30, 120, 250])), [1, 1, 1, 0])
 
@@ -312,11 +298,11 @@ def test_real_real_rule_quantile_and_transductive():
 def test_retrieval_rule_votes():
     queries = flat([0, 100, 200, 50])
     gen = flat([1, 2, 99, 104, 180, 48, 52])
-    est = SimilarityMembership(measure="pixel", rule="retrieval", block_size=2).fit(gen)
+    est = SimilarityMembership(measure="pixel", rule="retrieval", block_size=2).fit(generated=gen)
     # nearest query of each generated image: 0, 0, 100, 100, 200, 50, 50
     np.testing.assert_array_equal(est.score_samples(queries), [2, 2, 1, 2])
     np.testing.assert_array_equal(est.predict(queries), [1, 1, 1, 1])
-    est.set_params(min_votes=2).fit(gen)
+    est.set_params(min_votes=2).fit(generated=gen)
     np.testing.assert_array_equal(est.predict(queries), [1, 1, 0, 1])
     np.testing.assert_allclose(est.decision_function(queries), [0.5, 0.5, -0.5, 0.5])
 
@@ -324,13 +310,13 @@ def test_retrieval_rule_votes():
 def test_top_fraction_rule():
     gen = flat([0])
     queries = flat([5, 50, 10, 80, 1])
-    est = SimilarityMembership(measure="pixel", rule="top", fraction=0.4).fit(gen)
+    est = SimilarityMembership(measure="pixel", rule="top", fraction=0.4).fit(generated=gen)
     np.testing.assert_array_equal(est.predict(queries), [1, 0, 0, 0, 1])
     dec = est.decision_function(queries)
     np.testing.assert_array_equal(dec > 0, est.predict(queries).astype(bool))
     # default fraction: the share of used images among the development labels
     est = SimilarityMembership(measure="pixel", rule="top").fit(
-        gen, flat([1, 2, 3, 4]), [1, 0, 0, 0]
+        flat([1, 2, 3, 4]), [1, 0, 0, 0], generated=gen
     )
     assert est.fraction_ == 0.25
     np.testing.assert_array_equal(est.predict(queries[:4]), [1, 0, 0, 0])
@@ -381,8 +367,8 @@ def test_no_test_label_reaches_the_decision(params):
 
 def test_development_labels_move_the_calibrated_threshold():
     gen, x_dev, y_dev, *_ = _leaky_split()
-    a = SimilarityMembership().fit(gen, x_dev, y_dev)
-    b = SimilarityMembership().fit(gen, x_dev, 1 - y_dev)
+    a = SimilarityMembership().fit(x_dev, y_dev, generated=gen)
+    b = SimilarityMembership().fit(x_dev, 1 - y_dev, generated=gen)
     assert a.threshold_ != b.threshold_
 
 
@@ -397,9 +383,9 @@ def test_streamed_generated_set_equals_cached(tmp_path):
         cached = SimilarityMembership(measure=measure, rule="top", statistic="mean_k", k=3)
         streamed = SimilarityMembership(**{**cached.get_params(), "max_cache_bytes": 0})
         streamed.set_params(block_size=3)
-        cached.fit(paths)
-        streamed.fit(paths)
-        assert cached._gen_cache is not None and streamed._gen_cache is None
+        cached.fit(generated=paths)
+        streamed.fit(generated=paths)
+        assert cached.index_._cache is not None and streamed.index_._cache is None
         np.testing.assert_allclose(
             streamed.score_samples(real), cached.score_samples(real), rtol=1e-5, atol=1e-4
         )
@@ -428,7 +414,7 @@ def test_estimator_contract(ct64):
     assert clone(est).get_params() == est.get_params()
     with pytest.raises(NotFittedError):
         est.predict(ct64[:2])
-    est.fit(ct64[:6])
+    est.fit(generated=ct64[:6])
     np.testing.assert_array_equal(est.classes_, [0, 1])
     back = pickle.loads(pickle.dumps(est))
     np.testing.assert_array_equal(back.score_samples(ct64[6:]), est.score_samples(ct64[6:]))
@@ -447,12 +433,235 @@ def test_estimator_contract(ct64):
 )
 def test_bad_settings_are_explained(ct64, params, fit_args, match):
     est = SimilarityMembership(**params)
-    args = (ct64[:4], ct64[4:8], [1, 0, 1, 0]) if fit_args else (ct64[:4],)
+    args = (ct64[4:8], [1, 0, 1, 0]) if fit_args else ()
     with pytest.raises(ValueError, match=match):
-        est.fit(*args)
+        est.fit(*args, generated=ct64[:4])
 
 
 def test_import_does_not_pull_in_torch():
-    code = "import sys, ctfp.similarity; print('torch' in sys.modules)"
+    code = "import sys, ctfp.membership.similarity; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+# --------------------------------------------------------------------------------------------------
+# the generated-set index
+
+
+def test_index_kneighbors_equals_brute_force(ct64):
+    gen, real = ct64[:9], ct64[9:]
+    rng = np.random.default_rng(11)
+    real = np.clip(real + rng.normal(0, 5, real.shape), 0, 255).astype(np.uint8)
+    # pixel: closeness = minus the RMS difference
+    index = GeneratedIndex(measure="pixel", n_neighbors=3, block_size=2).fit(gen)
+    values, idx = index.kneighbors(real)
+    g = gen.reshape(9, -1).astype(np.float64)
+    x = real.reshape(len(real), -1).astype(np.float64)
+    rms = np.sqrt(((x[:, None] - g[None]) ** 2).mean(-1))
+    want = np.argsort(rms, axis=1, kind="stable")[:, :3]
+    np.testing.assert_array_equal(idx, want)
+    np.testing.assert_allclose(values, -np.take_along_axis(rms, want, 1), rtol=1e-4, atol=1e-3)
+    assert index.n_samples_fit_ == 9 and index.device_ == "cpu"
+    # ssim: closeness = SSIM, nearest first; n_neighbors per query; indices only on request
+    index = GeneratedIndex(measure="ssim", block_size=4).fit(list(gen))
+    values, idx = index.kneighbors(real, n_neighbors=2)
+    full = ssim_matrix(real, gen)
+    np.testing.assert_array_equal(idx, np.argsort(-full, axis=1, kind="stable")[:, :2])
+    np.testing.assert_allclose(values, -np.sort(-full, axis=1)[:, :2], atol=1e-6)
+    np.testing.assert_array_equal(index.kneighbors(real, 2, return_distance=False), idx)
+    with pytest.raises(ValueError, match="at most 9"):
+        index.kneighbors(real, n_neighbors=10)
+    with pytest.raises(ValueError, match="n_neighbors: expected an integer >= 1"):
+        index.kneighbors(real, n_neighbors=0)
+
+
+def test_index_refit_with_and_checks(ct64):
+    from sklearn.base import clone
+    from sklearn.exceptions import NotFittedError
+    from sklearn.utils.estimator_checks import check_no_attributes_set_in_init
+
+    check_no_attributes_set_in_init("GeneratedIndex", GeneratedIndex())
+    assert clone(GeneratedIndex(n_neighbors=2)).get_params()["n_neighbors"] == 2
+    index = GeneratedIndex(measure="pixel").fit(ct64[:4])
+    assert index.refit_with({"measure": "pixel", "block_size": 1024}) is index
+    other = index.refit_with({"measure": "ssim"})
+    assert other is not index and other.measure == "ssim" and other.n_samples_fit_ == 4
+    assert index.measure == "pixel"  # the shared index is left as it was
+    with pytest.raises(NotFittedError):
+        GeneratedIndex().kneighbors(ct64[:1])
+    with pytest.raises(ValueError, match="GeneratedIndex: block_size: expected an integer >= 1"):
+        GeneratedIndex(block_size=0).fit(ct64[:2])
+    with pytest.raises(ValueError, match="at least one generated image"):
+        GeneratedIndex().fit([])
+
+
+# --------------------------------------------------------------------------------------------------
+# scikit-learn drives the estimator: generated is a fit parameter
+
+
+def _sk_data():
+    """24 real images (12 used) and 40 generated images, from _leaky_split."""
+    gen, x_dev, y_dev, x_test, y_test = _leaky_split()
+    return np.concatenate([x_dev, x_test]), np.concatenate([y_dev, y_test]), gen
+
+
+def _manual_cv(est, X, y, gen, cv):
+    from sklearn.base import clone
+
+    return np.array(
+        [
+            clone(est).fit(X[tr], y[tr], generated=gen).score(X[te], y[te])
+            for tr, te in cv.split(X, y)
+        ]
+    )
+
+
+def test_cross_val_score_routes_generated_as_a_fit_parameter():
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+
+    X, y, gen = _sk_data()
+    assert len(gen) != len(X)
+    cv = StratifiedKFold(3, shuffle=True, random_state=0)
+    est = SimilarityMembership(measure="pixel", random_state=0)
+    got = cross_val_score(est, list(X), y, cv=cv, params={"generated": gen})
+    np.testing.assert_array_equal(got, _manual_cv(est, X, y, gen, cv))
+    assert got.mean() > 0.7  # the leak is found
+
+
+def test_grid_search_with_generated_as_a_fit_parameter():
+    from sklearn.model_selection import GridSearchCV, StratifiedKFold
+
+    X, y, gen = _sk_data()
+    cv = StratifiedKFold(3, shuffle=True, random_state=1)
+    grid = {"statistic": ["max", "mean_k"], "k": [2]}
+    search = GridSearchCV(SimilarityMembership(measure="ssim"), grid, cv=cv)
+    search.fit(X, y, generated=gen)
+    for i, params in enumerate(search.cv_results_["params"]):
+        est = SimilarityMembership(measure="ssim", **params)
+        want = _manual_cv(est, X, y, gen, cv)
+        assert search.cv_results_["mean_test_score"][i] == pytest.approx(want.mean())
+    assert search.best_estimator_.n_generated_ == len(gen)
+    np.testing.assert_array_equal(search.classes_, [0, 1])
+
+
+def test_a_generated_set_as_long_as_X_needs_an_index():
+    """scikit-learn slices fit parameters with as many items as X: a list of generated images of
+    that length is cut per fold; a fitted GeneratedIndex (no length) goes through whole, and is
+    shared by every fold's estimator when its settings are the estimator's."""
+    from sklearn.model_selection import StratifiedKFold, cross_validate
+
+    X, y, gen = _sk_data()
+    gen = gen[: len(X)]
+    cv = StratifiedKFold(3)
+    est = SimilarityMembership(measure="pixel", rule="top")
+    sliced = cross_validate(est, X, y, cv=cv, params={"generated": gen}, return_estimator=True)
+    assert [e.n_generated_ for e in sliced["estimator"]] == [16, 16, 16]  # the hazard
+    index = GeneratedIndex(measure="pixel").fit(gen)
+    whole = cross_validate(est, X, y, cv=cv, params={"generated": index}, return_estimator=True)
+    assert all(e.index_ is index for e in whole["estimator"])
+    assert [e.n_generated_ for e in whole["estimator"]] == [24, 24, 24]
+    np.testing.assert_array_equal(whole["test_score"], _manual_cv(est, X, y, gen, cv))
+    # other settings than the index's: re-indexed on the same images, the index left alone
+    ssim = SimilarityMembership(measure="ssim", rule="top").fit(X, y, generated=index)
+    assert ssim.index_ is not index and ssim.index_.measure == "ssim" and index.measure == "pixel"
+    assert ssim.n_generated_ == 24
+    with pytest.raises(ValueError, match="not fitted"):
+        est.fit(X, y, generated=GeneratedIndex())
+
+
+def test_pipeline_clone_and_routing():
+    from sklearn.base import clone
+    from sklearn.pipeline import Pipeline, make_pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    X, y, gen = _sk_data()
+    est = SimilarityMembership(measure="pixel", calibration="reference", random_state=0)
+    want = clone(est).fit(X[:8], y[:8], generated=gen)
+    pipe = Pipeline([("m", est)]).fit(X[:8], y[:8], m__generated=gen)
+    np.testing.assert_array_equal(pipe.predict(X[8:]), want.predict(X[8:]))
+    pipe2 = make_pipeline(FunctionTransformer(), clone(est))
+    pipe2.fit(X[:8], y[:8], similaritymembership__generated=gen)
+    np.testing.assert_array_equal(pipe2.decision_function(X[8:]), want.decision_function(X[8:]))
+    fitted_clone = clone(want)
+    assert not hasattr(fitted_clone, "index_") and fitted_clone.get_params() == est.get_params()
+
+
+def test_n_jobs_minus_one_and_random_state_objects():
+    X, y, gen = _sk_data()
+    one = SimilarityMembership(measure="ssim", n_jobs=1).fit(X, y, generated=gen)
+    every = SimilarityMembership(measure="ssim", n_jobs=-1).fit(X, y, generated=gen)
+    assert every.index_.n_threads_ >= 1
+    np.testing.assert_array_equal(every.score_samples(X), one.score_samples(X))
+    # the radius subsample is drawn from random_state: an int or a RandomState
+    params = {"measure": "pixel", "statistic": "count", "radius_sample": 5, "rule": "top"}
+    a = SimilarityMembership(random_state=np.random.RandomState(3), **params)
+    b = SimilarityMembership(random_state=np.random.RandomState(3), **params)
+    assert a.fit(generated=gen).radius_ == b.fit(generated=gen).radius_
+    SimilarityMembership(random_state=7, **params).fit(generated=gen)
+    with pytest.raises(ValueError, match="random_state: expected None or an integer"):
+        SimilarityMembership(random_state="seed", **params).fit(generated=gen)
+
+
+def test_device_defaults_to_auto_and_errors_are_resolve_devices():
+    pytest.importorskip("torch")
+    from ctfp._util import resolve_device
+
+    assert SimilarityMembership().device == "auto"
+    X, y, gen = _sk_data()
+    for bad in ("cuda:99", "mps"):
+        try:
+            resolve_device(bad)
+        except ValueError as exc:
+            want = str(exc)
+        else:  # this machine has it
+            continue
+        for measure in ("pixel", "ssim"):
+            est = SimilarityMembership(measure=measure, device=bad, rule="top")
+            with pytest.raises(ValueError) as got:
+                est.fit(generated=gen)
+            assert str(got.value) == want
+    with pytest.raises(ValueError, match="SimilarityMembership: device: expected 'auto'"):
+        SimilarityMembership(device="gpu").fit(X, y, generated=gen)
+    est = SimilarityMembership(measure="pixel", device="cpu", rule="top").fit(generated=gen)
+    assert est.device_ == "cpu"
+
+
+def test_ssim_on_auto_device_imports_no_torch():
+    code = (
+        "import sys, numpy as np; from ctfp.membership.similarity import SimilarityMembership;"
+        "g = np.random.default_rng(0).integers(0, 256, (6, 16, 16), dtype=np.uint8);"
+        "SimilarityMembership(rule='top').fit(generated=g).predict(g);"
+        "print('torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def test_no_process_wide_torch_thread_setting(ct64, monkeypatch):
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("torchvision")
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
+    est = SimilarityMembership(
+        measure="embedding", backbone="mobilenet_v2", weights=None, image_size=32, rule="top",
+        n_jobs=1, device="cpu", random_state=0,
+    )  # fmt: skip
+    est.fit(generated=ct64[:3]).score_samples(ct64[3:5])
+    assert calls == []
+
+
+def test_rule_none_only_scores_and_calibration_has_one_home():
+    from ctfp.membership.decision import CalibratedThreshold, best_threshold
+
+    gen, x_dev, y_dev, x_test, _ = _leaky_split()
+    est = SimilarityMembership(measure="pixel", rule=None).fit(x_dev, y_dev, generated=gen)
+    scores = est.score_samples(x_test)
+    full = SimilarityMembership(measure="pixel").fit(x_dev, y_dev, generated=gen)
+    np.testing.assert_array_equal(scores, full.score_samples(x_test))
+    with pytest.raises(ValueError, match="rule=None"):
+        est.predict(x_test)
+    assert not {"threshold", "real_threshold", "fraction"} & set(est.describe())
+    assert est.threshold_ is None and est.dev_scores_ is None
+    # rule="calibrated" calibrates with decision.py's CalibratedThreshold, nothing else
+    assert isinstance(full.calibrator_, CalibratedThreshold)
+    assert (full.threshold_, full.dev_value_) == best_threshold(full.dev_scores_, y_dev)

@@ -7,7 +7,6 @@ import time
 
 import numpy as np
 import pytest
-from PIL import Image
 
 import ctfp
 
@@ -16,21 +15,16 @@ SIZE = (24, 20)
 
 
 @pytest.fixture
-def sources(tmp_path) -> list[object]:
+def sources(tmp_path, mixed_sources) -> list[object]:
     """23 sources (a prime: the last batch is short), half paths, half arrays; each image's
     pixel (0, 0) holds its index so it can be identified after loading without augmentation."""
     r = np.random.default_rng(1)
-    out: list[object] = []
+    arrays = []
     for k in range(23):
         a = r.integers(0, 256, (SIZE[0], SIZE[1]), dtype=np.uint8)
         a[0, 0] = k
-        if k % 2:
-            p = tmp_path / f"{k}.png"
-            Image.fromarray(a).save(p)
-            out.append(p)
-        else:
-            out.append(a)
-    return out
+        arrays.append(a)
+    return mixed_sources(arrays, tmp_path)
 
 
 def _ids(batch: np.ndarray) -> list[int]:

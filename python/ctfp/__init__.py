@@ -7,8 +7,7 @@ parts that use them.
 from __future__ import annotations
 
 from ._core import __version__
-from .exceptions import CtfpError, ImageDecodeError
-from .preprocess import (
+from .data.preprocess import (
     NORMALIZE_PRESETS,
     Augment,
     AugmentParams,
@@ -19,7 +18,8 @@ from .preprocess import (
     load_batch,
     transform,
 )
-from .stream import BatchStream
+from .data.stream import BatchStream
+from .exceptions import CtfpError, ImageDecodeError
 
 __all__ = [
     "NORMALIZE_PRESETS",
@@ -34,10 +34,11 @@ __all__ = [
     "decode_png",
     "default_threads",
     "load_batch",
-    "synthetic",
     "transform",
+    "synthetic",
     # loaded on first use (they pull in scikit-learn; torch and onnxruntime only when used)
     "FingerprintClassifier",
+    "GeneratedIndex",
     "ImageContractError",
     "NotFittedError",
     "OnnxFingerprintModel",
@@ -49,14 +50,15 @@ __all__ = [
 
 # name -> module that defines it, imported on first access (see __getattr__)
 _LAZY = {
-    "FingerprintClassifier": ".estimator",
-    "export_onnx": ".onnx",
-    "OnnxFingerprintModel": ".onnx",
+    "FingerprintClassifier": ".models.classifier",
+    "export_onnx": ".models.onnx",
+    "OnnxFingerprintModel": ".models.onnx",
     "NotFittedError": ".exceptions",
     "WeightsError": ".exceptions",
     "ImageContractError": ".exceptions",
-    "SimilarityMembership": ".similarity",
-    "ssim_matrix": ".similarity",
+    "SimilarityMembership": ".membership.similarity",
+    "ssim_matrix": ".membership.index",
+    "GeneratedIndex": ".membership.index",
 }
 
 
@@ -65,7 +67,7 @@ def __getattr__(name: str) -> object:
     if name == "synthetic":
         import importlib
 
-        return importlib.import_module(".synthetic", __name__)
+        return importlib.import_module(".data.synthetic", __name__)
     if name in _LAZY:
         import importlib
 

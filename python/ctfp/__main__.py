@@ -1,5 +1,5 @@
 """``python -m ctfp``: the command line."""
 
-from .cli import main
+from ctfp.imageclef.cli import main
 
 raise SystemExit(main())

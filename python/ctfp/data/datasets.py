@@ -16,9 +16,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import _core
-from .exceptions import CtfpError
-from .preprocess import _DEFAULT_LIMITS
+from ctfp import _core
+from ctfp.data.preprocess import _DEFAULT_LIMITS
+from ctfp.exceptions import CtfpError
 
 __all__ = ["Dataset", "DatasetError", "find_datasets", "find_unknown_dir", "scan_images"]
 
@@ -42,6 +42,31 @@ class FolderScan:
     sizes: Counter[tuple[int, int]] = field(default_factory=Counter)
     unreadable: list[tuple[Path, str]] = field(default_factory=list)
 
+    def verify(self, n_threads: int | None = None) -> None:
+        """Decode every image whose header read well (pixels too, in parallel, GIL released);
+        move those that fail to ``unreadable`` with the decoder's reason."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        from ctfp.data.preprocess import decode_png, default_threads
+
+        def check(p: Path) -> str | None:
+            try:
+                decode_png(p)
+            except (OSError, ValueError) as exc:
+                return str(exc)
+            return None
+
+        workers = n_threads or default_threads()
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            reasons = list(pool.map(check, self.images))
+        bad = {p: why for p, why in zip(self.images, reasons, strict=True) if why is not None}
+        for p in bad:  # their headers read well before: take them out of the size counts
+            self.images.remove(p)
+            with open(p, "rb") as f:
+                self.sizes[_core.read_png_size(f.read(64), limits=_DEFAULT_LIMITS)] -= 1
+        self.sizes += Counter()  # drops sizes counted down to zero
+        self.unreadable = sorted([*self.unreadable, *bad.items()])
+
 
 def scan_images(folder: Path) -> FolderScan:
     """Read the PNG header of every file in ``folder`` (not the pixels): sizes and bad files."""
@@ -55,7 +80,7 @@ def scan_images(folder: Path) -> FolderScan:
         try:
             with open(p, "rb") as f:
                 head = f.read(64)
-            h, w = _core.read_png_size(head, limits=_DEFAULT_LIMITS._as_tuple())
+            h, w = _core.read_png_size(head, limits=_DEFAULT_LIMITS)
         except (OSError, ValueError) as exc:
             scan.unreadable.append((p, str(exc)))
             continue

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .preprocess import Augment
+from ctfp.data.preprocess import Augment
 
 __all__ = ["FLIP_ONLY", "TrainingSet", "paper_training_set"]
 

@@ -23,7 +23,7 @@ Output pixel ``(i, j)`` samples the source at ``M @ (i, j) + offset`` with::
 
 which is exactly the ``matrix``/``offset`` that ``scipy.ndimage.affine_transform`` takes.
 Bilinear samples outside the source follow ``fill``: ``"nearest"`` repeats the edge pixels
-(Keras' default), ``"constant"`` pads with ``cval``, ``"reflect"`` mirrors about the edge
+(Keras' default), ``"constant"`` pads with ``fill_value``, ``"reflect"`` mirrors about the edge
 (scipy's ``"grid-constant"`` and ``"reflect"`` modes). uint8 outputs round half up; float32
 outputs are computed from the unrounded sample.
 """
@@ -31,14 +31,16 @@ outputs are computed from the unrounded sample.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import numbers
 import os
+import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import _core
+from ctfp import _core
 
 __all__ = [
     "Augment",
@@ -143,9 +145,6 @@ class DecodeLimits:
         _check_int("max_height", self.max_height, 1, 2**31 - 1)
         _check_int("max_pixels", self.max_pixels, 1, 2**63 - 1)
 
-    def _as_tuple(self) -> tuple[int, int, int]:
-        return (self.max_width, self.max_height, self.max_pixels)
-
 
 _DEFAULT_LIMITS = DecodeLimits()
 
@@ -179,8 +178,9 @@ class Augment:
         ``(height, width)``.
     fill : {"nearest", "constant", "reflect"}
         Border rule for samples outside the image ("nearest" repeats the edge, Keras' default).
-    cval : float
-        Grey level used by ``fill="constant"``.
+    fill_value : float
+        Grey level in ``[0, 255]`` that ``fill="constant"`` pads with. ``cval=`` is a deprecated
+        alias.
     interpolation : {"bilinear", "nearest"}
 
     Each sample's parameters are drawn from ``(seed, epoch, sample_id)`` only, in a fixed order
@@ -193,7 +193,7 @@ class Augment:
     zoom_per_axis: bool = True
     shift_frac: tuple[float, float] = (0.05, 0.05)
     fill: str = "nearest"
-    cval: float = 0.0
+    fill_value: float = 0.0
     interpolation: str = "bilinear"
 
     def __post_init__(self) -> None:
@@ -210,26 +210,18 @@ class Augment:
         set_(self, "shift_frac", _pair("shift_frac", self.shift_frac, 0.0, 1.0))
         _check_choice("fill", self.fill, FILLS)
         _check_choice("interpolation", self.interpolation, INTERPOLATIONS)
-        set_(self, "cval", _check_real("cval", self.cval, 0.0, 255.0))
+        set_(self, "fill_value", _check_real("fill_value", self.fill_value, 0.0, 255.0))
 
-    def _as_tuple(self) -> tuple[float, float, float, float, bool, float, float, str, str, float]:
-        return (
-            self.hflip,
-            self.max_angle_deg,
-            self.zoom[0],
-            self.zoom[1],
-            self.zoom_per_axis,
-            self.shift_frac[0],
-            self.shift_frac[1],
-            self.interpolation,
-            self.fill,
-            self.cval,
-        )
+    @property
+    def cval(self) -> float:
+        """Deprecated alias of :attr:`fill_value`."""
+        warnings.warn(_CVAL_DEPRECATED.format(where="Augment"), DeprecationWarning, stacklevel=2)
+        return self.fill_value
 
     def sample_params(self, sample_id: int, *, seed: int = 0, epoch: int = 0) -> AugmentParams:
         """The parameters :func:`load_batch` draws for ``sample_id`` (for debugging or replay)."""
         flip, angle, zoom, shift = _core.sample_params(
-            self._as_tuple(),
+            self,
             seed=_check_int("seed", seed),
             epoch=_check_int("epoch", epoch),
             sample_id=_check_int("sample_id", sample_id),
@@ -237,14 +229,42 @@ class Augment:
         return AugmentParams(flip, angle, zoom, shift)
 
 
-def _limits(limits: DecodeLimits | None) -> tuple[int, int, int]:
+_CVAL_DEPRECATED = "{where}: 'cval' is deprecated and will be removed; use 'fill_value'"
+
+
+def _fill_value(fill_value: object, cval: object, where: str) -> float:
+    """``fill_value``, or the deprecated ``cval`` alias (with a warning) when that was given."""
+    if cval is not None:
+        warnings.warn(_CVAL_DEPRECATED.format(where=where), DeprecationWarning, stacklevel=3)
+        if fill_value is not None and fill_value != 0.0:
+            raise TypeError(f"{where}: pass 'fill_value' only ('cval' is its deprecated alias)")
+        fill_value = cval
+    return _check_real("fill_value", 0.0 if fill_value is None else fill_value, 0.0, 255.0)
+
+
+_augment_init = Augment.__init__
+
+
+@functools.wraps(_augment_init)
+def _augment_init_with_cval(self: Augment, *args: Any, cval: Any = None, **kwargs: Any) -> None:
+    # ``Augment(cval=...)`` keeps working, with a DeprecationWarning, while callers move to
+    # ``fill_value``.
+    if cval is not None:
+        kwargs["fill_value"] = _fill_value(kwargs.get("fill_value"), cval, "Augment")
+    _augment_init(self, *args, **kwargs)
+
+
+Augment.__init__ = _augment_init_with_cval  # type: ignore[method-assign]
+
+
+def _limits(limits: DecodeLimits | None) -> DecodeLimits:
     if limits is None:
-        return _DEFAULT_LIMITS._as_tuple()
+        return _DEFAULT_LIMITS
     if not isinstance(limits, DecodeLimits):
         raise TypeError(
             f"limits: expected a ctfp.DecodeLimits or None, found {type(limits).__name__}"
         )
-    return limits._as_tuple()
+    return limits
 
 
 def decode_png(
@@ -278,7 +298,8 @@ def transform(
     size: int | tuple[int, int] | None = None,
     fill: str = "nearest",
     interpolation: str = "bilinear",
-    cval: float = 0.0,
+    fill_value: float = 0.0,
+    cval: float | None = None,
 ) -> np.ndarray:
     """Apply explicit augmentation parameters to one uint8 ``(H, W)`` grey image.
 
@@ -294,7 +315,11 @@ def transform(
     zoom, shift : float or (height, width) pair
     size : int or (height, width), optional
         Output size; the input's size by default.
+    fill_value : float
+        Grey level in ``[0, 255]`` that ``fill="constant"`` pads with. ``cval=`` is a deprecated
+        alias.
     """
+    fill_value = _fill_value(fill_value, cval, "transform")
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image: expected a numpy uint8 array, found {type(image).__name__}")
     if image.dtype != np.uint8 or image.ndim != 2:
@@ -313,7 +338,7 @@ def transform(
         size=(int(out_size[0]), int(out_size[1])),
         interpolation=_check_choice("interpolation", interpolation, INTERPOLATIONS),
         fill=_check_choice("fill", fill, FILLS),
-        cval=_check_real("cval", cval, 0.0, 255.0),
+        fill_value=fill_value,
     )
 
 
@@ -405,9 +430,11 @@ def load_batch(
     layout: str = "rgb",
     interpolation: str = "bilinear",
     fill: str = "nearest",
+    fill_value: float = 0.0,
     cache: ImageCache | None = None,
     limits: DecodeLimits | None = None,
     n_threads: int | None = None,
+    cval: float | None = None,
 ) -> np.ndarray:
     """Decode, augment and assemble a batch into one channels-first array.
 
@@ -440,6 +467,11 @@ def load_batch(
         (channel stride 0, a third of the memory) for numpy consumers. In torch, take
         ``layout="grey"`` and ``torch.from_numpy(out).expand(-1, 3, -1, -1)``: the same sharing
         without a read-only array.
+    interpolation, fill, fill_value
+        How sources without an augmentation config are resampled to ``size``: interpolation
+        ``"bilinear"``/``"nearest"``, border rule ``"nearest"``/``"constant"``/``"reflect"``, and
+        the grey level in ``[0, 255]`` that ``fill="constant"`` pads with (``cval=`` is a
+        deprecated alias). A ``ctfp.Augment`` carries its own three.
     cache : ctfp.ImageCache, optional
         Keep decoded images of path sources in memory (checked against each file's size and
         modification time), so later epochs only augment.
@@ -475,6 +507,7 @@ def load_batch(
     if n_threads is not None:
         _check_int("n_threads", n_threads, 1, 1024)
     mean, std = _normalize(normalize, dtype, layout)
+    fill_value = _fill_value(fill_value, cval, "load_batch")
     channels = 3 if layout == "rgb" else 1
     out = _core.load_batch(
         [bytes(s) if isinstance(s, (bytearray, memoryview)) else s for s in sources],
@@ -484,13 +517,11 @@ def load_batch(
         dtype=dtype,
         mean=mean,
         std=std,
-        augments=[None if a is None else a._as_tuple() for a in table],
+        augments=table,
         augment_of=augment_of,
-        sampling=(
-            _check_choice("interpolation", interpolation, INTERPOLATIONS),
-            _check_choice("fill", fill, FILLS),
-            0.0,
-        ),
+        interpolation=_check_choice("interpolation", interpolation, INTERPOLATIONS),
+        fill=_check_choice("fill", fill, FILLS),
+        fill_value=fill_value,
         seed=_check_int("seed", seed),
         epoch=_check_int("epoch", epoch),
         limits=_limits(limits),

@@ -10,11 +10,20 @@ from typing import Any
 
 import numpy as np
 
-from .preprocess import Augment, DecodeLimits, ImageCache, _check_int, load_batch
+from ctfp.data.preprocess import Augment, DecodeLimits, ImageCache, _check_int, load_batch
 
-__all__ = ["BatchStream"]
+__all__ = ["BatchStream", "shard_batch"]
 
 _DONE = object()
+
+
+def shard_batch(idx: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Rank ``rank``'s part of one batch split over ``world_size`` ranks (data-parallel training):
+    a contiguous slice, in rank order, sizes differing by at most one (later ranks get the larger
+    parts). Every index of ``idx`` is in exactly one rank's part; a part may be empty when the
+    batch has fewer indices than there are ranks."""
+    m = len(idx)
+    return idx[rank * m // world_size : (rank + 1) * m // world_size]
 
 
 class BatchStream:
@@ -42,10 +51,14 @@ class BatchStream:
     cache : bool or ctfp.ImageCache
         ``True`` keeps decoded path sources in memory after their first use, so epochs after the
         first skip PNG decoding.
+    shard : (rank, world_size) or None
+        Data-parallel training: ``batch_size`` is the global batch, and this stream yields only
+        rank ``rank``'s part of each (:func:`shard_batch`); the order is the same on every rank,
+        so the ranks' parts cover each epoch's samples once. ``len()`` stays the global count.
     **load_kwargs
         ``size``, ``augment``, ``dtype``, ``normalize``, ``layout``, ``interpolation``, ``fill``,
-        ``limits``, ``n_threads``: passed to :func:`ctfp.load_batch`. ``augment`` may be one
-        config or a sequence with one per source.
+        ``fill_value``, ``limits``, ``n_threads``: passed to :func:`ctfp.load_batch`.
+        ``augment`` may be one config or a sequence with one per source.
 
     Examples
     --------
@@ -74,8 +87,10 @@ class BatchStream:
         layout: str = "rgb",
         interpolation: str = "bilinear",
         fill: str = "nearest",
+        fill_value: float = 0.0,
         limits: DecodeLimits | None = None,
         n_threads: int | None = None,
+        shard: tuple[int, int] | None = None,
     ) -> None:
         self.sources = list(sources)
         if labels is not None:
@@ -86,6 +101,10 @@ class BatchStream:
         self.labels = labels
         self.batch_size = _check_int("batch_size", batch_size, 1, 2**31)
         self.shuffle = bool(shuffle)
+        if shard is not None:
+            world = _check_int("shard world_size", shard[1], 1, 2**31)
+            shard = (_check_int("shard rank", shard[0], 0, world - 1), world)
+        self.shard = shard
         self.drop_last = bool(drop_last)
         self.seed = _check_int("seed", seed)
         self.prefetch = _check_int("prefetch", prefetch, 0, 1024)
@@ -105,6 +124,7 @@ class BatchStream:
             layout=layout,
             interpolation=interpolation,
             fill=fill,
+            fill_value=fill_value,
             limits=limits,
             n_threads=n_threads,
         )
@@ -137,7 +157,8 @@ class BatchStream:
     def _batches(self, epoch: int) -> Iterator[np.ndarray]:
         order = self.order(epoch)
         for k in range(len(self)):
-            yield order[k * self.batch_size : (k + 1) * self.batch_size]
+            batch = order[k * self.batch_size : (k + 1) * self.batch_size]
+            yield batch if self.shard is None else shard_batch(batch, *self.shard)
 
     def _load(self, idx: np.ndarray, epoch: int) -> Any:
         kwargs = self.load_kwargs

@@ -29,11 +29,12 @@ from __future__ import annotations
 import functools
 import os
 import pathlib
-import tempfile
 from typing import NamedTuple
 
 import numpy as np
 from scipy import ndimage
+
+from ctfp._util import atomic_write
 
 __all__ = ["make_masks", "make_slice", "make_slices", "write_pngs"]
 
@@ -913,16 +914,7 @@ def write_pngs(
     for i, (p, s) in enumerate(plan):
         path = out_dir / f"{prefix}_{i:04d}.png"
         img = Image.fromarray(_render(seed, p, s, size)[0])
-        fd, tmp = tempfile.mkstemp(dir=out_dir, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                img.save(fh, format="PNG")
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+        with atomic_write(path) as fh:
+            img.save(fh, format="PNG")
         paths.append(path)
     return paths

@@ -8,9 +8,12 @@ installation lacks (e.g. ESRGAN for Method 4).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from ctfp._util import check_device, n_jobs_to_threads
 
 __all__ = ["main"]
 
@@ -19,18 +22,19 @@ def _demo(args: argparse.Namespace) -> int:
     """The whole task on built-in data: a small ImageCLEF-style dataset from synthetic CT-like
     slices whose generator leaks its training images to a known degree, the paper's Method 1 and
     ctfp's similarity methods on it, tables, plots and validated run files in OUT."""
-    from .demo import run_demo
+    from ctfp.imageclef.demo import run_demo
 
     weights = None if args.weights.lower() == "none" else args.weights
     run_demo(
         args.out,
         quick=args.quick,
-        epochs=args.epochs,
+        epochs=args.max_epochs,
         image_size=args.image_size,
         weights=weights,
         device=args.device,
         seed=args.seed,
-        threads=args.threads,
+        threads=n_jobs_to_threads(args.n_jobs, "--n-jobs"),
+        realistic=args.realistic,
     )
     return 0
 
@@ -39,8 +43,8 @@ def _validate(args: argparse.Namespace) -> int:
     """Check a run file against the organisers' rules and the test images; list every problem
     with its line number. Exit 0 when valid, 1 when not, 2 when the run file or the test folder
     cannot be used (missing, unreadable, no test images)."""
-    from .datasets import DatasetError
-    from .runfile import RunFileError, validate_run_file
+    from ctfp.data.datasets import DatasetError
+    from ctfp.imageclef.runfile import RunFileError, validate_run_file
 
     path = Path(args.runfile)
     if not path.is_file():
@@ -68,36 +72,56 @@ def _run(args: argparse.Namespace) -> int:
     train on the development data (for 1-4: real vs generated, the 50x expanded training set),
     score the real images, decide, and write tables, plots, validated run files and a record of
     the run into OUT."""
-    from .experiments import run_method, run_similarity
+    from ctfp.imageclef.experiments import run_method, run_similarity
 
     common = dict(
-        test=args.test, test_labels=args.test_labels, seed=args.seed, verbose=0 if args.quiet else 1
+        test=args.test,
+        test_labels=args.test_labels,
+        seed=args.seed,
+        verbose=0 if args.quiet else 1,
+        device=args.device,
+        threads=n_jobs_to_threads(args.n_jobs, "--n-jobs"),
+        on_unreadable=args.on_unreadable,
     )
-    if args.method.startswith("sim-"):
-        holdout = args.holdout if args.holdout > 0 else 0.25
-        decision = "calibrated:accuracy" if args.decision == "threshold:0.5" else args.decision
+    if args.method.startswith(("sim-", "base-")):
+        # every option is honoured or refused: the training options mean nothing here
+        given = [
+            f"--{name.replace('_', '-')}"
+            for name in ("max_epochs", "batch_size", "copies", "weights")
+            if getattr(args, name) is not None
+        ]
+        if given:
+            raise ValueError(
+                f"{', '.join(given)}: not used by --method {args.method} (no network is "
+                f"trained); leave them out"
+            )
         record = run_similarity(
-            args.method, args.data, args.out, decision=decision, holdout=holdout, **common
+            args.method,
+            args.data,
+            args.out,
+            decision=args.decision,  # None: the preset's own, else calibrated:accuracy
+            holdout=0.25 if args.holdout is None else args.holdout,
+            image_size=args.image_size,
+            **common,
         )
     else:
-        weights = {"none": None, "default": "default"}.get(args.weights.lower(), args.weights)
+        weights = args.weights or "default"
+        weights = {"none": None, "default": "default"}.get(weights.lower(), weights)
         record = run_method(
             args.method,
             args.data,
             args.out,
-            decision=args.decision,
-            holdout=args.holdout,
-            epochs=args.epochs,
+            decision=args.decision or "threshold:0.5",
+            holdout=args.holdout or 0.0,
+            epochs=args.max_epochs or 50,
             image_size=args.image_size,
-            batch_size=args.batch_size,
-            copies=args.copies,
+            batch_size=args.batch_size or 32,
+            copies=args.copies or 50,
             weights=weights,
-            device=args.device,
-            threads=args.threads,
             **common,
         )
     for title, rows in record.get("tables", {}).items():
-        from .metrics import markdown_table
+        from ctfp.membership.metrics import markdown_table
 
         print(markdown_table(rows, title=title), end="\n\n")
     for ds in record["datasets"]:
@@ -105,6 +129,21 @@ def _run(args: argparse.Namespace) -> int:
             print(f"run file: {ds['run_file']} ({ds['test_predicted_used']} predicted used)")
     key = record["method"]["key"]
     print(f"record: {Path(args.out) / f'record_method{key}.json'} ({record['seconds']} s)")
+    if (Path(args.out) / "report.html").is_file():
+        print(f"report: {Path(args.out) / 'report.html'} (open it in a browser)")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Write the report page of output folders of ctfp run / ctfp demo from their records and
+    files (runs made before reports existed get one too). One folder: OUT_DIR/report.html. Several:
+    report_compare.html in the first folder (or --out): every run in one table with their ROC
+    curves overlaid, then each run in full. Galleries saved by the run are reused; missing ones
+    are made again from the data folders the record names."""
+    from ctfp.imageclef.report import write_report
+
+    path = write_report(args.folders, args.out, redo_galleries=args.redo_galleries)
+    print(f"report: {path} (open it in a browser)")
     return 0
 
 
@@ -146,7 +185,10 @@ def _add_upscale(subparsers: Any) -> argparse.ArgumentParser:
         "--tile-pad", type=_nonneg, default=32, help="tile overlap in pixels (default 32)"
     )
     p.add_argument(
-        "--batch-size", type=_positive, default=4, help="tiles per forward pass (default 4)"
+        "--batch-size",
+        type=_positive,
+        default=None,
+        help="tiles per forward pass (default 8 on CUDA, 4 elsewhere)",
     )
     p.add_argument("--fp32", action="store_true", help="float32 on CUDA too (default there: fp16)")
     p.add_argument("--pattern", default="*.png", help="file pattern (default *.png)")
@@ -158,9 +200,16 @@ def _add_upscale(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _upscale(args: argparse.Namespace) -> int:
-    from .superres import run_upscale_command
+    from ctfp.superres.cli import run_upscale_command
 
     return run_upscale_command(args)
+
+
+def _n_jobs(text: str) -> int:
+    v = int(text)
+    if v == 0:
+        raise argparse.ArgumentTypeError(f"expected N >= 1, or -1 for all cores, found {text}")
+    return v
 
 
 def _positive(text: str) -> int:
@@ -168,6 +217,20 @@ def _positive(text: str) -> int:
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, found {text}")
     return v
+
+
+def _add_machine_options(p: argparse.ArgumentParser) -> None:
+    """--device, --n-jobs, --seed: the same words and checks for every command that trains."""
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--n-jobs",
+        "--threads",
+        dest="n_jobs",
+        type=_n_jobs,
+        default=None,
+        help="loader threads: N, or -1 for all cores (default: all cores)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -182,7 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
         description=_demo.__doc__,
     )
     demo.add_argument("--out", default="out/demo", help="output folder (default: out/demo)")
-    demo.add_argument("--epochs", type=_positive, default=3, help="Method 1 epochs (default 3)")
+    demo.add_argument(
+        "--max-epochs",
+        "--epochs",
+        dest="max_epochs",
+        type=_positive,
+        default=3,
+        help="Method 1 epochs (default 3)",
+    )
     demo.add_argument(
         "--image-size",
         type=_positive,
@@ -194,13 +264,16 @@ def build_parser() -> argparse.ArgumentParser:
         default="none",
         help="Method 1 backbone weights: none (default: offline), imagenet, or a file",
     )
-    demo.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    demo.add_argument(
-        "--threads", type=_positive, default=None, help="loader threads (default: all cores)"
-    )
-    demo.add_argument("--seed", type=int, default=0)
+    _add_machine_options(demo)
     demo.add_argument(
         "--quick", action="store_true", help="a tiny version (seconds), as the test suite runs it"
+    )
+    demo.add_argument(
+        "--realistic",
+        action="store_true",
+        help="data from the realistic leak benchmark (a GAN trained on 200 slices, committed; "
+        "10,000 generated images per split, 200 with --quick) instead of the fast near-copy "
+        "generator; see docs/benchmark.md",
     )
     demo.set_defaults(func=_demo)
 
@@ -226,11 +299,26 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--method",
         required=True,
-        choices=["1", "2", "3", "4", "sim-ssim", "sim-pixel", "sim-count"],
+        choices=[
+            "1",
+            "2",
+            "3",
+            "4",
+            "sim-ssim",
+            "sim-pixel",
+            "sim-count",
+            "sim-shift",
+            "sim-fused",
+            "base-ganleaks",
+            "base-vcmi",
+        ],
         help="1 MobileNetV2, 2 DenseNet-121, 3 ResNet-50 (ImageNet-pretrained), "
         "4 MobileNetV2 on ESRGAN x4 images; sim-ssim, sim-pixel (GAN-Leaks calibration), "
-        "sim-count (k-NN count): similarity to the generated set, threshold calibrated on "
-        "--holdout (default 0.25 for them)",
+        "sim-count (k-NN count), sim-shift (closest over a grid of small shifts), sim-fused "
+        "(cross-validated fusion of several): similarity to "
+        "the generated set, threshold calibrated on --holdout (default 0.25 for them); "
+        "base-ganleaks, base-vcmi: the published GAN-Leaks and VCMI (2023 winner, SSIM "
+        "real-real threshold_max) methods as baselines",
     )
     run.add_argument("--data", required=True, help="development data folder")
     run.add_argument("--out", required=True, help="output folder")
@@ -238,51 +326,113 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--test-labels", help="id,label CSV of the test images, to evaluate")
     run.add_argument(
         "--decision",
-        default="threshold:0.5",
-        help="threshold:T (paper: 0.5), calibrated:f1|accuracy|kappa, or top:FRACTION",
+        default=None,
+        help="threshold:T, calibrated:f1|accuracy|kappa, or top:FRACTION (default: threshold:0.5 "
+        "for methods 1-4, as the paper; threshold:0 (its own threshold_max) for base-vcmi; "
+        "calibrated:accuracy for the other sim-*/base-*)",
     )
     run.add_argument(
         "--holdout",
         type=float,
-        default=0.0,
-        help="fraction of labelled real images kept out of training to calibrate "
-        "and evaluate (default 0: the paper trains on all)",
+        default=None,
+        help="fraction of labelled real images kept out of training to calibrate and evaluate "
+        "(default: 0 for methods 1-4, the paper trains on all; 0.25 for sim-*)",
     )
-    run.add_argument("--epochs", type=_positive, default=50)
-    run.add_argument("--image-size", type=_positive, default=224)
-    run.add_argument("--batch-size", type=_positive, default=32)
+    run.add_argument(
+        "--image-size",
+        type=_positive,
+        default=None,
+        help="network input size (methods 1-3: 224, method 4: 896) or the size sim-* compare "
+        "at (default: the preset's)",
+    )
+    run.add_argument(
+        "--max-epochs",
+        "--epochs",
+        dest="max_epochs",
+        type=_positive,
+        default=None,
+        help="methods 1-4: training epochs (default 50)",
+    )
+    run.add_argument(
+        "--batch-size", type=_positive, default=None, help="methods 1-4: batch size (default 32)"
+    )
     run.add_argument(
         "--copies",
         type=_positive,
-        default=50,
-        help="versions of each real image in training (paper: 50)",
+        default=None,
+        help="methods 1-4: versions of each real image in training (default 50, the paper's)",
     )
     run.add_argument(
         "--weights",
-        default="default",
-        help="'default' (the method's), 'none' (random init), 'imagenet', or a state-dict path",
+        default=None,
+        help="methods 1-4: 'default' (the method's), 'none' (random init), 'imagenet', or a "
+        "state-dict path",
     )
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--threads", type=_positive, default=None, help="loader threads")
+    run.add_argument(
+        "--on-unreadable",
+        default="error",
+        choices=["error", "skip", "predict:0", "predict:1"],
+        help="images that cannot be decoded (each is listed before any work): error (default: "
+        "stop), skip (development images only), predict:0|1 (test images get that label)",
+    )
+    _add_machine_options(run)
     run.add_argument("--quiet", action="store_true", help="no progress bars")
     run.set_defaults(func=_run)
+
+    rep = sub.add_parser(
+        "report", help="write the report page of run output folders", description=_report.__doc__
+    )
+    rep.add_argument(
+        "folders", nargs="+", metavar="OUT_DIR", help="output folders of ctfp run/demo"
+    )
+    rep.add_argument(
+        "--out",
+        default=None,
+        help="where to write the page: a .html file, or a folder (default: the first OUT_DIR)",
+    )
+    rep.add_argument(
+        "--redo-galleries",
+        action="store_true",
+        help="search the nearest generated images again even where a gallery is saved",
+    )
+    rep.set_defaults(func=_report)
 
     _add_upscale(sub)
     return parser
 
 
 def _version() -> str:
-    from . import __version__
+    from ctfp import __version__
 
     return __version__
 
 
+def _check_out(out: str) -> None:
+    """An output folder that can be written, made now: a wrong ``--out`` fails before any work."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out}: a file is there; expected a folder (new or existing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot create the folder: {exc.strerror}") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: the folder is not writable")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .datasets import DatasetError
-    from .exceptions import CtfpError
-    from .experiments import MethodUnavailable
+    try:  # options that can be checked now, before any work
+        if hasattr(args, "device"):
+            check_device(args.device)  # the form; availability when the model is built
+        if args.command in ("run", "demo"):
+            _check_out(args.out)
+    except ValueError as exc:
+        print(f"ctfp {args.command}: {exc}", file=sys.stderr)
+        return 2
+    from ctfp.data.datasets import DatasetError
+    from ctfp.exceptions import CtfpError
+    from ctfp.imageclef.experiments import MethodUnavailable
 
     try:
         return int(args.func(args))
@@ -295,6 +445,12 @@ def main(argv: list[str] | None = None) -> int:
     except CtfpError as exc:
         print(f"ctfp {args.command}: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a full disk, a folder that went away: one line, not a traceback
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"ctfp {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        out = getattr(args, "out", None)
+        kept = f"; the partial output in {out} is marked INCOMPLETE" if out else ""
+        print(f"ctfp {args.command}: interrupted{kept}", file=sys.stderr)
         return 130

@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
+from ctfp._util import write_text_atomic
+
 __all__ = ["run_demo"]
 
 
 def _grid(paths: list, out: Path, seed: int) -> Path:
     from PIL import Image
 
-    from .preprocess import Augment, load_batch
+    from ctfp.data.preprocess import Augment, load_batch
 
     k, size, pad = min(4, len(paths)), 160, 4
     cols = [load_batch(paths[:k], size=size, layout="grey")[:, 0]]
@@ -45,8 +47,8 @@ def _grid(paths: list, out: Path, seed: int) -> Path:
 
 
 def _loader_throughput(paths: list, seed: int, threads: int | None) -> list[dict]:
-    from .preprocess import Augment
-    from .stream import BatchStream
+    from ctfp.data.preprocess import Augment
+    from ctfp.data.stream import BatchStream
 
     stream = BatchStream(
         paths,
@@ -86,48 +88,65 @@ def run_demo(
     seed: int = 0,
     threads: int | None = None,
     verbose: int = 1,
+    realistic: bool = False,
 ) -> dict[str, Any]:
-    """Run the demo into ``out``; return its summary (also written to ``out/summary.json``)."""
-    from .experiments import run_method
-    from .leaky import LeakyDataSpec, make_leaky_dataset
-    from .metrics import markdown_table, write_tables
-    from .plots import plot_roc
+    """Run the demo into ``out``; return its summary (also written to ``out/summary.json``).
+
+    ``realistic``: use the realistic leak benchmark's few-hundred regime
+    (:mod:`ctfp.imageclef.realistic`: a GAN really trained on 200 slices, 10,000 generated
+    images per split, 100+100 development and 100+100 test slices; 200 generated per split
+    with ``quick``) instead of the fast near-copy generator.
+    """
+    from ctfp.imageclef.experiments import run_method
+    from ctfp.imageclef.leaky import LeakyDataSpec, make_leaky_dataset
+    from ctfp.imageclef.plots import plot_roc
+    from ctfp.membership.metrics import markdown_table, write_tables
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    spec = (
-        LeakyDataSpec(
-            n_used=8,
-            n_not_used=8,
-            n_test_used=6,
-            n_test_not_used=6,
-            n_generated=40,
-            size=64,
-            seed=seed,
-        )
-        if quick
-        else LeakyDataSpec(seed=seed)
-    )
+    spec = LeakyDataSpec.small(seed=seed) if quick else LeakyDataSpec(seed=seed)
     if quick:
         epochs, image_size = 1, 32
     data = out / "data"
     t0 = time.perf_counter()
-    leak = make_leaky_dataset(data, spec)
     say = print if verbose else (lambda *a, **k: None)
-    gen = leak["leaked_generated"]
-    say(
-        f"[1/4] data: {data} ({time.perf_counter() - t0:.1f} s): "
-        f"{spec.n_used}+{spec.n_not_used} development and "
-        f"{spec.n_test_used}+{spec.n_test_not_used} test real images (used+not used), "
-        f"{spec.n_generated} generated per split, of which {gen['development']} (development) "
-        f"and {gen['test']} (test) are near-copies of used images (leak={spec.leak})"
-    )
+    if realistic:
+        from ctfp.imageclef.realistic import write_realistic_dataset
+
+        leak = write_realistic_dataset(
+            data, "few-hundred", n_generated=200 if quick else None, n_jobs=threads
+        )
+        data = Path(leak["root"])
+        truth = json.loads((data / "truth.json").read_text(encoding="utf-8"))
+        rs = truth["spec"]
+        n_dev_real, n_generated = rs["n_dev_used"] + rs["n_dev_not_used"], rs["n_generated"]
+        mem = (leak.get("memorisation") or {}).get("all_members", {}).get("auc")
+        say(
+            f"[1/4] data: {data} ({time.perf_counter() - t0:.1f} s): realistic leak, a GAN "
+            f"trained on {rs['n_train']} slices (snapshot {leak['iteration']}, memorisation "
+            f"AUC {mem if mem is not None else 'not recorded'}); {rs['n_dev_used']}+"
+            f"{rs['n_dev_not_used']} development and {rs['n_test_used']}+"
+            f"{rs['n_test_not_used']} test real images (used+not used), {n_generated} "
+            f"generated per split"
+        )
+    else:
+        leak = make_leaky_dataset(data, spec)
+        n_dev_real, n_generated = spec.n_used + spec.n_not_used, spec.n_generated
+        gen = leak["leaked_generated"]
+        say(
+            f"[1/4] data: {data} ({time.perf_counter() - t0:.1f} s): "
+            f"{spec.n_used}+{spec.n_not_used} development and "
+            f"{spec.n_test_used}+{spec.n_test_not_used} test real images (used+not used), "
+            f"{spec.n_generated} generated per split, of which {gen['development']} "
+            f"(development) and {gen['test']} (test) are near-copies of used images "
+            f"(leak={spec.leak})"
+        )
 
     dev_paths = sorted((data / "development" / "real_used").glob("*.png"))
     grid = _grid(dev_paths, out, seed)
     loader = _loader_throughput(
-        sorted((data / "development" / "generated").glob("*.png")), seed, threads
+        sorted((data / "development" / "generated").glob("*.png"))[:2000], seed, threads
     )
     say(
         f"[2/4] pipeline: {grid}; float32 224x224 batches: "
@@ -137,8 +156,8 @@ def run_demo(
 
     common = dict(test=data / "test", test_labels=data / "test_labels.csv", seed=seed, holdout=0.25)
     results: dict[str, dict] = {}
-    n_train_real = round((spec.n_used + spec.n_not_used) * 0.75)
-    copies = max(2, 2 * round(spec.n_generated / n_train_real / 2))
+    n_train_real = round(n_dev_real * 0.75)
+    copies = max(2, 2 * round(n_generated / n_train_real / 2))
     t0 = time.perf_counter()
     if weights is None:
         say(
@@ -191,20 +210,26 @@ def run_demo(
         "tables": tables,
         "seconds": round(time.perf_counter() - t_all, 1),
         "quick": quick,
+        "realistic": realistic,
         "run_files": [ds.get("run_file") for r in results.values() for ds in r["datasets"]],
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    from ctfp.imageclef.report import write_run_report
+
+    report = write_run_report(out)  # every method's run, compared, with its evidence galleries
     say("")
     say(markdown_table(rows, title="Test images (truth known to the demo)"))
     say(f"\nwrote {md}, {js}" + (f", {roc}" if roc else "") + f" and per-method folders in {out}")
+    if report is not None:
+        say(f"report: {report} (open it in a browser)")
     say(f"total {summary['seconds']:.0f} s")
     return summary
 
 
 def _similarity_runs(data: Path, out: Path, common: dict, verbose: int) -> dict[str, dict]:
-    """ctfp's similarity methods (:mod:`ctfp.similarity`) through the same runner."""
+    """ctfp's similarity methods (:mod:`ctfp.membership.similarity`) through the same runner."""
     try:
-        from .experiments import SIMILARITY_PRESETS, run_similarity
+        from ctfp.imageclef.experiments import SIMILARITY_PRESETS, run_similarity
     except ImportError:
         return {}
     return {

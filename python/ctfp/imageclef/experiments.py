@@ -14,20 +14,22 @@ import json
 import os
 import platform
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .datasets import Dataset, DatasetError, find_datasets
-from .decision import CalibratedThreshold, make_rule
-from .exceptions import CtfpError
-from .expansion import paper_training_set
-from .metrics import evaluate, write_tables
-from .runfile import write_run_file
+from ctfp._util import write_text_atomic
+from ctfp.data.datasets import Dataset, DatasetError, find_datasets
+from ctfp.data.expansion import paper_training_set
+from ctfp.exceptions import CtfpError
+from ctfp.imageclef.runfile import write_run_file
+from ctfp.membership.decision import CalibratedThreshold, make_rule
+from ctfp.membership.metrics import evaluate, write_tables
 
 __all__ = [
     "METHODS",
@@ -101,14 +103,133 @@ def _versions() -> dict[str, str | None]:
     return out
 
 
-def read_test_labels(path: str | os.PathLike[str]) -> dict[str, int]:
-    """Ground truth of test images, ``id,label`` per line (as the demo data writes it)."""
-    labels = {}
-    with open(path, newline="") as f:
-        for row in csv.reader(f):
-            if row:
-                labels[row[0]] = int(row[1])
+class LabelsError(CtfpError, ValueError):
+    """A test-labels CSV that cannot be used; the message names the file and the line."""
+
+
+_ID_HEADERS = ("id", "image_id", "image", "name", "file", "filename")
+_LABEL_HEADERS = ("label", "labels", "used", "member", "y")
+
+
+def read_test_labels(
+    path: str | os.PathLike[str], test_ids: Sequence[str] | None = None
+) -> dict[str, int]:
+    """Ground truth of test images: ``id,label`` per line -> ``{id: 0 or 1}``.
+
+    A header row (``id,label``, ``image_id,label``, ... in any case) is recognised and skipped;
+    ids may carry ``.png`` or not (it is stripped); blank lines are skipped. With ``test_ids``
+    (the test folder's image ids), every id must be one of them and every one of them must have
+    a label. Anything else raises :class:`LabelsError` naming the file and line: a row without
+    two fields, a label other than 0/1, a duplicate id, an unknown id, missing ids.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelsError(f"{path}: cannot read the test labels: {exc}") from exc
+    known = (
+        None
+        if test_ids is None
+        else {Path(i).stem if i.lower().endswith(".png") else i for i in test_ids}
+    )
+    labels: dict[str, int] = {}
+    first_line: dict[str, int] = {}
+    seen_row = False
+    for no, row in enumerate(csv.reader(text.splitlines()), 1):
+        cells = [c.strip() for c in row]
+        if not any(cells):
+            continue
+        if len(cells) != 2:
+            raise LabelsError(f"{path}:{no}: expected 2 fields (id,label), found {len(cells)}")
+        ident, label = cells
+        first_row, seen_row = not seen_row, True
+        if first_row and ident.lower() in _ID_HEADERS and label.lower() in _LABEL_HEADERS:
+            continue  # the header row
+        if ident.lower().endswith(".png"):
+            ident = ident[:-4]
+        if label not in ("0", "1"):
+            raise LabelsError(f"{path}:{no}: label of {ident!r}: expected 0 or 1, found {label!r}")
+        if ident in labels:
+            raise LabelsError(
+                f"{path}:{no}: duplicate id {ident!r} (first on line {first_line[ident]})"
+            )
+        if known is not None and ident not in known:
+            raise LabelsError(
+                f"{path}:{no}: unknown id {ident!r}: no such image in the test folder"
+            )
+        labels[ident] = int(label)
+        first_line[ident] = no
+    if not labels:
+        raise LabelsError(f"{path}: no labels found; expected lines of id,label")
+    if known is not None and len(labels) < len(known):
+        missing = sorted(known - labels.keys())
+        shown = ", ".join(missing[:5]) + (
+            f" (+{len(missing) - 5} more)" if len(missing) > 5 else ""
+        )
+        raise LabelsError(f"{path}: {len(missing)} test images have no label: {shown}")
     return labels
+
+
+class UnreadableImagesError(CtfpError, ValueError):
+    """Images that cannot be decoded, under ``on_unreadable="error"``; all of them are named."""
+
+
+ON_UNREADABLE = ("error", "skip", "predict:0", "predict:1")
+
+
+def _unreadable(
+    dev_sets: list[Dataset], test_sets: list[Dataset], policy: str, threads: int | None
+) -> list[dict[str, str]]:
+    """Decode every image before any work; print each one that fails (name and reason) to
+    stderr; then apply ``policy``.
+
+    - ``"error"``: stop, naming every unreadable image.
+    - ``"skip"``: leave unreadable development images out (they are listed in the record);
+      unreadable test images still stop the run, as a run file needs a line for every test id.
+    - ``"predict:0"``/``"predict:1"``: as ``"skip"`` for development images; unreadable test
+      images get that label in the run file and are listed in the record.
+
+    Files that are not ``.png`` are not images: they are listed, never an error.
+    """
+    if policy not in ON_UNREADABLE:
+        raise ValueError(
+            f"on_unreadable: expected one of {', '.join(map(repr, ON_UNREADABLE))}, "
+            f"found {policy!r}"
+        )
+    found = []
+    for split, sets in (("development", dev_sets), ("test", test_sets)):
+        for ds in sets:
+            for kind, scan in ds.folders.items():
+                scan.verify(threads)
+                for path, why in scan.unreadable:
+                    image = path.suffix.lower() == ".png"
+                    found.append(
+                        {
+                            "split": split,
+                            "dataset": ds.name,
+                            "folder": kind,
+                            "path": str(path),
+                            "reason": why,
+                            "action": "ignored (not an image)" if not image else "",
+                        }
+                    )
+    images = [f for f in found if not f["action"]]
+    for f in found:
+        print(f"unreadable: {f['path']}: {f['reason']}", file=sys.stderr)
+    test_bad = [f for f in images if f["split"] == "test"]
+    if images and (policy == "error" or (policy == "skip" and test_bad)):
+        stop = images if policy == "error" else test_bad
+        hint = (
+            "use --on-unreadable skip (development images) or predict:0|1 (test images)"
+            if policy == "error"
+            else "a run file needs every test id: use --on-unreadable predict:0|1"
+        )
+        raise UnreadableImagesError(
+            f"{len(stop)} unreadable image(s), first {stop[0]['path']}: {stop[0]['reason']}; {hint}"
+        )
+    for f in images:
+        f["action"] = f"predicted {policy.split(':')[1]}" if f["split"] == "test" else "left out"
+    return found
 
 
 def _match(dev: list[Dataset], test: list[Dataset]) -> list[tuple[Dataset, Dataset | None]]:
@@ -145,7 +266,7 @@ def _classifier_scorer(method: Method, cfg: dict) -> ScoreFn:
     def fit(
         ds: Dataset, real_train: list, real_labels: list, generated: list, info: dict
     ) -> tuple[Callable, dict]:
-        from .estimator import FingerprintClassifier
+        from ctfp.models.classifier import FingerprintClassifier
 
         prepare = _esrgan_inputs(cfg) if method.super_resolution else list
         real_train, generated = prepare(real_train), prepare(generated)
@@ -163,7 +284,7 @@ def _classifier_scorer(method: Method, cfg: dict) -> ScoreFn:
             verbose=cfg["verbose"],
         )
         t0 = time.perf_counter()
-        clf.fit(ts.sources, ts.labels, augment=ts.augment)
+        clf.fit(ts.sources, ts.labels, sample_augment=ts.augment)
         info["fit_seconds"] = round(time.perf_counter() - t0, 2)
         info["training_images"] = len(ts)
         info["history"] = clf.history_
@@ -179,10 +300,10 @@ def _esrgan_inputs(cfg: dict) -> Callable[[list], list]:
     ESRGAN to 896, cached on disk by content and model (so each image is upscaled once across
     runs), and returned as paths of the cached PNGs for the Rust pipeline to read."""
     try:
-        from .superres import UpscaleCache, Upscaler
+        from ctfp.superres import UpscaleCache, Upscaler
     except ImportError as exc:  # torch missing
         raise MethodUnavailable(f"Method 4 needs ESRGAN (ctfp.superres, torch): {exc}") from exc
-    from .preprocess import load_batch
+    from ctfp.data.preprocess import load_batch
 
     cache = UpscaleCache(
         cfg["sr_cache"], Upscaler(device=cfg["device"], progress=cfg["verbose"] > 0)
@@ -208,7 +329,7 @@ def run_method(
     decision: str = "threshold:0.5",
     holdout: float = 0.0,
     epochs: int = 50,
-    image_size: int = 224,
+    image_size: int | None = None,
     batch_size: int = 32,
     lr: float = 1e-4,
     copies: int = 50,
@@ -219,16 +340,21 @@ def run_method(
     verbose: int = 1,
     sr_cache: str | os.PathLike[str] | None = None,
     scorer: ScoreFn | None = None,
+    on_unreadable: str = "error",
 ) -> dict:
     """Run one method on development data (and test data when given); write tables, plots, run
-    files and ``record.json`` into ``out``; return the record.
+    files, ``record.json`` and ``report.html`` (:mod:`ctfp.imageclef.report`) into ``out``;
+    return the record.
 
     ``holdout`` keeps that fraction of the labelled real images out of training, to calibrate
     the decision rule and to evaluate on images the classifier never saw (the paper used all of
     them, with the 0.5 threshold). ``decision`` is ``"threshold:T"``, ``"calibrated:METRIC"`` or
     ``"top:FRACTION"``; calibration uses the held-out development images only, never test labels.
     Method 4 upscales every image with ESRGAN (224 -> 896) into the disk cache ``sr_cache``
-    (default ``out/esrgan_cache``) and trains at ``image_size=896`` unless told otherwise.
+    (default ``out/esrgan_cache``); ``image_size`` defaults to 896 for it, 224 otherwise.
+    Every image is decoded once before any work; ``on_unreadable`` says what happens to those
+    that fail (see :func:`_unreadable`: ``"error"``, ``"skip"``, ``"predict:0"``,
+    ``"predict:1"``).
     """
     m = method if isinstance(method, Method) else get_method(method)
     out = Path(out)
@@ -239,8 +365,8 @@ def run_method(
             f"decision={decision!r} calibrates a threshold on held-out development images: "
             "pass holdout > 0 (e.g. 0.25), or use 'threshold:0.5' or 'top:0.5'"
         )
-    if m.super_resolution and image_size == 224:
-        image_size = 896  # the paper: ESRGAN x4 of the 224 inputs
+    if image_size is None:
+        image_size = 896 if m.super_resolution else 224  # the paper: ESRGAN x4 of 224 inputs
     cfg = dict(
         epochs=epochs,
         image_size=image_size,
@@ -256,12 +382,18 @@ def run_method(
     )
     dev_sets = find_datasets(data, require="development")
     test_sets = find_datasets(test, require="test") if test is not None else []
-    truth = read_test_labels(test_labels) if test_labels is not None else {}
+    unreadable = _unreadable(dev_sets, test_sets, on_unreadable, threads)
+    truth = (
+        read_test_labels(test_labels, [p.stem for ts in test_sets for p in ts.unknown])
+        if test_labels is not None
+        else {}
+    )
     record: dict[str, Any] = {
         "method": asdict(m),
         "data": str(data),
         "test": None if test is None else str(test),
-        "config": {**cfg, "decision": decision, "holdout": holdout},
+        "config": {**cfg, "decision": decision, "holdout": holdout, "on_unreadable": on_unreadable},
+        "unreadable": unreadable,
         "versions": _versions(),
         "git_commit": _git_commit(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -279,14 +411,26 @@ def run_method(
     }
     rows: dict[str, list[dict]] = {}
     t_start = time.perf_counter()
+    record_path = out / f"record_method{m.key}.json"
+    incomplete = out / "INCOMPLETE"
+    # Until the run ends, the folder says it is partial (an interrupted or failed run leaves it);
+    # the record is rewritten after each dataset, so it holds what was finished.
+    write_text_atomic(
+        incomplete,
+        f"ctfp run {m.key} started {record['started']}; this folder is partial until the run "
+        f"finishes (see {record_path.name}: status)\n",
+    )
+    record["status"] = "running"
+    indexes: list = []  # the method's own generated-set index per dataset, for the report
     for ds, ts in _match(dev_sets, test_sets):
-        tag = ds.name.replace("/", "_")
         real, labels = ds.real()
         train_idx, hold_idx = _split_holdout(real, labels, holdout, seed)
         info: dict[str, Any] = {"dataset": ds.summary(), "holdout_images": len(hold_idx)}
         score, info = fit(
             ds, [real[i] for i in train_idx], [labels[i] for i in train_idx], ds.generated, info
         )
+        # a similarity scorer is SimilarityMembership.score_samples: keep its estimator's index
+        indexes.append(getattr(getattr(score, "__self__", None), "index_", None))
         rule = make_rule(decision)
         if len(hold_idx):
             hs = np.asarray(score([real[i] for i in hold_idx]), dtype=float)
@@ -300,21 +444,41 @@ def run_method(
             pooled["dev_y"] += hy.tolist()
             pooled["dev_s"] += hs.tolist()
             pooled["dev_p"] += hp.tolist()
+            info["holdout_scores"] = [  # [path, label, score, predicted] per held-out image
+                [str(real[i]), int(a), float(b), int(c)]
+                for i, a, b, c in zip(hold_idx, hy, hs, hp, strict=True)
+            ]
         info["decision"] = rule.describe()
         if ts is not None:
             t_paths = ts.unknown
             t_scores = np.asarray(score(t_paths), dtype=float)
             t_pred = rule.predict(t_scores)
+            test_tag = ts.name.replace("/", "_")  # named for the split it predicts
+            # unreadable test images under predict:L get label L (none under the other policies)
+            forced = [
+                Path(f["path"])
+                for f in unreadable
+                if f["split"] == "test"
+                and f["dataset"] == ts.name
+                and f["action"]
+                and f["action"].startswith("predicted")
+            ]
+            forced_label = int(on_unreadable.split(":")[1]) if forced else 0
             run_path = write_run_file(
-                out / f"run_method{m.key}_{tag}.txt", t_paths, t_pred, test_dir=ts.root
+                out / f"run_method{m.key}_{test_tag}.txt",
+                [*t_paths, *forced],
+                np.r_[t_pred, np.full(len(forced), forced_label)].astype(int),
+                test_dir=ts.root,
             )
             info["run_file"] = str(run_path)
             info["test_predicted_used"] = int(t_pred.sum())
-            np.savetxt(
-                out / f"scores_method{m.key}_{tag}.csv",
-                np.c_[np.arange(len(t_paths)), t_scores],
-                delimiter=",",
-                fmt=["%d", "%.6f"],
+            write_text_atomic(
+                out / f"scores_method{m.key}_{test_tag}.csv",
+                "id,score,predicted\n"
+                + "".join(
+                    f"{p.stem},{s:.6f},{int(v)}\n"
+                    for p, s, v in zip(t_paths, t_scores, t_pred, strict=True)
+                ),
             )
             if truth:
                 ty = np.asarray([truth[p.stem] for p in t_paths])
@@ -329,6 +493,7 @@ def run_method(
                 pooled["test_p"] += t_pred.tolist()
                 curves[f"{ds.name} test"] = (ty, t_scores)
         record["datasets"].append(info)
+        write_text_atomic(record_path, json.dumps(record, indent=2, default=_jsonable) + "\n")
     for split, title in (("test", "Test"), ("dev", "Development (held-out real images)")):
         if len(dev_sets) > 1 and pooled[f"{split}_y"]:
             both = evaluate(pooled[f"{split}_y"], pooled[f"{split}_p"], pooled[f"{split}_s"])
@@ -338,14 +503,17 @@ def run_method(
     if rows:
         write_tables(rows, out, stem=f"results_method{m.key}")
         _plots(out, m, curves, pooled, record)
-    (out / f"record_method{m.key}.json").write_text(
-        json.dumps(record, indent=2, default=_jsonable) + "\n"
-    )
+    record["status"] = "complete"
+    write_text_atomic(record_path, json.dumps(record, indent=2, default=_jsonable) + "\n")
+    incomplete.unlink()
+    from ctfp.imageclef.report import write_run_report
+
+    write_run_report(out, record=record_path.name, indexes=indexes)
     return record
 
 
 def _plots(out: Path, m: Method, curves: dict, pooled: dict, record: dict) -> None:
-    from .plots import plot_confusion, plot_roc, plot_score_histograms
+    from ctfp.imageclef.plots import plot_confusion, plot_roc, plot_score_histograms
 
     split = "test" if pooled["test_y"] else "dev"
     if not pooled[f"{split}_y"]:
@@ -376,7 +544,11 @@ def _jsonable(v: Any) -> Any:
 
 
 #: ctfp's similarity methods (DESIGN.md section 3) as presets next to the paper's Methods 1-4:
-#: options for :class:`ctfp.similarity.SimilarityMembership`.
+#: options for :class:`ctfp.membership.similarity.SimilarityMembership` (scores only: no
+#: ``rule``; the runner's ``decision`` decides). ``"estimator"`` names another membership
+#: estimator (:func:`ctfp.membership.estimators.make_estimator`: the fused scores, the published
+#: baselines); ``"decision"`` is a preset's own default decision (VCMI's real-real threshold:
+#: its ``decision_function`` is the score minus ``threshold_max``, so ``threshold:0``).
 SIMILARITY_PRESETS: dict[str, dict] = {
     "SSIM closest": {"measure": "ssim", "statistic": "max"},
     "Pixel closest, calibrated": {
@@ -386,6 +558,15 @@ SIMILARITY_PRESETS: dict[str, dict] = {
         "calibration": "reference",
     },
     "Pixel k-NN count": {"measure": "pixel", "image_size": 64, "statistic": "count"},
+    "Pixel closest, shift-robust": {
+        "measure": "pixel",
+        "image_size": 64,
+        "statistic": "max",
+        "query_transforms": "shift-grid",
+    },
+    "Fused similarity": {"estimator": "fused"},
+    "GAN-Leaks (baseline)": {"estimator": "ganleaks", "image_size": 64},
+    "VCMI SSIM (baseline)": {"estimator": "vcmi", "decision": "threshold:0"},
 }
 
 
@@ -394,21 +575,71 @@ SIMILARITY_KEYS = {
     "sim-ssim": "SSIM closest",
     "sim-pixel": "Pixel closest, calibrated",
     "sim-count": "Pixel k-NN count",
+    "sim-shift": "Pixel closest, shift-robust",
+    "sim-fused": "Fused similarity",
+    "base-ganleaks": "GAN-Leaks (baseline)",
+    "base-vcmi": "VCMI SSIM (baseline)",
 }
 
 
-def _similarity_scorer(options: dict, seed: int) -> ScoreFn:
+def _similarity_scorer(
+    options: dict,
+    seed: int,
+    *,
+    device: Any = "auto",
+    n_jobs: int | None = None,
+    index_cache: str | os.PathLike[str] | None = None,
+    leak_test: bool = True,
+) -> ScoreFn:
+    """Fit :class:`~ctfp.membership.similarity.SimilarityMembership` (or the preset's
+    ``"estimator"``) on one dataset for its scores only (``rule=None``): the runner's decision
+    rule, fitted on the held-out images, is the one that decides, and its threshold is the one
+    the record shows. A preset with a ``"decision"`` of its own scores by the estimator's
+    ``decision_function`` (score minus its own threshold).
+
+    With ``leak_test``, before any prediction: :func:`ctfp.membership.leaktest.run_leak_test`
+    on all labelled development images (cross-fitted scores, Mann-Whitney U, a no-generator
+    control); its result is the record's ``datasets[i]["leak_test"]``, and when it finds no
+    leak a console line says that the per-image predictions are unsupported
+    (``datasets[i]["predictions_supported"]``)."""
+    if "rule" in options:
+        raise ValueError(
+            f"similarity options: found rule={options['rule']!r}; the estimator only scores "
+            f"here, the runner's decision= decides"
+        )
+
     def fit(
         ds: Dataset, real_train: list, real_labels: list, generated: list, info: dict
     ) -> tuple[Callable, dict]:
-        from .similarity import SimilarityMembership
+        from ctfp.membership.estimators import make_estimator
 
-        est = SimilarityMembership(**options, random_state=seed)
+        est = make_estimator(
+            options,
+            rule=None,
+            device=device,
+            n_jobs=n_jobs,
+            random_state=seed,
+            index_cache=index_cache,
+        )
         t0 = time.perf_counter()
-        est.fit(generated, real=real_train, y=real_labels)
+        est.fit(real_train, real_labels, generated=generated)
         info["fit_seconds"] = round(time.perf_counter() - t0, 2)
-        info["similarity"] = est.describe()
-        return est.score_samples, info
+        info["similarity"] = est.describe()  # settings only: no threshold of its own
+        if leak_test:
+            from ctfp.membership.leaktest import reusable_generated, run_leak_test
+
+            t0 = time.perf_counter()
+            real, labels = ds.real()
+            lt = run_leak_test(
+                est, real, labels, generated=reusable_generated(est), random_state=seed
+            )
+            lt["seconds"] = round(time.perf_counter() - t0, 2)
+            info["leak_test"] = lt
+            info["predictions_supported"] = lt["supported"]
+            note = "" if lt["supported"] else "; its per-image predictions are UNSUPPORTED"
+            print(f"leak test [{ds.name}]: {lt['message']}{note}")
+        score = est.decision_function if "decision" in options else est.score_samples
+        return score, info
 
     return fit
 
@@ -418,22 +649,36 @@ def run_similarity(
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
-    decision: str = "calibrated:accuracy",
+    decision: str | None = None,
     holdout: float = 0.25,
+    image_size: int | None = None,
     seed: int = 0,
     verbose: int = 1,
+    index_cache: str | os.PathLike[str] | None = None,
+    leak_test: bool = True,
     **kwargs: Any,
 ) -> dict:
-    """Run a similarity preset (:data:`SIMILARITY_PRESETS`) through :func:`run_method`: fitted on
-    the generated images and the training part of the labelled real images, its threshold
-    calibrated on the held-out ones."""
+    """Run a similarity preset (:data:`SIMILARITY_PRESETS`) through :func:`run_method`.
+
+    The estimator is fitted on the generated images and the training part of the labelled real
+    images, and only scores; ``decision`` (default ``"calibrated:accuracy"``) is fitted on the
+    held-out ones and decides. One threshold: the record's ``datasets[i]["decision"]``.
+    ``device`` and ``threads`` (as :func:`run_method` takes them) reach the estimator;
+    ``image_size`` replaces the preset's comparison size. ``decision=None``: the preset's own
+    (``"decision"``) or ``"calibrated:accuracy"``. ``index_cache``: a folder where the fitted
+    generated-set index is saved and reused across runs. ``leak_test``: run the leak test
+    first (see :func:`_similarity_scorer`)."""
     name = SIMILARITY_KEYS.get(name, name)
     if name not in SIMILARITY_PRESETS:
         known = ", ".join(map(repr, SIMILARITY_PRESETS))
         raise ValueError(f"similarity preset {name!r}: expected one of {known}")
-    options = SIMILARITY_PRESETS[name]
+    options = dict(SIMILARITY_PRESETS[name])
+    if image_size is not None:
+        options["image_size"] = image_size
     key = "sim_" + "".join(c if c.isalnum() else "_" for c in name.lower()).strip("_")
     method = Method(key, name, kind="similarity", weights=None, options=options)
+    if decision is None:
+        decision = options.get("decision", "calibrated:accuracy")
     return run_method(
         method,
         data,
@@ -442,6 +687,13 @@ def run_similarity(
         holdout=holdout,
         seed=seed,
         verbose=verbose,
-        scorer=_similarity_scorer(options, seed),
+        scorer=_similarity_scorer(
+            options,
+            seed,
+            device=kwargs.get("device", "auto"),
+            n_jobs=kwargs.get("threads"),
+            index_cache=index_cache,
+            leak_test=leak_test,
+        ),
         **kwargs,
     )

@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ctfp._util import atomic_write, write_text_atomic
+
 __all__ = ["LeakyDataSpec", "make_leaky_dataset"]
 
 
@@ -41,6 +43,13 @@ class LeakyDataSpec:
     size: int = 256
     seed: int = 0
 
+    @classmethod
+    def small(cls, **changes: object) -> LeakyDataSpec:
+        """A tiny spec (8 + 8 development, 6 + 6 test, 40 generated, 64x64) for quick runs and
+        tests; ``changes`` override any field."""
+        sizes = dict(n_used=8, n_not_used=8, n_test_used=6, n_test_not_used=6, n_generated=40)
+        return cls(**{**sizes, "size": 64, **changes})  # type: ignore[arg-type]
+
     def __post_init__(self) -> None:
         for name in ("n_used", "n_not_used", "n_test_used", "n_test_not_used", "n_generated"):
             v = getattr(self, name)
@@ -51,7 +60,7 @@ class LeakyDataSpec:
 
 
 def _slices(first_patient: int, n: int, spec: LeakyDataSpec) -> list[np.ndarray]:
-    from .synthetic import make_slice
+    from ctfp.data.synthetic import make_slice
 
     per = spec.slices_per_patient
     return [
@@ -63,7 +72,7 @@ def _slices(first_patient: int, n: int, spec: LeakyDataSpec) -> list[np.ndarray]
 def _near_copy(img: np.ndarray, rng: np.random.Generator, spec: LeakyDataSpec) -> np.ndarray:
     from scipy import ndimage
 
-    from .preprocess import transform
+    from ctfp.data.preprocess import transform
 
     moved = transform(
         img,
@@ -83,16 +92,18 @@ def _write(folder: Path, prefix: str, images: list[np.ndarray]) -> list[Path]:
     paths = []
     for k, img in enumerate(images):
         p = folder / f"{prefix}_{k + 1:04d}.png"
-        tmp = p.with_name(f".{p.name}.tmp")
-        Image.fromarray(img).save(tmp, format="PNG")
-        os.replace(tmp, p)
+        with atomic_write(p) as f:
+            Image.fromarray(img).save(f, format="PNG")
         paths.append(p)
     return paths
 
 
 def make_leaky_dataset(root: str | os.PathLike[str], spec: LeakyDataSpec | None = None) -> dict:
     """Write ``root/development`` (generated, real_used, real_not_used), ``root/test``
-    (generated, real_unknown) and ``root/test_labels.csv`` (id,label); return a summary."""
+    (generated, real_unknown), ``root/test_labels.csv`` (id,label) and
+    ``root/leak_sources.csv`` (generated,source: each generated image's path and the used image
+    it is a near-copy of, both relative to ``root``; source empty for a novel image); return a
+    summary (also ``root/leak.json``)."""
     spec = spec or LeakyDataSpec()
     root = Path(root)
     rng = np.random.Generator(np.random.PCG64([spec.seed, 0x1EA4]))
@@ -130,18 +141,29 @@ def make_leaky_dataset(root: str | os.PathLike[str], spec: LeakyDataSpec | None 
     dev_gen, dev_src = generate(spec.n_generated, first + 1000)
     test_gen, test_src = generate(spec.n_generated, first + 5000)
     dev, test = root / "development", root / "test"
-    _write(dev / "real_used", "used", groups["used"])
+    used_paths = _write(dev / "real_used", "used", groups["used"])
     _write(dev / "real_not_used", "not_used", groups["not_used"])
-    _write(dev / "generated", "generated", dev_gen)
-    _write(test / "generated", "generated", test_gen)
+    dev_gen_paths = _write(dev / "generated", "generated", dev_gen)
+    test_gen_paths = _write(test / "generated", "generated", test_gen)
     unknown = groups["test_used"] + groups["test_not_used"]
     truth = [1] * spec.n_test_used + [0] * spec.n_test_not_used
     order = rng.permutation(len(unknown))  # test ids do not give the answer away
     paths = _write(test / "real_unknown", "real_unknown", [unknown[i] for i in order])
-    with open(root / "test_labels.csv", "w", newline="") as f:
+    with atomic_write(root / "test_labels.csv", "w") as f:
         w = csv.writer(f)
         for p, i in zip(paths, order, strict=True):
             w.writerow([p.stem, truth[i]])
+    # which used image each generated image copies (training index k: the development used
+    # images, then the test used ones, which sit at permuted real_unknown positions)
+    position = {int(i): pos for pos, i in enumerate(order)}
+    training_paths = used_paths + [paths[position[j]] for j in range(spec.n_test_used)]
+    with atomic_write(root / "leak_sources.csv", "w") as f:
+        w = csv.writer(f)
+        w.writerow(["generated", "source"])
+        for gen_paths, src in ((dev_gen_paths, dev_src), (test_gen_paths, test_src)):
+            for g, s in zip(gen_paths, src, strict=True):
+                source = training_paths[s].relative_to(root).as_posix() if s >= 0 else ""
+                w.writerow([g.relative_to(root).as_posix(), source])
     summary = {
         "spec": asdict(spec),
         "leaked_generated": {
@@ -149,6 +171,7 @@ def make_leaky_dataset(root: str | os.PathLike[str], spec: LeakyDataSpec | None 
             "test": int(np.sum(np.array(test_src) >= 0)),
         },
         "distinct_training_images_leaked": len({s for s in dev_src + test_src if s >= 0}),
+        "sources": "leak_sources.csv",
     }
-    (root / "leak.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(root / "leak.json", json.dumps(summary, indent=2) + "\n")
     return summary

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .exceptions import CtfpError
+from ctfp._util import write_text_atomic
+from ctfp.exceptions import CtfpError
 
 __all__ = [
     "RunFileError",
@@ -78,7 +78,7 @@ def image_id(path: str | os.PathLike[str], *, strip_extension: bool = True) -> s
 def test_ids(test_dir: str | os.PathLike[str], *, strip_extension: bool = True) -> list[str]:
     """The ids of the real test images: the PNG files of ``test_dir``, or of its ``real_unknown*``
     folder when it is a whole test set (generated images are not scored)."""
-    from .datasets import find_unknown_dir
+    from ctfp.data.datasets import find_unknown_dir
 
     folder = find_unknown_dir(Path(test_dir))
     # Hidden files (macOS ``._name.png`` resource forks) are not test images; datasets.scan_images
@@ -202,15 +202,5 @@ def write_run_file(
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Not tempfile.mkstemp: its files are mode 0600, and os.replace would keep that, leaving a
-    # run file that no one else in the group can read. os.open applies the umask as open() does.
-    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(path, text)
     return path

@@ -1,14 +1,50 @@
 """Decision rules from membership scores (higher = more likely used) to labels (1 used, 0 not).
 
 Every rule is fitted on development data only and records itself (``describe()``) next to the
-results it produced, so a table says which threshold made it.
+results it produced, so a table says which threshold made it. Threshold calibration has one home,
+:func:`best_threshold` (one candidate set, one tie-break: the median of the equally good
+candidates); :class:`CalibratedThreshold` wraps it, and every part of ctfp that calibrates
+(:class:`~ctfp.membership.similarity.SimilarityMembership`, the experiment runner) uses that.
 """
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
-__all__ = ["CalibratedThreshold", "Threshold", "TopFraction", "make_rule"]
+__all__ = [
+    "METRICS",
+    "CalibratedThreshold",
+    "SingleClassRuleWarning",
+    "Threshold",
+    "TopFraction",
+    "best_threshold",
+    "make_rule",
+    "warn_single_class",
+]
+
+
+class SingleClassRuleWarning(UserWarning):
+    """A decision rule's fitted threshold puts every image in one class: its predictions say
+    nothing about membership. The rule-level sibling of
+    :class:`ctfp.imageclef.runfile.SingleClassWarning` (which a run file with one class gets)."""
+
+
+def warn_single_class(pred: object, what: str, *, stacklevel: int = 3) -> bool:
+    """Warn (:class:`SingleClassRuleWarning`) when the 0/1 predictions ``pred`` (two or more)
+    are all one class; ``what`` names the rule and the images. Returns whether it warned."""
+    p = np.asarray(pred)
+    if p.size < 2 or (p.any() and not p.all()):
+        return False
+    label = "used (1)" if p.all() else "not used (0)"
+    warnings.warn(
+        f"{what}: every one of the {p.size} images is predicted {label}; the threshold lies "
+        f"outside their scores, so the predictions carry no membership information",
+        SingleClassRuleWarning,
+        stacklevel=stacklevel,
+    )
+    return True
 
 
 def _scores(scores: object) -> np.ndarray:
@@ -38,11 +74,73 @@ class Threshold:
         return {"rule": "threshold", "threshold": self.threshold}
 
 
+METRICS = ("f1", "accuracy", "kappa")
+
+
+def best_threshold(scores: object, y: object, metric: str = "accuracy") -> tuple[float, float]:
+    """The threshold ``t`` (used when ``score >= t``) that maximises ``metric`` on development
+    ``(scores, y)``, and the value it reaches there: ctfp's one threshold calibration, used by
+    :class:`CalibratedThreshold` and so by every estimator and runner that calibrates.
+
+    Candidates: the midpoints between consecutive distinct scores, plus one below all of them
+    (``min - 1``: everything used) and one above (``max + 1``: nothing used), one per distinct
+    way of cutting the sorted scores.
+
+    Tie-break: among the candidates that reach the best value (within 1e-12), the **median**
+    one in ascending order, the middle of the tied candidates (of an even number, the upper of
+    the two middle ones). A plateau's centre moves least when one development image changes;
+    its edges sit right next to a development score.
+
+    Parameters
+    ----------
+    scores : array-like of shape (n,)
+        Finite membership scores, higher = more likely used.
+    y : array-like of shape (n,)
+        Labels 1 (used) and 0 (not used), both present.
+    metric : {"accuracy", "f1", "kappa"}
+        Accuracy, F1 of the used class (0 where undefined) or Cohen's kappa (0 where undefined).
+    """
+    if metric not in METRICS:
+        raise ValueError(
+            f"metric: expected one of {', '.join(map(repr, METRICS))}, found {metric!r}"
+        )
+    s = _scores(scores)
+    y = np.asarray(y)
+    if y.shape != s.shape:
+        raise ValueError(f"y: expected one label per score, shape {s.shape}, found shape {y.shape}")
+    # Checked before the cast to int, so that 0.7 or 2 is refused rather than read as 0 or 1.
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y: expected labels 0 (not used) and 1 (used)")
+    pos = y.astype(int) == 1
+    if pos.all() or not pos.any():
+        raise ValueError("calibration needs development scores with both labels (0 and 1)")
+    u, inv = np.unique(s, return_inverse=True)
+    cands = np.concatenate([[u[0] - 1.0], (u[:-1] + u[1:]) / 2.0, [u[-1] + 1.0]])
+    # candidate j (j < len(u)) predicts used exactly the scores >= u[j]; the last predicts none
+    tp = np.r_[np.cumsum(np.bincount(inv, weights=pos, minlength=len(u))[::-1])[::-1], 0.0]
+    fp = np.r_[np.cumsum(np.bincount(inv, weights=~pos, minlength=len(u))[::-1])[::-1], 0.0]
+    n, n_pos = float(len(s)), float(pos.sum())
+    fn, tn = n_pos - tp, (n - n_pos) - fp
+    if metric == "accuracy":
+        value = (tp + tn) / n
+    elif metric == "f1":
+        denom = 2 * tp + fp + fn
+        value = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=denom > 0)
+    else:  # Cohen's kappa
+        po = (tp + tn) / n
+        pe = ((tp + fp) * (tp + fn) + (fn + tn) * (fp + tn)) / (n * n)
+        value = np.divide(po - pe, 1 - pe, out=np.zeros_like(po), where=pe < 1)
+    best = np.flatnonzero(value >= value.max() - 1e-12)
+    i = int(best[len(best) // 2])
+    return float(cands[i]), float(value[i])
+
+
 class CalibratedThreshold:
     """The threshold that maximises ``metric`` ("f1", "accuracy" or "kappa") on development
-    scores and labels; candidates are the midpoints between consecutive distinct scores."""
+    scores and labels, chosen by :func:`best_threshold` (candidates: midpoints between
+    consecutive distinct scores; ties: the median of the equally good candidates)."""
 
-    METRICS = ("f1", "accuracy", "kappa")
+    METRICS = METRICS
 
     def __init__(self, metric: str = "accuracy") -> None:
         if metric not in self.METRICS:
@@ -53,30 +151,13 @@ class CalibratedThreshold:
         self.threshold_: float | None = None
 
     def fit(self, scores: object, y: object) -> CalibratedThreshold:
-        from sklearn import metrics as m
-
-        s = _scores(scores)
-        y = np.asarray(y)
-        if y.shape != s.shape:
-            raise ValueError(
-                f"y: expected one label per score, shape {s.shape}, found shape {y.shape}"
-            )
-        # Checked before the cast to int, so that 0.7 or 2 is refused rather than read as 0 or 1.
-        if not np.isin(y, (0, 1)).all():
-            raise ValueError("y: expected labels 0 (not used) and 1 (used)")
-        y = y.astype(int)
-        if len(set(y.tolist())) != 2:
-            raise ValueError("calibration needs development scores with both labels (0 and 1)")
-        u = np.unique(s)
-        cands = np.concatenate([[u[0] - 1.0], (u[:-1] + u[1:]) / 2, [u[-1] + 1.0]])
-        score_fn = {
-            "f1": lambda p: m.f1_score(y, p, zero_division=0),
-            "accuracy": lambda p: m.accuracy_score(y, p),
-            "kappa": lambda p: m.cohen_kappa_score(y, p) if len(set(p.tolist())) > 1 else 0.0,
-        }[self.metric]
-        values = [score_fn((s >= t).astype(int)) for t in cands]
-        self.threshold_ = float(cands[int(np.argmax(values))])
-        self.dev_value_ = float(np.max(values))
+        """Choose the threshold; warn (:class:`SingleClassRuleWarning`) when it predicts every
+        development image one class (the scores do not separate the labels better than that)."""
+        self.threshold_, self.dev_value_ = best_threshold(scores, y, self.metric)
+        warn_single_class(
+            _scores(scores) >= self.threshold_,
+            f"CalibratedThreshold({self.metric!r}) on {len(_scores(scores))} development scores",
+        )
         return self
 
     def predict(self, scores: object) -> np.ndarray:

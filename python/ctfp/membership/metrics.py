@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ctfp._util import write_text_atomic
+
 __all__ = ["COLUMNS", "evaluate", "markdown_table", "write_tables"]
 
 COLUMNS = ("accuracy", "precision", "recall", "f1", "kappa", "roc_auc")
@@ -91,14 +93,14 @@ def markdown_table(
 def write_tables(
     tables: dict[str, Sequence[dict]], out_dir: str | Path, *, stem: str = "results"
 ) -> tuple[Path, Path]:
-    """Write ``{table title: rows}`` as ``stem.md`` and ``stem.json`` in ``out_dir``."""
+    """Write ``{table title: rows}`` as ``stem.md`` and ``stem.json`` in ``out_dir`` (each
+    through :func:`ctfp._util.write_text_atomic`: a reader never sees half a table)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     md = out / f"{stem}.md"
     js = out / f"{stem}.json"
-    md.write_text(
-        "\n\n".join(markdown_table(rows, title=title) for title, rows in tables.items()) + "\n",
-        encoding="utf-8",
+    write_text_atomic(
+        md, "\n\n".join(markdown_table(rows, title=title) for title, rows in tables.items()) + "\n"
     )
-    js.write_text(json.dumps(tables, indent=2) + "\n", encoding="utf-8")
+    write_text_atomic(js, json.dumps(tables, indent=2) + "\n")
     return md, js

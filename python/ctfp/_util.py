@@ -1,0 +1,350 @@
+"""The shared rules: one home each, used by every part of ctfp.
+
+- :func:`resolve_device`: ``"auto"``/``"cpu"``/``"cuda"``/``"cuda:N"``/``"mps"`` (or a
+  ``torch.device``) to a ``torch.device``, with one validation and one set of messages.
+- :func:`validate_params` with the constraint types :class:`Interval`, :class:`Options`,
+  :class:`InstanceOf` and ``None``: each estimator declares a table of its parameters once
+  (``_parameter_constraints``) and checks it in one place at ``fit``.
+- :func:`n_jobs_to_threads`: scikit-learn's ``n_jobs`` (``None``, ``k > 0``, ``-1`` = all cores,
+  ``-2`` = all but one, ...) to the ``n_threads`` the Rust functions take.
+- :func:`seed_from`: any ``random_state`` scikit-learn accepts to an integer seed.
+- :func:`cudnn_autotune`: cuDNN's autotuning for a block of work, the caller's setting after.
+- :func:`atomic_write`: write a file through a temporary beside it and ``os.replace``, so a
+  reader never sees half a file; the result gets the usual permissions (``0o666 & ~umask``),
+  never ``mkstemp``'s owner-only 0600.
+
+Nothing here imports torch at module level.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+import os
+import re
+import secrets
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+# --------------------------------------------------------------------------------------------
+# devices
+
+DEVICES = ("auto", "cpu", "cuda", "cuda:N", "mps")
+_DEVICE_RE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
+def check_device(device: object, name: str = "device") -> None:
+    """Check ``device``'s form without importing torch (for ``fit``-time parameter checks)."""
+    if isinstance(device, str) and _DEVICE_RE.fullmatch(device):
+        return
+    if type(device).__name__ == "device" and type(device).__module__.startswith("torch"):
+        return
+    accepted = ", ".join(repr(d) for d in DEVICES)
+    raise ValueError(f"{name}: expected one of {accepted} or a torch.device, found {device!r}")
+
+
+def resolve_device(device: object = "auto", name: str = "device") -> Any:
+    """The ``torch.device`` for ``device``.
+
+    ``"auto"`` picks CUDA when torch sees a GPU, then Apple's MPS, then the CPU. An explicit
+    ``"cuda"``/``"cuda:N"``/``"mps"`` that this machine cannot run raises ``ValueError`` naming
+    what was asked for and what is there: a request is never silently moved to another device.
+    """
+    check_device(device, name)
+    import torch
+
+    dev = device if isinstance(device, torch.device) else None
+    if dev is None:
+        if device == "auto":
+            if torch.cuda.is_available():
+                return torch.device("cuda")
+            mps = getattr(torch.backends, "mps", None)
+            if mps is not None and mps.is_available():
+                return torch.device("mps")
+            return torch.device("cpu")
+        dev = torch.device(str(device))
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{name}={str(device)!r}: CUDA is not available here (torch sees no CUDA "
+                f"device); use 'auto' or 'cpu'"
+            )
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(
+                f"{name}={str(device)!r}: this machine has {count} CUDA device(s), "
+                f"numbered 0 to {count - 1}"
+            )
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(
+                f"{name}={str(device)!r}: MPS is not available here; use 'auto' or 'cpu'"
+            )
+    elif dev.type != "cpu":
+        accepted = ", ".join(repr(d) for d in DEVICES)
+        raise ValueError(f"{name}: expected one of {accepted}, found {str(device)!r}")
+    return dev
+
+
+@contextlib.contextmanager
+def cudnn_autotune(enabled: bool = True) -> Iterator[None]:
+    """``torch.backends.cudnn.benchmark = enabled`` inside the block, the caller's value after.
+
+    A process-wide torch setting: training, prediction and upscaling turn it on for their own
+    work only (cuDNN times its algorithms once per input shape, then runs the fastest), never
+    behind the user's back. It does nothing on the CPU.
+    """
+    from torch.backends import cudnn
+
+    before = cudnn.benchmark
+    cudnn.benchmark = enabled
+    try:
+        yield
+    finally:
+        cudnn.benchmark = before
+
+
+# --------------------------------------------------------------------------------------------
+# parameter constraints (in the spirit of scikit-learn's ``_parameter_constraints``)
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A number in ``[lo, hi]``; ``None`` bounds are open-ended. ``closed`` says which ends are
+    included: ``"both"``, ``"left"``, ``"right"`` or ``"neither"``. ``kind`` is ``int`` (bools
+    are refused) or ``float`` (any real number, ints included; NaN never)."""
+
+    kind: type
+    lo: float | None
+    hi: float | None
+    closed: str = "both"
+
+    def accepts(self, value: object) -> bool:
+        if isinstance(value, bool):
+            return False
+        want = numbers.Integral if self.kind is int else numbers.Real
+        if not isinstance(value, want):
+            return False
+        v = float(value)  # type: ignore[arg-type]
+        if math.isnan(v):
+            return False
+        lo_ok = self.lo is None or (
+            v >= self.lo if self.closed in ("both", "left") else v > self.lo
+        )
+        hi_ok = self.hi is None or (
+            v <= self.hi if self.closed in ("both", "right") else v < self.hi
+        )
+        return lo_ok and hi_ok
+
+    def describe(self) -> str:
+        what = "an integer" if self.kind is int else "a number"
+        if self.lo is not None and self.hi is not None:
+            left = "[" if self.closed in ("both", "left") else "("
+            right = "]" if self.closed in ("both", "right") else ")"
+            return f"{what} in {left}{_num(self.lo)}, {_num(self.hi)}{right}"
+        if self.lo is not None:
+            op = ">=" if self.closed in ("both", "left") else ">"
+            return f"{what} {op} {_num(self.lo)}"
+        if self.hi is not None:
+            op = "<=" if self.closed in ("both", "right") else "<"
+            return f"{what} {op} {_num(self.hi)}"
+        return what
+
+
+@dataclass(frozen=True)
+class Options:
+    """One of a fixed set of values (strings, usually)."""
+
+    values: tuple[Any, ...]
+
+    def __init__(self, *values: Any) -> None:
+        object.__setattr__(self, "values", tuple(values))
+
+    def accepts(self, value: object) -> bool:
+        return any(type(value) is type(v) and value == v for v in self.values)
+
+    def describe(self) -> str:
+        return "one of " + ", ".join(repr(v) for v in self.values)
+
+
+@dataclass(frozen=True)
+class InstanceOf:
+    """An instance of one of ``types``; ``label`` is how the message names it."""
+
+    types: tuple[type, ...]
+    label: str
+
+    def accepts(self, value: object) -> bool:
+        return isinstance(value, self.types)
+
+    def describe(self) -> str:
+        return self.label
+
+
+@dataclass(frozen=True)
+class Check:
+    """A value ``test`` accepts (for the rare rule a table cannot say); ``label`` names it."""
+
+    test: Callable[[object], bool]
+    label: str
+
+    def accepts(self, value: object) -> bool:
+        try:
+            return bool(self.test(value))
+        except Exception:
+            return False
+
+    def describe(self) -> str:
+        return self.label
+
+
+Constraint = Interval | Options | InstanceOf | Check | None
+
+#: ``n_jobs`` as every ctfp estimator takes it: None, a positive int, or -1, -2, ...
+N_JOBS: list[Constraint] = [None, Interval(int, 1, None), Interval(int, None, -1)]
+#: ``random_state`` as scikit-learn takes it.
+RANDOM_STATE: list[Constraint] = [
+    None,
+    Interval(int, 0, 2**32 - 1),
+    InstanceOf((np.random.RandomState,), "a numpy RandomState"),
+]
+#: ``device``: checked for its form at ``fit``; :func:`resolve_device` checks availability.
+DEVICE: list[Constraint] = [
+    Check(
+        lambda v: check_device(v) is None,
+        "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device",
+    )
+]
+
+
+def _num(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(v)
+
+
+def _accepts(c: Constraint, value: object) -> bool:
+    return value is None if c is None else c.accepts(value)
+
+
+def validate_params(
+    params: Mapping[str, object], constraints: Mapping[str, Sequence[Constraint]], owner: str
+) -> None:
+    """Check each of ``params`` against its constraints (a value passes if any accepts it).
+
+    ``ValueError`` names the owner, the parameter, every accepted form and the value found::
+
+        SimilarityMembership: k: expected None or an integer >= 1, found 0
+    """
+    for name, value in params.items():
+        allowed = constraints.get(name)
+        if allowed is None:
+            continue
+        if any(_accepts(c, value) for c in allowed):
+            continue
+        forms = ["None" if c is None else c.describe() for c in allowed]
+        raise ValueError(f"{owner}: {name}: expected {' or '.join(forms)}, found {value!r}")
+
+
+def n_jobs_to_threads(n_jobs: object, name: str = "n_jobs") -> int | None:
+    """scikit-learn's ``n_jobs`` as a thread count: None stays None (ctfp's default), ``k > 0``
+    is ``k``, ``-1`` is every core ctfp may use, ``-2`` all but one, and so on (at least 1)."""
+    validate_params({name: n_jobs}, {name: N_JOBS}, "ctfp")
+    if n_jobs is None:
+        return None
+    n = int(n_jobs)  # type: ignore[call-overload]
+    if n > 0:
+        return n
+    from ctfp._core import default_threads
+
+    return max(1, int(default_threads()) + 1 + n)
+
+
+def seed_from(random_state: object, name: str = "random_state") -> int:
+    """A 63-bit integer seed from any ``random_state`` scikit-learn accepts: an int is used as
+    it is (the same int, the same seed), a ``RandomState`` is drawn from, None draws fresh."""
+    validate_params({name: random_state}, {name: RANDOM_STATE}, "ctfp")
+    if isinstance(random_state, numbers.Integral):
+        return int(random_state)
+    rs = (
+        random_state if isinstance(random_state, np.random.RandomState) else np.random.RandomState()
+    )
+    return int(rs.randint(0, 2**31 - 1, dtype=np.int64)) << 32 | int(
+        rs.randint(0, 2**31 - 1, dtype=np.int64)
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# files
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
+    """Open a temporary file beside ``path`` for writing; on success it replaces ``path`` in one
+    step, on error it is removed and ``path`` is left as it was.
+
+    The temporary is created with ``O_EXCL`` and mode ``0o666`` (less the umask), so the written
+    file has the permissions any other new file would get: ``tempfile.mkstemp`` would give 0600,
+    which ``os.replace`` keeps, leaving files the user's group cannot read.
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"mode: expected 'w' or 'wb', found {mode!r}")
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+    try:
+        with open(fd, mode, **({"encoding": "utf-8", "newline": ""} if mode == "w" else {})) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
+    """``path.write_bytes(data)`` through :func:`atomic_write`."""
+    with atomic_write(path, "wb") as f:
+        f.write(data)
+
+
+def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+    """``path.write_text(text)`` (UTF-8, newlines as given) through :func:`atomic_write`."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+# --------------------------------------------------------------------------------------------
+# weights
+
+
+def _examples(items: Sequence[str], sep: str = ", ", n: int = 5) -> str:
+    shown = sep.join(items[:n])
+    return shown + (f" (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def state_dict_mismatch(expected: Mapping[str, Any], state: Mapping[str, Any]) -> str | None:
+    """What keeps ``state`` from loading into a module whose ``state_dict()`` is ``expected``:
+    the missing keys, the unexpected keys and the shape mismatches, a few of each with their
+    counts; None when it fits. Both are mappings of name -> tensor (anything with ``.shape``)."""
+    missing = [repr(k) for k in expected if k not in state]
+    unexpected = [repr(k) for k in state if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(v.shape)
+    ]
+    parts = [
+        f"{len(items)} {title}: {_examples(items, sep)}"
+        for title, items, sep in (
+            ("missing keys", missing, ", "),
+            ("unexpected keys", unexpected, ", "),
+            ("shape mismatches", shapes, "; "),
+        )
+        if items
+    ]
+    return "; ".join(parts) or None

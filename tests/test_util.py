@@ -1,0 +1,163 @@
+"""The shared rules in ctfp._util: devices, parameter tables, n_jobs, seeds, atomic writes."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import numpy as np
+import pytest
+
+from ctfp._util import (
+    N_JOBS,
+    Interval,
+    Options,
+    atomic_write,
+    check_device,
+    n_jobs_to_threads,
+    resolve_device,
+    seed_from,
+    state_dict_mismatch,
+    validate_params,
+    write_text_atomic,
+)
+
+
+@pytest.fixture
+def umask_022():
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+# ---------------------------------------------------------------------------------------- devices
+
+
+@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "CPU", "", 0, None])
+def test_check_device_refuses_with_the_accepted_forms(bad):
+    with pytest.raises(ValueError, match=r"device: expected one of 'auto', 'cpu', 'cuda'"):
+        check_device(bad)
+
+
+def test_resolve_device_cpu_and_auto():
+    torch = pytest.importorskip("torch")
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device(torch.device("cpu")) == torch.device("cpu")
+    assert resolve_device("auto").type in ("cpu", "cuda", "mps")
+
+
+def test_resolve_device_cuda_that_is_not_there():
+    torch = pytest.importorskip("torch")
+    if torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        with pytest.raises(ValueError, match=f"has {n} CUDA device"):
+            resolve_device(f"cuda:{n}")
+    else:
+        with pytest.raises(ValueError, match="CUDA is not available here"):
+            resolve_device("cuda:0")
+
+
+# ------------------------------------------------------------------------------------- parameters
+
+TABLE = {
+    "k": [Interval(int, 1, None)],
+    "frac": [Interval(float, 0.0, 1.0, closed="right")],
+    "mode": [Options("a", "b"), None],
+    "n_jobs": N_JOBS,
+}
+
+
+def test_validate_params_accepts_valid_values():
+    validate_params({"k": 3, "frac": 1, "mode": None, "n_jobs": -1, "other": object()}, TABLE, "E")
+    validate_params({"k": np.int64(2), "frac": 0.5, "mode": "b", "n_jobs": None}, TABLE, "E")
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "expected"),
+    [
+        ("k", 0, "E: k: expected an integer >= 1, found 0"),
+        ("k", True, "E: k: expected an integer >= 1, found True"),
+        ("k", 2.0, "E: k: expected an integer >= 1, found 2.0"),
+        ("frac", 0.0, "E: frac: expected a number in (0, 1], found 0.0"),
+        ("frac", float("nan"), "E: frac: expected a number in (0, 1], found nan"),
+        ("mode", "c", "E: mode: expected one of 'a', 'b' or None, found 'c'"),
+        ("n_jobs", 0, "E: n_jobs: expected None or an integer >= 1 or an integer <= -1, found 0"),
+    ],
+)
+def test_validate_params_names_owner_parameter_forms_and_value(name, value, expected):
+    with pytest.raises(ValueError) as info:
+        validate_params({name: value}, TABLE, "E")
+    assert str(info.value) == expected
+
+
+def test_n_jobs_minus_one_is_every_core():
+    from ctfp import default_threads
+
+    assert n_jobs_to_threads(None) is None
+    assert n_jobs_to_threads(3) == 3
+    assert n_jobs_to_threads(-1) == default_threads()
+    assert n_jobs_to_threads(-(default_threads() + 5)) == 1
+    with pytest.raises(ValueError, match="n_jobs"):
+        n_jobs_to_threads(0)
+
+
+def test_seed_from_every_random_state_form():
+    assert seed_from(7) == 7
+    a = seed_from(np.random.RandomState(3))
+    b = seed_from(np.random.RandomState(3))
+    assert a == b and a >= 0
+    assert isinstance(seed_from(None), int)
+    with pytest.raises(ValueError, match="random_state"):
+        seed_from("seven")
+
+
+# ------------------------------------------------------------------------------------------ files
+
+
+def test_atomic_write_gives_umask_permissions(tmp_path, umask_022):
+    p = tmp_path / "a.txt"
+    write_text_atomic(p, "x\n")
+    assert p.read_text() == "x\n"
+    assert _mode(p) == 0o644  # readable by group and others, as any new file under umask 022
+
+
+def test_atomic_write_leaves_the_old_file_on_error(tmp_path):
+    p = tmp_path / "a.bin"
+    p.write_bytes(b"old")
+    with pytest.raises(RuntimeError), atomic_write(p) as f:
+        f.write(b"half")
+        raise RuntimeError("interrupted")
+    assert p.read_bytes() == b"old"
+    assert [q.name for q in tmp_path.iterdir()] == ["a.bin"]  # no temporary left behind
+
+
+def test_run_file_and_synthetic_pngs_are_group_readable(tmp_path, umask_022):
+    from ctfp.data.synthetic import write_pngs
+    from ctfp.imageclef.runfile import write_run_file
+
+    pngs = write_pngs(tmp_path / "imgs", 2, size=32)
+    run = write_run_file(tmp_path / "run.txt", ["a", "b"], [0, 1])
+    for p in [*pngs, run]:
+        assert _mode(p) == 0o644, p
+
+
+# ---------------------------------------------------------------------------------------- weights
+
+
+class _T:
+    def __init__(self, *shape):
+        self.shape = shape
+
+
+def test_state_dict_mismatch_report():
+    expected = {"a": _T(2), "b": _T(3, 3), "c": _T(1)}
+    assert state_dict_mismatch(expected, {"a": _T(2), "b": _T(3, 3), "c": _T(1)}) is None
+    msg = state_dict_mismatch(expected, {"a": _T(2), "b": _T(4, 3), "z": _T(1)})
+    assert msg == (
+        "1 missing keys: 'c'; 1 unexpected keys: 'z'; 1 shape mismatches: b: file (4, 3), "
+        "model (3, 3)"
+    )
