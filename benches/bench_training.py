@@ -37,8 +37,9 @@ import pytest
 import torch
 
 import ctfp
-from ctfp import synthetic
-from ctfp.backbones import build_model, get_spec
+from ctfp.data import synthetic
+from ctfp.models import build_model, get_spec
+from ctfp.models.training import binary_cross_entropy, mixed_precision_autocast, train_one_epoch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peers import torchvision_v2  # noqa: E402
@@ -78,44 +79,44 @@ def ctfp_fit(paths: list[str], labels: np.ndarray, device: str) -> dict[str, flo
     }
 
 
+def _model_step(device: str) -> tuple[torch.nn.Module, dict]:
+    """The model and the arguments of ctfp's training step (``train_one_epoch``), as in fit."""
+    dev = torch.device(device)
+    mixed_precision = dev.type == "cuda"
+    torch.manual_seed(0)
+    model = build_model(BACKBONE, weights=None, image_size=SIZE).to(dev)
+    step = {
+        "optimizer": torch.optim.Adam(model.parameters(), lr=1e-4),
+        "loss_fn": binary_cross_entropy(),
+        "device": dev,
+        "autocast": mixed_precision_autocast(dev, mixed_precision),
+        "scaler": torch.amp.GradScaler("cuda") if mixed_precision else None,
+    }
+    return model, step
+
+
 def torchvision_loop(paths: list[str], labels: np.ndarray, device: str) -> dict[str, float]:
     """The same training step, batches made in the loop by torchvision (no prefetching)."""
-    dev = torch.device(device)
-    amp = dev.type == "cuda"
-    torch.manual_seed(0)
-    model = build_model(BACKBONE, weights=None, image_size=SIZE).to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    model, step = _model_step(device)
     y_all = labels.astype(np.float32)
-    row: dict[str, float] = {}
-    for epoch in range(EPOCHS):
+
+    def batches(epoch: int):
         order = np.random.default_rng([SEED, epoch]).permutation(N_IMAGES)
-        wait = compute = 0.0
-        t_epoch = time.perf_counter()
         for k in range(0, N_IMAGES, BATCH):
             idx = order[k : k + BATCH]
-            t0 = time.perf_counter()
             params = [AUGMENT.sample_params(int(i), seed=SEED, epoch=epoch) for i in idx]
             xb = torchvision_v2([paths[i] for i in idx], params, (SIZE, SIZE), "float32")
-            t1 = time.perf_counter()
-            x = torch.from_numpy(np.ascontiguousarray(xb)).to(dev)
-            y = torch.from_numpy(y_all[idx]).to(dev)
-            with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
-                logits = model(x)
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            loss.item()
-            t2 = time.perf_counter()
-            wait += t1 - t0
-            compute += t2 - t1
+            yield np.ascontiguousarray(xb), y_all[idx]
+
+    row: dict[str, float] = {}
+    for epoch in range(EPOCHS):
+        t_epoch = time.perf_counter()
+        stats = train_one_epoch(model, batches(epoch), **step)
         seconds = time.perf_counter() - t_epoch
         row = {
             "images_per_s": N_IMAGES / seconds,
-            "loader_wait_s": wait,
-            "compute_s": compute,
+            "loader_wait_s": stats["loader_wait_s"],
+            "compute_s": stats["compute_s"],
             "seconds": seconds,
         }
     return row
@@ -153,29 +154,15 @@ def torchvision_loader_only(paths: list[str]) -> float:
 
 def model_only(device: str, steps: int = 2) -> float:
     """Images/s of the training step alone, on one fixed batch (after a warm-up step)."""
-    dev = torch.device(device)
-    amp = dev.type == "cuda"
-    torch.manual_seed(0)
-    model = build_model(BACKBONE, weights=None, image_size=SIZE).to(dev).train()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-4)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    x = torch.randn(BATCH, 3, SIZE, SIZE, device=dev)
-    y = (torch.arange(BATCH, device=dev) % 2).float()
-
-    def step() -> None:
-        with torch.autocast(device_type=dev.type, dtype=torch.float16, enabled=amp):
-            logits = model(x)
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), y)
-        opt.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(opt)
-        scaler.update()
-        loss.item()
-
-    step()
+    model, step = _model_step(device)
+    dev = step["device"]
+    batch = (
+        torch.randn(BATCH, 3, SIZE, SIZE, device=dev),
+        (torch.arange(BATCH, device=dev) % 2).float(),
+    )
+    train_one_epoch(model, [batch], **step)
     t = time.perf_counter()
-    for _ in range(steps):
-        step()
+    train_one_epoch(model, [batch] * steps, **step)
     return steps * BATCH / (time.perf_counter() - t)
 
 
@@ -280,8 +267,9 @@ if __name__ == "__main__":
         "--torch-threads",
         type=int,
         default=None,
-        help="torch.set_num_threads for the model (default: torch's, one per core); on a small "
-        "machine shared with other jobs, 1 gives steadier numbers",
+        help="torch.set_num_threads for the model, set by this script for its own process "
+        "(default: torch's, one per core; fit never changes it); on a small machine shared "
+        "with other jobs, 1 gives steadier numbers",
     )
     args = parser.parse_args()
     if args.torch_threads:
