@@ -161,3 +161,71 @@ def test_state_dict_mismatch_report():
         "1 missing keys: 'c'; 1 unexpected keys: 'z'; 1 shape mismatches: b: file (4, 3), "
         "model (3, 3)"
     )
+
+
+# ---------------------------------------------------------------------------------- torch threads
+
+
+def test_torch_threads_sets_and_restores():
+    torch = pytest.importorskip("torch")
+    from ctfp._util import torch_threads
+
+    before = torch.get_num_threads()
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before
+
+
+def test_torch_threads_warns_once_when_torch_oversubscribes(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import ctfp._util as util
+
+    monkeypatch.setattr(util, "_THREADS_WARNED", False)
+    monkeypatch.setattr(util, "free_cores", lambda: 1)
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        with pytest.warns(RuntimeWarning, match="torch uses 4 threads but only 1 cores are free"):
+            with util.torch_threads(None, "cpu"):
+                pass
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with util.torch_threads(None, "cpu"):  # once per process
+                pass
+            monkeypatch.setattr(util, "_THREADS_WARNED", False)
+            with util.torch_threads(None, "cuda"):  # training on a GPU: no warning
+                pass
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_classifier_torch_threads_is_a_checked_parameter():
+    pytest.importorskip("torch")
+    import ctfp
+
+    clf = ctfp.FingerprintClassifier(torch_threads=0)
+    with pytest.raises(ValueError, match="torch_threads: expected None or an integer >= 1"):
+        clf.fit(np.zeros((2, 16, 16), np.uint8), [0, 1])
+    assert ctfp.FingerprintClassifier(torch_threads=2).get_params()["torch_threads"] == 2
+
+
+def test_classifier_fit_uses_torch_threads_then_restores():
+    torch = pytest.importorskip("torch")
+    import ctfp
+
+    seen = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        clf = ctfp.FingerprintClassifier(
+            weights=None, image_size=16, max_epochs=1, batch_size=4, torch_threads=1,
+            random_state=0, callbacks=[lambda est, **logs: seen.append(torch.get_num_threads())],
+        )  # fmt: skip
+        X = np.stack([np.full((16, 16), v, np.uint8) for v in (10, 20, 200, 210)])
+        clf.fit(X, [0, 0, 1, 1])
+        assert seen == [1]
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

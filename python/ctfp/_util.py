@@ -8,6 +8,8 @@
 - :func:`n_jobs_to_threads`: scikit-learn's ``n_jobs`` (``None``, ``k > 0``, ``-1`` = all cores,
   ``-2`` = all but one, ...) to the ``n_threads`` the Rust functions take.
 - :func:`seed_from`: any ``random_state`` scikit-learn accepts to an integer seed.
+- :func:`torch_threads`: torch's thread count for a block of work (restored after), and the one
+  warning when torch would oversubscribe the free cores.
 - :func:`cudnn_autotune`: cuDNN's autotuning for a block of work, the caller's setting after.
 - :func:`atomic_write`: write a file through a temporary beside it and ``os.replace``, so a
   reader never sees half a file; the result gets the usual permissions (``0o666 & ~umask``),
@@ -110,6 +112,58 @@ def cudnn_autotune(enabled: bool = True) -> Iterator[None]:
         cudnn.benchmark = before
 
 
+_THREADS_WARNED = False
+
+
+def free_cores() -> int:
+    """Cores this process may use that are not busy now: the affinity mask less the 1-minute
+    load average (at least 1)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    try:
+        busy = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        busy = 0.0
+    return max(1, int(cores - busy + 0.5))
+
+
+@contextlib.contextmanager
+def torch_threads(n: int | None, device: Any = "cpu") -> Iterator[None]:
+    """torch's intra-op thread count for a block of work.
+
+    ``n``: that many threads inside the block, the caller's setting restored after (a process-wide
+    torch setting is never changed behind the user's back). ``None`` leaves torch as it is, but
+    warns once per process when the work runs on the CPU and torch's threads exceed the free
+    cores: on a small or busy machine that oversubscription slows training down many times.
+    """
+    import torch
+
+    dev = getattr(device, "type", str(device))
+    if n is None:
+        global _THREADS_WARNED
+        if dev == "cpu" and not _THREADS_WARNED and torch.get_num_threads() > free_cores():
+            _THREADS_WARNED = True
+            import warnings
+
+            warnings.warn(
+                f"torch uses {torch.get_num_threads()} threads but only {free_cores()} cores are "
+                f"free; training on the CPU may slow down badly. Pass torch_threads= (CLI: "
+                f"--torch-threads) to choose, e.g. torch_threads={free_cores()}",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # --------------------------------------------------------------------------------------------
 # parameter constraints (in the spirit of scikit-learn's ``_parameter_constraints``)
 
@@ -208,6 +262,8 @@ Constraint = Interval | Options | InstanceOf | Check | None
 
 #: ``n_jobs`` as every ctfp estimator takes it: None, a positive int, or -1, -2, ...
 N_JOBS: list[Constraint] = [None, Interval(int, 1, None), Interval(int, None, -1)]
+#: ``torch_threads`` as every estimator that runs torch takes it (None: torch's own setting).
+TORCH_THREADS: list[Constraint] = [None, Interval(int, 1, None)]
 #: ``random_state`` as scikit-learn takes it.
 RANDOM_STATE: list[Constraint] = [
     None,

@@ -34,6 +34,7 @@ def _demo(args: argparse.Namespace) -> int:
         device=args.device,
         seed=args.seed,
         threads=n_jobs_to_threads(args.n_jobs, "--n-jobs"),
+        torch_threads=args.torch_threads,
         realistic=args.realistic,
     )
     return 0
@@ -87,7 +88,7 @@ def _run(args: argparse.Namespace) -> int:
         # every option is honoured or refused: the training options mean nothing here
         given = [
             f"--{name.replace('_', '-')}"
-            for name in ("max_epochs", "batch_size", "copies", "weights")
+            for name in ("max_epochs", "batch_size", "copies", "weights", "torch_threads")
             if getattr(args, name) is not None
         ]
         if given:
@@ -118,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size or 32,
             copies=args.copies or 50,
             weights=weights,
+            torch_threads=args.torch_threads,
             **common,
         )
     for title, rows in record.get("tables", {}).items():
@@ -229,6 +231,13 @@ def _add_machine_options(p: argparse.ArgumentParser) -> None:
         type=_n_jobs,
         default=None,
         help="loader threads: N, or -1 for all cores (default: all cores)",
+    )
+    p.add_argument(
+        "--torch-threads",
+        type=_positive,
+        default=None,
+        help="torch's threads while training on the CPU (default: torch's own setting, with a "
+        "warning when it exceeds the free cores)",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 

@@ -87,6 +87,7 @@ def run_demo(
     device: str = "auto",
     seed: int = 0,
     threads: int | None = None,
+    torch_threads: int | None = None,
     verbose: int = 1,
     realistic: bool = False,
 ) -> dict[str, Any]:
@@ -176,6 +177,7 @@ def run_demo(
         weights=weights,
         device=device,
         threads=threads,
+        torch_threads=torch_threads,
         verbose=verbose,
         **common,
     )

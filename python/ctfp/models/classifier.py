@@ -20,11 +20,13 @@ from ctfp import exceptions as _exc
 from ctfp._util import (
     N_JOBS,
     RANDOM_STATE,
+    TORCH_THREADS,
     Check,
     InstanceOf,
     Interval,
     Options,
     n_jobs_to_threads,
+    torch_threads,
     validate_params,
 )
 from ctfp.data.preprocess import Augment
@@ -96,7 +98,12 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         images) never have to fit in memory.
     n_jobs : int or None, default=None
         Threads that decode and augment images (the Rust pool): ``None``/``-1``: all cores,
-        ``-2``: all but one. torch's thread count is never changed (``torch.set_num_threads``).
+        ``-2``: all but one.
+    torch_threads : int or None, default=None
+        torch's intra-op threads during ``fit`` and prediction, restored afterwards. ``None``
+        leaves torch's setting alone, with one warning per process when training runs on the CPU
+        and torch's threads exceed the free cores (oversubscription slows training down many
+        times on small machines).
     random_state : int, RandomState or None, default=None
         The one seed (scikit-learn's word): model initialisation, dropout, data order, the
         validation split, augmentation draws: the same int, the same model on the CPU.
@@ -155,6 +162,7 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         "compile": [Options(False, True)],
         "cache_bytes": [None, Options("auto"), Interval(int, 0, None)],
         "n_jobs": N_JOBS,
+        "torch_threads": TORCH_THREADS,
         "random_state": RANDOM_STATE,
         "callbacks": [None, InstanceOf((list, tuple), "a list of callback objects")],
         "verbose": [Interval(int, None, None), InstanceOf((bool,), "a bool")],
@@ -180,6 +188,7 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         compile: bool = False,
         cache_bytes: int | str | None = "auto",
         n_jobs: int | None = None,
+        torch_threads: int | None = None,
         random_state: int | np.random.RandomState | None = None,
         callbacks: Sequence[Any] | None = None,
         verbose: int = 0,
@@ -201,6 +210,7 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         self.compile = compile
         self.cache_bytes = cache_bytes
         self.n_jobs = n_jobs
+        self.torch_threads = torch_threads
         self.random_state = random_state
         self.callbacks = callbacks
         self.verbose = verbose
@@ -318,7 +328,11 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         self.history_: list[dict[str, Any]] = []
         self.n_iter_ = 0
         self.best_epoch_: int | None = None
-        with training.fork_rng(device), training.cudnn_autotune():
+        with (
+            training.fork_rng(device),
+            training.cudnn_autotune(),
+            torch_threads(self.torch_threads, device),
+        ):
             torch.manual_seed(torch_seed)
             self.model_ = build_model(
                 spec.name, weights=self.weights, dropout=float(self.dropout),
@@ -413,7 +427,7 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         device = torch.device(self.device_)
         stream = self._stream(images.sources, device, batch_size=self.batch_size, shuffle=False)
         autocast = training.mixed_precision_autocast(device, self._mixed_precision(device))
-        with training.cudnn_autotune():
+        with training.cudnn_autotune(), torch_threads(self.torch_threads, device):
             net = self._network()
             batches = self._feed(device)(stream.iter_epoch(0))
             feed.prepare_model(self.model_, device)
