@@ -280,6 +280,7 @@ def _classifier_scorer(method: Method, cfg: dict) -> ScoreFn:
             lr=cfg["lr"],
             device=cfg["device"],
             n_jobs=cfg["threads"],
+            torch_threads=cfg["torch_threads"],
             random_state=cfg["seed"],
             verbose=cfg["verbose"],
         )
@@ -337,6 +338,7 @@ def run_method(
     device: str = "auto",
     seed: int = 0,
     threads: int | None = None,
+    torch_threads: int | None = None,
     verbose: int = 1,
     sr_cache: str | os.PathLike[str] | None = None,
     scorer: ScoreFn | None = None,
@@ -377,6 +379,7 @@ def run_method(
         device=device,
         seed=seed,
         threads=threads,
+        torch_threads=torch_threads,
         verbose=verbose,
         sr_cache=str(sr_cache) if sr_cache is not None else str(out / "esrgan_cache"),
     )

@@ -189,7 +189,7 @@ class VCMISSIM(ClassifierMixin, BaseEstimator):
         ``predict`` takes it from the images it predicts).
     """
 
-    _parameter_constraints = {
+    _parameter_constraints: dict[str, list[Constraint]] = {
         "image_size": [None, Interval(int, 1, None)],
         "block_size": [Interval(int, 1, None)],
         "n_jobs": N_JOBS,
