@@ -153,9 +153,7 @@ def test_rounding_is_half_up():
     images(), params, st.tuples(sizes, sizes), st.sampled_from(["nearest", "constant", "reflect"])
 )
 def test_nearest_interpolation_matches_scipy_order0(img, p, out_hw, fill):
-    out = ctfp.transform(
-        img, **p, size=out_hw, fill=fill, interpolation="nearest", fill_value=5.0
-    )
+    out = ctfp.transform(img, **p, size=out_hw, fill=fill, interpolation="nearest", fill_value=5.0)
     ref = reference.transform_ref(img, **p, size=out_hw, fill=fill, order=0, cval=5.0)
     m, o = reference.affine_matrix(
         p["flip"], p["angle_deg"], p["zoom"], p["shift"], img.shape, out_hw
