@@ -229,3 +229,29 @@ def test_classifier_fit_uses_torch_threads_then_restores():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("bad", ["bogus", "cuda:x", "gpu"])
+def test_the_same_device_error_from_every_entry_point(bad, tmp_path, capsys):
+    """One rule, one message: resolve_device, both estimators, the index, the CLI."""
+    pytest.importorskip("torch")
+    import ctfp
+    from ctfp.imageclef.cli import main
+    from ctfp.membership.index import GeneratedIndex
+
+    with pytest.raises(ValueError) as ref:
+        resolve_device(bad)
+    want = str(ref.value)
+    X = np.zeros((2, 16, 16), np.uint8)
+    calls = [
+        lambda: ctfp.FingerprintClassifier(device=bad).fit(X, [0, 1]),
+        lambda: ctfp.SimilarityMembership(device=bad).fit(X, [0, 1], generated=X),
+        lambda: GeneratedIndex(device=bad).fit(X),
+    ]
+    for call in calls:
+        with pytest.raises(ValueError) as got:
+            call()
+        assert str(got.value) == want
+    args = ["run", "--method", "sim-pixel", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    assert main([*args, "--device", bad]) == 2
+    assert capsys.readouterr().err.strip() == f"ctfp run: {want}"

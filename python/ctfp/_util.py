@@ -243,10 +243,13 @@ class InstanceOf:
 
 @dataclass(frozen=True)
 class Check:
-    """A value ``test`` accepts (for the rare rule a table cannot say); ``label`` names it."""
+    """A value ``test`` accepts (for the rare rule a table cannot say); ``label`` names it.
+    ``explain``, when given, raises the rule's own message for a refused value (so a rule with
+    one home, like the device's, reads the same from every entry point)."""
 
     test: Callable[[object], bool]
     label: str
+    explain: Callable[[object, str], None] | None = None
 
     def accepts(self, value: object) -> bool:
         try:
@@ -270,11 +273,13 @@ RANDOM_STATE: list[Constraint] = [
     Interval(int, 0, 2**32 - 1),
     InstanceOf((np.random.RandomState,), "a numpy RandomState"),
 ]
-#: ``device``: checked for its form at ``fit``; :func:`resolve_device` checks availability.
+#: ``device``: checked for its form at ``fit`` (with :func:`check_device`'s own message);
+#: :func:`resolve_device` checks availability.
 DEVICE: list[Constraint] = [
     Check(
         lambda v: check_device(v) is None,
         "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device",
+        explain=check_device,
     )
 ]
 
@@ -302,6 +307,9 @@ def validate_params(
             continue
         if any(_accepts(c, value) for c in allowed):
             continue
+        for c in allowed:
+            if isinstance(c, Check) and c.explain is not None:
+                c.explain(value, name)  # raises the rule's own message
         forms = ["None" if c is None else c.describe() for c in allowed]
         raise ValueError(f"{owner}: {name}: expected {' or '.join(forms)}, found {value!r}")
 
