@@ -326,6 +326,8 @@ def broken_demo(tmp_path):
     bad_test = sorted((root / "test" / "real_unknown").glob("*.png"))[1]
     _corrupt(bad_test)
     (root / "test" / "real_unknown" / "notes.txt").write_text("not an image")
+    # garbage with a .png name among the generated images: not even a PNG header
+    (root / "development" / "generated" / "generated_9999.png").write_bytes(b"\x00garbage" * 40)
     return root, bad_test
 
 
@@ -338,7 +340,8 @@ def test_unreadable_images_stop_the_run_before_any_work(broken_demo, tmp_path, c
     assert main(args) == 2
     err = capsys.readouterr().err
     assert f"unreadable: {bad_test}" in err and "used_0001.png" in err
-    assert "2 unreadable image(s)" in err and "Traceback" not in err
+    assert "generated_9999.png" in err and "not a PNG file" in err
+    assert "3 unreadable image(s)" in err and "Traceback" not in err
     assert not list((tmp_path / "o").glob("run_*.txt"))  # nothing computed, nothing written
 
 
@@ -348,9 +351,14 @@ def test_skip_drops_development_images_but_not_test_images(broken_demo, tmp_path
     root, _ = broken_demo
     args = ["run", "--method", "sim-pixel", "--data", str(root / "development"), "--quiet"]
     assert main([*args, "--on-unreadable", "skip", "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "unreadable: " in err and "used_0001.png" in err and "generated_9999.png" in err
+    rec = json.loads(next((tmp_path / "a").glob("record_*.json")).read_text())
+    assert {f["action"] for f in rec["unreadable"]} == {"left out"}
     assert main([*args, "--test", str(root / "test"), "--on-unreadable", "skip",
                  "--out", str(tmp_path / "b")]) == 2  # fmt: skip
     assert "predict:0|1" in capsys.readouterr().err
+    assert not list((tmp_path / "b").glob("run_*.txt"))  # refused before any work
 
 
 def test_predict_label_writes_a_valid_run_file(broken_demo, tmp_path):
@@ -365,6 +373,7 @@ def test_predict_label_writes_a_valid_run_file(broken_demo, tmp_path):
     actions = {Path(f["path"]).name: f["action"] for f in rec["unreadable"]}
     assert actions == {
         "used_0001.png": "left out",
+        "generated_9999.png": "left out",
         bad_test.name: "predicted 1",
         "notes.txt": "ignored (not an image)",
     }

@@ -139,20 +139,45 @@ def test_full_disk_while_writing_the_run_file(tiny_dev, tmp_path, capsys, monkey
     assert len(err.strip().splitlines()) == 1
 
 
-def test_ctrl_c_marks_the_output_incomplete(tiny_dev, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_marks_the_output_incomplete(tmp_path, capsys, monkeypatch):
+    """Two datasets; Ctrl-C while scoring the second: the first one's run file is removed, the
+    record says interrupted, the folder stays marked INCOMPLETE, the CLI exits 130."""
+    from ctfp.data.synthetic import write_pngs
     from ctfp.imageclef import experiments
+    from ctfp.imageclef.cli import main
 
-    def interrupted(*a, **k):
-        raise KeyboardInterrupt
+    for split, kinds in (("dev", ("generated", "real_used", "real_not_used")),
+                         ("test", ("generated", "real_unknown"))):  # fmt: skip
+        for k in (1, 2):
+            for d in kinds:
+                write_pngs(tmp_path / split / f"Dataset{k}" / d, 4, size=32, prefix=d, seed=k)
+    real_scorer = experiments._similarity_scorer
+    calls = []
 
-    monkeypatch.setattr(experiments, "_similarity_scorer", lambda *a, **k: interrupted)
+    def scorer(*a, **k):
+        fit = real_scorer(*a, **k)
+
+        def interrupting(ds, *fa, **fk):
+            calls.append(ds.name)
+            if ds.name.endswith("2"):  # the second dataset
+                raise KeyboardInterrupt
+            return fit(ds, *fa, **fk)
+
+        return interrupting
+
+    monkeypatch.setattr(experiments, "_similarity_scorer", scorer)
     out = tmp_path / "out"
-    assert _run(tiny_dev, out) == 130
+    args = ["run", "--method", "sim-pixel", "--data", str(tmp_path / "dev"), "--quiet"]
+    assert main([*args, "--test", str(tmp_path / "test"), "--out", str(out)]) == 130
     assert "interrupted; the partial output" in capsys.readouterr().err
     assert (out / "INCOMPLETE").is_file()
-    done = tmp_path / "done"
+    assert not list(out.glob("run_*.txt"))  # the first dataset's run file went with the run
+    rec = json.loads(next(out.glob("record_*.json")).read_text())
+    assert rec["status"] == "interrupted" and len(rec["datasets"]) == 1
+    assert rec["datasets"][0]["run_file_removed"].endswith(".txt")
     monkeypatch.undo()
-    assert _run(tiny_dev, done) == 0
+    done = tmp_path / "done"
+    assert main([*args, "--test", str(tmp_path / "test"), "--out", str(done)]) == 0
     assert not (done / "INCOMPLETE").exists()
     rec = json.loads(next(done.glob("record_*.json")).read_text())
-    assert rec["status"] == "complete"
+    assert rec["status"] == "complete" and len(list(done.glob("run_*.txt"))) == 2

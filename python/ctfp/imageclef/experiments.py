@@ -10,6 +10,7 @@ its probability of "generated".
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 import platform
@@ -175,6 +176,8 @@ class UnreadableImagesError(CtfpError, ValueError):
 
 
 ON_UNREADABLE = ("error", "skip", "predict:0", "predict:1")
+#: ``test_generated=`` of :func:`run_method`: which generated images score the test images
+TEST_GENERATED = ("development", "test", "union")
 
 
 def _unreadable(
@@ -320,7 +323,7 @@ def _esrgan_inputs(cfg: dict) -> Callable[[list], list]:
     return prepare
 
 
-def run_method(
+def _run_method(
     method: str | int | Method,
     data: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -343,6 +346,7 @@ def run_method(
     sr_cache: str | os.PathLike[str] | None = None,
     scorer: ScoreFn | None = None,
     on_unreadable: str = "error",
+    test_generated: str = "development",
 ) -> dict:
     """Run one method on development data (and test data when given); write tables, plots, run
     files, ``record.json`` and ``report.html`` (:mod:`ctfp.imageclef.report`) into ``out``;
@@ -357,7 +361,23 @@ def run_method(
     Every image is decoded once before any work; ``on_unreadable`` says what happens to those
     that fail (see :func:`_unreadable`: ``"error"``, ``"skip"``, ``"predict:0"``,
     ``"predict:1"``).
+
+    ``test_generated`` (runs with a ``scorer``, the similarity methods): which generated images
+    the test images are scored against. ``"development"``: the development split's, those the
+    scorer was fitted with. ``"test"``: the test split's own (the task gives each split its
+    generated images): the scorer is fitted a second time, on the same development images with
+    the test split's generated images, and scores the test images; the decision rule fitted on
+    the held-out development scores decides (each split's generated images come from the same
+    generator, in the same number, so a score means the same against either). ``"union"``:
+    the scorer is fitted once on both splits' generated images, and every score (held-out,
+    leak test, test) is against all of them. The record's ``datasets[i]["test_generated"]``
+    says which, with how many images.
     """
+    if test_generated not in TEST_GENERATED:
+        raise ValueError(
+            f"test_generated: expected one of {', '.join(map(repr, TEST_GENERATED))}, "
+            f"found {test_generated!r}"
+        )
     m = method if isinstance(method, Method) else get_method(method)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -395,7 +415,13 @@ def run_method(
         "method": asdict(m),
         "data": str(data),
         "test": None if test is None else str(test),
-        "config": {**cfg, "decision": decision, "holdout": holdout, "on_unreadable": on_unreadable},
+        "config": {
+            **cfg,
+            "decision": decision,
+            "holdout": holdout,
+            "on_unreadable": on_unreadable,
+            "test_generated": test_generated if scorer is not None else "development",
+        },
         "unreadable": unreadable,
         "versions": _versions(),
         "git_commit": _git_commit(),
@@ -429,8 +455,13 @@ def run_method(
         real, labels = ds.real()
         train_idx, hold_idx = _split_holdout(real, labels, holdout, seed)
         info: dict[str, Any] = {"dataset": ds.summary(), "holdout_images": len(hold_idx)}
+        # which generated images score the test images (similarity scorers only)
+        mode = test_generated if scorer is not None and ts is not None and ts.generated else None
+        generated = list(ds.generated)
+        if mode == "union":
+            generated += ts.generated  # type: ignore[union-attr]
         score, info = fit(
-            ds, [real[i] for i in train_idx], [labels[i] for i in train_idx], ds.generated, info
+            ds, [real[i] for i in train_idx], [labels[i] for i in train_idx], generated, info
         )
         # a similarity scorer is SimilarityMembership.score_samples: keep its estimator's index
         indexes.append(getattr(getattr(score, "__self__", None), "index_", None))
@@ -454,7 +485,22 @@ def run_method(
         info["decision"] = rule.describe()
         if ts is not None:
             t_paths = ts.unknown
-            t_scores = np.asarray(score(t_paths), dtype=float)
+            t_score = score
+            if mode == "test":  # the same fit, against the test split's generated images
+                t_info: dict[str, Any] = {"refit_for_test": True}
+                t_score, t_info = fit(
+                    ds,
+                    [real[i] for i in train_idx],
+                    [labels[i] for i in train_idx],
+                    ts.generated,
+                    t_info,
+                )
+                info["test_fit_seconds"] = t_info.get("fit_seconds")
+            info["test_generated"] = {
+                "split": mode or "development",
+                "images": len(ts.generated if mode == "test" else generated),
+            }
+            t_scores = np.asarray(t_score(t_paths), dtype=float)
             t_pred = rule.predict(t_scores)
             test_tag = ts.name.replace("/", "_")  # named for the split it predicts
             # unreadable test images under predict:L get label L (none under the other policies)
@@ -515,6 +561,34 @@ def run_method(
     return record
 
 
+@functools.wraps(_run_method)
+def run_method(method: str | int | Method, data: Any, out: Any, **kwargs: Any) -> dict:
+    try:
+        return _run_method(method, data, out, **kwargs)
+    except KeyboardInterrupt:
+        _mark_interrupted(method, Path(out))
+        raise
+
+
+def _mark_interrupted(method: str | int | Method, out: Path) -> None:
+    """After Ctrl-C: the record says ``"status": "interrupted"`` (with the datasets that were
+    finished), the run files of this run are removed (a partial run must not be submitted), and
+    the folder keeps its ``INCOMPLETE`` marker."""
+    m = method if isinstance(method, Method) else get_method(method)
+    path = out / f"record_method{m.key}.json"
+    try:
+        record = json.loads(path.read_text()) if path.is_file() else {"method": asdict(m)}
+    except (OSError, ValueError):
+        record = {"method": asdict(m)}
+    for ds in record.get("datasets", []):
+        run_file = ds.pop("run_file", None)
+        if run_file:
+            Path(run_file).unlink(missing_ok=True)
+            ds["run_file_removed"] = run_file
+    record["status"] = "interrupted"
+    write_text_atomic(path, json.dumps(record, indent=2, default=_jsonable) + "\n")
+
+
 def _plots(out: Path, m: Method, curves: dict, pooled: dict, record: dict) -> None:
     from ctfp.imageclef.plots import plot_confusion, plot_roc, plot_score_histograms
 
@@ -552,19 +626,30 @@ def _jsonable(v: Any) -> Any:
 #: estimator (:func:`ctfp.membership.estimators.make_estimator`: the fused scores, the published
 #: baselines); ``"decision"`` is a preset's own default decision (VCMI's real-real threshold:
 #: its ``decision_function`` is the score minus ``threshold_max``, so ``threshold:0``).
+#: The sim-* settings are those that won on the realistic benchmark's development split
+#: (few-hundred regime; cross-validated development ROC-AUC, benches/membership_presets.py,
+#: docs/benchmark.md "Results"): comparison at 64x64 (SSIM at the task's 256 and pixels at 16,
+#: 32 or 128 did worse), calibration against the development non-members for the pixel scores.
 SIMILARITY_PRESETS: dict[str, dict] = {
-    "SSIM closest": {"measure": "ssim", "statistic": "max"},
+    "SSIM closest": {"measure": "ssim", "image_size": 64, "statistic": "max"},
     "Pixel closest, calibrated": {
         "measure": "pixel",
         "image_size": 64,
-        "statistic": "max",
+        "statistic": "mean_k",
+        "k": 5,
         "calibration": "reference",
     },
-    "Pixel k-NN count": {"measure": "pixel", "image_size": 64, "statistic": "count"},
+    "Pixel k-NN count": {
+        "measure": "pixel",
+        "image_size": 64,
+        "statistic": "count",
+        "calibration": "reference",
+    },
     "Pixel closest, shift-robust": {
         "measure": "pixel",
         "image_size": 64,
         "statistic": "max",
+        "calibration": "reference",
         "query_transforms": "shift-grid",
     },
     "Fused similarity": {"estimator": "fused"},
@@ -627,6 +712,9 @@ def _similarity_scorer(
         t0 = time.perf_counter()
         est.fit(real_train, real_labels, generated=generated)
         info["fit_seconds"] = round(time.perf_counter() - t0, 2)
+        if info.get("refit_for_test"):  # the runner's second fit, for the test split only
+            score = est.decision_function if "decision" in options else est.score_samples
+            return score, info
         info["similarity"] = est.describe()  # settings only: no threshold of its own
         if leak_test:
             from ctfp.membership.leaktest import reusable_generated, run_leak_test
@@ -653,6 +741,7 @@ def run_similarity(
     out: str | os.PathLike[str],
     *,
     decision: str | None = None,
+    test_generated: str = "test",
     holdout: float = 0.25,
     image_size: int | None = None,
     seed: int = 0,
@@ -670,7 +759,8 @@ def run_similarity(
     ``image_size`` replaces the preset's comparison size. ``decision=None``: the preset's own
     (``"decision"``) or ``"calibrated:accuracy"``. ``index_cache``: a folder where the fitted
     generated-set index is saved and reused across runs. ``leak_test``: run the leak test
-    first (see :func:`_similarity_scorer`)."""
+    first (see :func:`_similarity_scorer`). ``test_generated``: which generated images score the
+    test images (:func:`run_method`); by default the test split's own."""
     name = SIMILARITY_KEYS.get(name, name)
     if name not in SIMILARITY_PRESETS:
         known = ", ".join(map(repr, SIMILARITY_PRESETS))
@@ -690,6 +780,7 @@ def run_similarity(
         holdout=holdout,
         seed=seed,
         verbose=verbose,
+        test_generated=test_generated,
         scorer=_similarity_scorer(
             options,
             seed,
