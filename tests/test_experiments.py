@@ -142,11 +142,7 @@ def run_tiny_cnn(method: str, demo: Path, out: Path, **kwargs):
         demo / "development",
         out,
         test=demo / "test",
-        epochs=1,
-        image_size=32,
-        batch_size=16,
-        verbose=0,
-        **kwargs,
+        **{"epochs": 1, "image_size": 32, "batch_size": 16, "verbose": 0, **kwargs},
     )
 
 
@@ -377,3 +373,16 @@ def test_predict_label_writes_a_valid_run_file(broken_demo, tmp_path):
         bad_test.name: "predicted 1",
         "notes.txt": "ignored (not an image)",
     }
+
+
+@pytest.mark.usefixtures("one_torch_thread_per_test")
+def test_method1_records_a_holdout_curve_per_epoch(demo, tmp_path):
+    """With held-out images, Methods 1-4 record the task's metric after every epoch (the
+    report's validation curve): the membership ROC-AUC of the held-out real images."""
+    rec = run_tiny_cnn(
+        "1", demo, tmp_path, weights=None, copies=2, seed=1, holdout=0.5, epochs=2,
+        decision="calibrated:accuracy",
+    )  # fmt: skip
+    ds = rec["datasets"][0]
+    assert [0.0 <= row["val_roc_auc"] <= 1.0 for row in ds["history"]] == [True, True]
+    assert "held-out development" in ds["validation"] and "_holdout" not in ds

@@ -150,7 +150,7 @@ def test_ctrl_c_marks_the_output_incomplete(tmp_path, capsys, monkeypatch):
                          ("test", ("generated", "real_unknown"))):  # fmt: skip
         for k in (1, 2):
             for d in kinds:
-                write_pngs(tmp_path / split / f"Dataset{k}" / d, 4, size=32, prefix=d, seed=k)
+                write_pngs(tmp_path / split / f"{d}_{k}", 4, size=32, prefix=d, seed=k)
     real_scorer = experiments._similarity_scorer
     calls = []
 

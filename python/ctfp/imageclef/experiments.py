@@ -287,6 +287,23 @@ def _classifier_scorer(method: Method, cfg: dict) -> ScoreFn:
             random_state=cfg["seed"],
             verbose=cfg["verbose"],
         )
+        hold_paths, hold_labels = info.get("_holdout", ([], []))
+        if len(set(hold_labels)) == 2:
+            # The task's own metric per epoch: ROC-AUC of P(generated) on the held-out real
+            # images, used vs not used (the report plots it as the validation curve).
+            from sklearn.metrics import roc_auc_score
+
+            hold_inputs = prepare(list(hold_paths))
+
+            def holdout_auc(est: Any, **logs: Any) -> None:
+                p = est.predict_proba(hold_inputs)[:, list(est.classes_).index(1)]
+                est.history_[-1]["val_roc_auc"] = float(roc_auc_score(hold_labels, p))
+
+            clf.set_params(callbacks=[holdout_auc])
+            info["validation"] = (
+                f"val_roc_auc: membership ROC-AUC on the {len(hold_labels)} held-out development "
+                f"real images after each epoch"
+            )
         t0 = time.perf_counter()
         clf.fit(ts.sources, ts.labels, sample_augment=ts.augment)
         info["fit_seconds"] = round(time.perf_counter() - t0, 2)
@@ -455,6 +472,8 @@ def _run_method(
         real, labels = ds.real()
         train_idx, hold_idx = _split_holdout(real, labels, holdout, seed)
         info: dict[str, Any] = {"dataset": ds.summary(), "holdout_images": len(hold_idx)}
+        # held-out images for a classifier's per-epoch curve; popped before the record is written
+        info["_holdout"] = ([real[i] for i in hold_idx], [labels[i] for i in hold_idx])
         # which generated images score the test images (similarity scorers only)
         mode = test_generated if scorer is not None and ts is not None and ts.generated else None
         generated = list(ds.generated)
@@ -463,6 +482,7 @@ def _run_method(
         score, info = fit(
             ds, [real[i] for i in train_idx], [labels[i] for i in train_idx], generated, info
         )
+        info.pop("_holdout", None)
         # a similarity scorer is SimilarityMembership.score_samples: keep its estimator's index
         indexes.append(getattr(getattr(score, "__self__", None), "index_", None))
         rule = make_rule(decision)
@@ -517,7 +537,7 @@ def _run_method(
                 out / f"run_method{m.key}_{test_tag}.txt",
                 [*t_paths, *forced],
                 np.r_[t_pred, np.full(len(forced), forced_label)].astype(int),
-                test_dir=ts.root,
+                test_dir=ts.folders["real_unknown"].path,  # this dataset's own (numbered) folder
             )
             info["run_file"] = str(run_path)
             info["test_predicted_used"] = int(t_pred.sum())
@@ -652,7 +672,19 @@ SIMILARITY_PRESETS: dict[str, dict] = {
         "calibration": "reference",
         "query_transforms": "shift-grid",
     },
-    "Fused similarity": {"estimator": "fused"},
+    "Fused similarity": {
+        "estimator": "fused",
+        "members": [
+            {
+                "measure": "pixel",
+                "image_size": 64,
+                "statistic": "mean_k",
+                "k": 5,
+                "calibration": "reference",
+            },
+            {"measure": "ssim", "image_size": 64, "statistic": "max"},
+        ],
+    },
     "GAN-Leaks (baseline)": {"estimator": "ganleaks", "image_size": 64},
     "VCMI SSIM (baseline)": {"estimator": "vcmi", "decision": "threshold:0"},
 }

@@ -761,9 +761,10 @@ def _check_run_files(run: Run) -> list[dict[str, Any]]:
         check: dict[str, Any] = {"path": path, "used": info.get("test_predicted_used")}
         try:
             ts = _dataset(run.record.get("test"), i, "test")
-            check["problems"] = validate_run_file(path, ts.root)
+            unknown_dir = ts.folders["real_unknown"].path
+            check["problems"] = validate_run_file(path, unknown_dir)
             check["status"] = "invalid" if check["problems"] else "valid"
-            check["against"] = f"the {len(ts.unknown)} test images in {ts.root}"
+            check["against"] = f"the {len(ts.unknown)} test images in {unknown_dir}"
         except (_Unavailable, DatasetError, RunFileError, OSError) as exc:
             check["status"], check["why"] = "not checked", str(exc)
         try:
