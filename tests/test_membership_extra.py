@@ -268,6 +268,39 @@ def test_runner_records_the_leak_test_and_baselines(demo, tmp_path, capsys):
     assert "leak test [" in capsys.readouterr().out
 
 
+def test_runner_scores_test_images_against_the_test_splits_generated_images(demo, tmp_path):
+    """By default a similarity run scores the test images against the development split's
+    generated images; "test" refits on the test split's own (same development images, same
+    threshold: the realistic benchmark's protocol); "union" fits on both splits'."""
+    from ctfp.imageclef.experiments import run_method, run_similarity
+
+    root = demo[0].root.parent
+    n_dev, n_test = len(demo[0].generated), len(demo[1].generated)
+    recs = {
+        mode: run_similarity(
+            "sim-pixel",
+            root / "development",
+            tmp_path / mode,
+            test=root / "test",
+            test_labels=root / "test_labels.csv",
+            verbose=0,
+            leak_test=False,
+            **({} if mode == "default" else {"test_generated": mode}),
+        )
+        for mode in ("default", "test", "union")
+    }
+    got = {m: r["datasets"][0]["test_generated"] for m, r in recs.items()}
+    assert got["default"] == {"split": "development", "images": n_dev}
+    assert got["test"] == {"split": "test", "images": n_test}
+    assert got["union"] == {"split": "union", "images": n_dev + n_test}
+    assert recs["default"]["config"]["test_generated"] == "development"
+    # the threshold comes from the development split's held-out images either way
+    d, t = (recs[m]["datasets"][0] for m in ("default", "test"))
+    assert d["decision"] == t["decision"] and d["holdout_scores"] == t["holdout_scores"]
+    with pytest.raises(ValueError, match="test_generated"):
+        run_method(1, root / "development", tmp_path / "bad", test_generated="both")
+
+
 def test_cli_accepts_the_new_methods():
     from ctfp.imageclef.cli import build_parser
 

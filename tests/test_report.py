@@ -58,8 +58,8 @@ def leaky(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def run_dir(leaky, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("run") / "sim-pixel"
-    _run(leaky, out)
+    out = tmp_path_factory.mktemp("run") / "sim-ssim"
+    _run(leaky, out, name="sim-ssim")  # the closest generated image decides: its neighbours
     return out
 
 
@@ -82,8 +82,8 @@ def _rel(path: str, root: Path) -> str:
 
 def test_gallery_nearest_is_the_planted_near_copy(run_dir, leaky):
     g = _gallery(run_dir)
-    assert g["split"] == "test" and g["measure"] == "pixel"
-    assert g["neighbours_from"] == "the method's own index (pixel, 64x64)"
+    assert g["split"] == "test" and g["measure"] == "ssim"
+    assert g["neighbours_from"] == "the method's own index (ssim, 64x64)"
     sources = _sources(leaky)
     copies: dict[str, set[str]] = {}
     for gen, src in sources.items():
@@ -113,7 +113,7 @@ def test_gallery_neighbours_are_the_methods_kneighbors(run_dir, leaky):
     (what ``ctfp report`` rebuilds for old runs) finds the same neighbours and values."""
     g = _gallery(run_dir)
     generated = sorted((leaky / "development" / "generated").glob("*.png"))
-    index = GeneratedIndex(measure="pixel", image_size=64, device="cpu").fit(generated)
+    index = GeneratedIndex(measure="ssim", image_size=64, device="cpu").fit(generated)
     values, idx = index.kneighbors([r["path"] for r in g["rows"]], n_neighbors=3)
     for r, v, i in zip(g["rows"], values, idx, strict=True):
         assert [n["name"] for n in r["neighbours"]] == [generated[j].name for j in i]
@@ -124,14 +124,15 @@ def test_exact_copy_gives_a_flat_difference_map(leaky, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(leaky, data)
     real = data / "test" / "real_unknown" / "real_unknown_0003.png"
+    # test images are scored against the development split's generated images (the default)
     shutil.copy(real, data / "development" / "generated" / "generated_9999.png")
     out = tmp_path / "out"
-    _run(data, out)
+    _run(data, out, name="sim-ssim")  # the closest image's SSIM: an exact copy scores 1
     row = next(r for r in _gallery(out)["rows"] if r["id"] == "real_unknown_0003")
     assert row["group"] == "high" and row["rank"] == 1  # an exact copy scores highest
     assert row["neighbours"][0]["name"] == "generated_9999.png"
-    assert row["neighbours"][0]["closeness"] == pytest.approx(0.0, abs=1e-3)
-    assert row["neighbours"][0]["shown"] == "RMS diff 0.0"
+    assert row["neighbours"][0]["closeness"] == pytest.approx(1.0, abs=1e-3)
+    assert row["neighbours"][0]["shown"] == "SSIM 1.000"
     assert row["mean_abs_diff"] == 0.0
 
 
@@ -193,7 +194,7 @@ def test_ctfp_report_rebuilds_an_old_run(run_dir, tmp_path, capsys):
     assert f"report: {old / 'report.html'}" in capsys.readouterr().out
     after = _gallery(old)
     assert after["rows"] == before["rows"]
-    assert after["neighbours_from"].startswith("the method's measure and size (pixel, 64x64)")
+    assert after["neighbours_from"].startswith("the method's measure and size (ssim, 64x64)")
     assert _ids((old / "report.html").read_text()) == set(SECTIONS)
 
 
@@ -206,7 +207,7 @@ def test_ctfp_report_compares_runs(run_dir, leaky, tmp_path):
     assert "compare" in ids
     assert {f"run{n}-{s}" for n in (1, 2) for s in SECTIONS} <= ids
     assert (tmp_path / "cmp" / "report_compare_roc.png").stat().st_size > 0
-    assert "Pixel closest, calibrated" in page and "Pixel k-NN count" in page
+    assert "SSIM closest" in page and "Pixel k-NN count" in page
     # default place: the first folder
     assert main(["report", str(run_dir), str(other)]) == 0
     assert (run_dir / "report_compare.html").is_file()

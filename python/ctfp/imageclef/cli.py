@@ -103,9 +103,15 @@ def _run(args: argparse.Namespace) -> int:
             decision=args.decision,  # None: the preset's own, else calibrated:accuracy
             holdout=0.25 if args.holdout is None else args.holdout,
             image_size=args.image_size,
+            test_generated=args.test_generated,
             **common,
         )
     else:
+        if args.test_generated != "development":
+            raise ValueError(
+                f"--test-generated {args.test_generated}: not used by --method {args.method} "
+                f"(its classifier scores the test images by themselves); leave it out"
+            )
         weights = args.weights or "default"
         weights = {"none": None, "default": "default"}.get(weights.lower(), weights)
         record = run_method(
@@ -376,6 +382,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="methods 1-4: 'default' (the method's), 'none' (random init), 'imagenet', or a "
         "state-dict path",
+    )
+    run.add_argument(
+        "--test-generated",
+        default="development",
+        choices=["development", "test", "union"],
+        help="sim-*/base-*: which generated images score the test images: the development "
+        "split's (default; the report's galleries show them), the test split's own (refitted, "
+        "threshold kept from development; docs/benchmark.md's protocol) or both",
     )
     run.add_argument(
         "--on-unreadable",

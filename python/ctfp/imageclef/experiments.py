@@ -773,7 +773,7 @@ def run_similarity(
     out: str | os.PathLike[str],
     *,
     decision: str | None = None,
-    test_generated: str = "test",
+    test_generated: str = "development",
     holdout: float = 0.25,
     image_size: int | None = None,
     seed: int = 0,
@@ -792,7 +792,8 @@ def run_similarity(
     (``"decision"``) or ``"calibrated:accuracy"``. ``index_cache``: a folder where the fitted
     generated-set index is saved and reused across runs. ``leak_test``: run the leak test
     first (see :func:`_similarity_scorer`). ``test_generated``: which generated images score the
-    test images (:func:`run_method`); by default the test split's own."""
+    test images (:func:`run_method`); by default the development split's (the report's
+    galleries show those neighbours); ``"test"`` is the realistic benchmark's protocol."""
     name = SIMILARITY_KEYS.get(name, name)
     if name not in SIMILARITY_PRESETS:
         known = ", ".join(map(repr, SIMILARITY_PRESETS))

@@ -1,0 +1,195 @@
+"""Choose the similarity presets by evidence: cross-validated development ROC-AUC on the realistic
+benchmark (docs/benchmark.md, "Results").
+
+Every setting is scored on the development split only (100 used + 100 not used, the development
+split's generated images): each image's score comes from a fit on the other folds
+(:func:`ctfp.membership.leaktest.cross_fit_scores`, 5 stratified folds, seed 0; the leak test's
+out-of-fold scores), and the table ranks settings by the ROC-AUC of those scores. Test images and
+labels are never read::
+
+    python benches/membership_presets.py --data out/bench_data/few-hundred/development \\
+        --out docs/benchmark_presets.md
+
+(the dataset comes from ``benches/membership_benchmark.py`` or
+``ctfp.imageclef.realistic.write_realistic_dataset``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def grid(quick: bool) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    sizes = (32, 64) if quick else (16, 32, 64, 128)
+    stats: list[dict[str, Any]] = [
+        {"statistic": "max"},
+        {"statistic": "mean_k", "k": 3},
+        {"statistic": "mean_k", "k": 5},
+        {"statistic": "mean_k", "k": 10},
+        {"statistic": "count"},
+    ]
+    for size in sizes:
+        for st in stats:
+            for cal in (None, "reference"):
+                out.append({"measure": "pixel", "image_size": size, **st, "calibration": cal})
+    for qt in ("shift", "shift-grid", "small"):
+        for st in stats[:3]:
+            out.append({"measure": "pixel", "image_size": 64, **st, "query_transforms": qt})
+    for size in (64,) if quick else (32, 64, 128):
+        for st in (stats[0], stats[1], stats[2]):
+            for cal in (None, "reference"):
+                out.append({"measure": "ssim", "image_size": size, **st, "calibration": cal})
+    for qt in ("shift-grid", "small"):
+        out.append(
+            {
+                "measure": "pixel",
+                "image_size": 64,
+                "statistic": "max",
+                "calibration": "reference",
+                "query_transforms": qt,
+            }
+        )
+    for name, members in FUSED.items():
+        out.append({"estimator": "fused", "name": name, "members": members})
+    return out
+
+
+#: fused candidates: the default members (transform-robust) and the best single settings
+FUSED: dict[str, list[dict[str, Any]] | None] = {
+    "default members": None,
+    "pixel 64 mean_k 5 + reference, SSIM 64 max": [
+        {
+            "measure": "pixel",
+            "image_size": 64,
+            "statistic": "mean_k",
+            "k": 5,
+            "calibration": "reference",
+        },
+        {"measure": "ssim", "image_size": 64, "statistic": "max"},
+    ],
+    "pixel 64 mean_k 5 + reference, pixel 64 max, SSIM 64 max, SSIM 64 mean_k 3": [
+        {
+            "measure": "pixel",
+            "image_size": 64,
+            "statistic": "mean_k",
+            "k": 5,
+            "calibration": "reference",
+        },
+        {"measure": "pixel", "image_size": 64, "statistic": "max"},
+        {"measure": "ssim", "image_size": 64, "statistic": "max"},
+        {"measure": "ssim", "image_size": 64, "statistic": "mean_k", "k": 3},
+    ],
+}
+
+
+def label(o: dict[str, Any]) -> str:
+    if o.get("estimator") == "fused":
+        return f"fused: {o['name']}"
+    parts = [f"{o['measure']} {o['image_size']}", o["statistic"]]
+    if o["statistic"] == "mean_k":
+        parts[-1] += f" k={o['k']}"
+    if o.get("calibration"):
+        parts.append(f"calibration {o['calibration']}")
+    if o.get("query_transforms"):
+        parts.append(f"transforms {o['query_transforms']}")
+    return ", ".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from ctfp.data.datasets import find_datasets
+    from ctfp.membership.index import GeneratedIndex
+    from ctfp.membership.leaktest import cross_fit_scores
+    from ctfp.membership.metrics import evaluate
+    from ctfp.membership.similarity import SimilarityMembership
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="out/bench_data/few-hundred/development")
+    ap.add_argument("--out", default="docs/benchmark_presets.md")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quick", action="store_true", help="a smaller grid")
+    ap.add_argument("--only", default=None, help="comma-separated substrings of settings to run")
+    ap.add_argument("--merge", default=None, help="a JSON of an earlier run: keep its other rows")
+    a = ap.parse_args(argv)
+    (ds,) = find_datasets(a.data, require="development")
+    real, labels = ds.real()
+    y = np.asarray(labels)
+    gen = list(ds.generated)
+    rows: list[dict[str, Any]] = []
+    indexes: dict[tuple, Any] = {}
+    t_all = time.perf_counter()
+    only = None if a.only is None else a.only.split(",")
+    for o in grid(a.quick):
+        t0 = time.perf_counter()
+        if only is not None and not any(w in label(o) for w in only):
+            continue
+        if o.get("estimator") == "fused":
+            from ctfp.membership.fused import FusedMembership
+
+            est = FusedMembership(
+                members=o["members"], rule=None, device="cpu", n_jobs=a.threads, random_state=0
+            )
+            fitted = est.fit(real, y, generated=gen).generated_
+            s = cross_fit_scores(est, real, y, generated=fitted, n_splits=5, random_state=0)
+            m = evaluate(y, (s >= np.median(s)).astype(int), s)
+            rows.append({"setting": label(o), "options": o, "cv_auc": m["roc_auc"]})
+            rows[-1]["seconds"] = round(time.perf_counter() - t0, 1)
+            print(f"{rows[-1]['setting']}: AUC {m['roc_auc']:.3f} ({rows[-1]['seconds']} s)")
+            continue
+        key = (o["measure"], o["image_size"], o.get("query_transforms"))
+        if key not in indexes:
+            indexes[key] = GeneratedIndex(
+                measure=o["measure"],
+                image_size=o["image_size"],
+                query_transforms=o.get("query_transforms"),
+                device="cpu",
+                n_jobs=a.threads,
+            ).fit(gen)
+        est = SimilarityMembership(**o, rule=None, device="cpu", n_jobs=a.threads, random_state=0)
+        s = cross_fit_scores(est, real, y, generated=indexes[key], n_splits=5, random_state=0)
+        m = evaluate(y, (s >= np.median(s)).astype(int), s)
+        rows.append({"setting": label(o), "options": o, "cv_auc": m["roc_auc"]})
+        rows[-1]["seconds"] = round(time.perf_counter() - t0, 1)
+        print(
+            f"{rows[-1]['setting']}: AUC {m['roc_auc']:.3f} ({rows[-1]['seconds']} s)", flush=True
+        )
+    if a.merge and Path(a.merge).is_file():  # rows of an earlier run for settings not run now
+        done = {r["setting"] for r in rows}
+        rows += [r for r in json.loads(Path(a.merge).read_text()) if r["setting"] not in done]
+    rows.sort(key=lambda r: -r["cv_auc"])
+    n = len(gen)
+    cmd = "python benches/membership_presets.py " + " ".join(map(shlex.quote, argv or sys.argv[1:]))
+    lines = [
+        "# Similarity settings on the realistic benchmark's development split",
+        "",
+        f"Generated by `{cmd.strip()}` on {time.strftime('%Y-%m-%d %H:%M %Z')} "
+        f"({platform.machine()}, {os.cpu_count()} CPU cores; "
+        f"{round(time.perf_counter() - t_all)} s).",
+        "",
+        f"Data: `{a.data}` ({int(y.sum())} used + {int((1 - y).sum())} not used development "
+        f"images, {n:,} generated images). Score: ROC-AUC of 5-fold cross-fitted scores "
+        "(each image scored by a fit on the other folds; seed 0). Test data never read.",
+        "",
+        "| rank | setting | CV ROC-AUC | time (s) |",
+        "|---:|---|---:|---:|",
+    ]
+    for i, r in enumerate(rows, 1):
+        lines.append(f"| {i} | {r['setting']} | {r['cv_auc']:.3f} | {r['seconds']:.1f} |")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text("\n".join(lines) + "\n")
+    Path(a.out).with_suffix(".json").write_text(json.dumps(rows, indent=2, default=str) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
