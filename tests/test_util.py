@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
@@ -255,3 +256,37 @@ def test_the_same_device_error_from_every_entry_point(bad, tmp_path, capsys):
     args = ["run", "--method", "sim-pixel", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main([*args, "--device", bad]) == 2
     assert capsys.readouterr().err.strip() == f"ctfp run: {want}"
+
+
+def test_similarity_embedding_uses_torch_threads_then_restores(monkeypatch):
+    torch = pytest.importorskip("torch")
+    import ctfp
+    import ctfp.membership.index as index_module
+
+    inside = []
+    real = index_module.torch_threads
+
+    @contextlib.contextmanager
+    def spy(n, device="cpu"):
+        with real(n, device):
+            inside.append(torch.get_num_threads())  # while the backbone embeds
+            yield
+
+    monkeypatch.setattr(index_module, "torch_threads", spy)
+    X = np.stack([np.full((32, 32), v, np.uint8) for v in (10, 20, 200, 210)])
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        est = ctfp.SimilarityMembership(
+            measure="embedding", backbone="mobilenet_v2", weights=None, image_size=32,
+            device="cpu", torch_threads=1, rule="top", statistic="max",
+        )  # fmt: skip
+        assert est.get_params()["torch_threads"] == 1
+        est.fit(generated=X)
+        est.score_samples(X)
+        assert inside and set(inside) == {1}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="torch_threads: expected None or an integer >= 1"):
+        ctfp.SimilarityMembership(torch_threads=0).fit(generated=X)

@@ -65,6 +65,7 @@ from ctfp._util import (
     DEVICE,
     N_JOBS,
     RANDOM_STATE,
+    TORCH_THREADS,
     Check,
     Constraint,
     InstanceOf,
@@ -74,6 +75,7 @@ from ctfp._util import (
     n_jobs_to_threads,
     resolve_device,
     seed_from,
+    torch_threads,
     validate_params,
 )
 from ctfp.data.preprocess import decode_png, load_batch
@@ -603,6 +605,7 @@ INDEX_CONSTRAINTS: dict[str, list[Constraint]] = {
     "batch_size": [Interval(int, 1, None)],
     "device": DEVICE,
     "n_jobs": N_JOBS,
+    "torch_threads": TORCH_THREADS,
     "random_state": RANDOM_STATE,
 }
 
@@ -672,8 +675,11 @@ class GeneratedIndex(BaseEstimator):
         features).
     n_jobs : int, optional
         Threads for image loading, SSIM and FAISS (scikit-learn's meaning: ``-1`` all cores);
-        default: all cores. The backbone runs with torch's own thread setting, which ctfp
-        leaves alone (``torch.set_num_threads`` is the caller's to choose).
+        default: all cores.
+    torch_threads : int, optional
+        torch's threads while the backbone embeds images (``measure="embedding"``), restored
+        afterwards; ``None`` leaves torch's setting alone (with one warning per process when it
+        exceeds the free cores on the CPU).
     random_state : int, RandomState or None
         Seeds a randomly initialised backbone (``None``: seed 0, so embeddings repeat) and the
         IVF training sample.
@@ -717,6 +723,7 @@ class GeneratedIndex(BaseEstimator):
         block_size: int = 1024,
         max_cache_bytes: int = 2 << 30,
         n_jobs: int | None = None,
+        torch_threads: int | None = None,
         random_state: Any = None,
     ) -> None:
         self.measure = measure
@@ -734,6 +741,7 @@ class GeneratedIndex(BaseEstimator):
         self.block_size = block_size
         self.max_cache_bytes = max_cache_bytes
         self.n_jobs = n_jobs
+        self.torch_threads = torch_threads
         self.random_state = random_state
 
     # ------------------------------------------------------------------------------------ fit
@@ -1048,7 +1056,7 @@ class GeneratedIndex(BaseEstimator):
 
         items = list(sources)
         out = []
-        with torch.inference_mode():
+        with torch.inference_mode(), torch_threads(self.torch_threads, self.device_):
             for start in range(0, len(items), self.batch_size):
                 batch = load_batch(
                     items[start : start + self.batch_size],

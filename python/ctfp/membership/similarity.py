@@ -167,11 +167,11 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         A folder where the fitted generated-set index is saved and from which it is reloaded
         when the same images (by content hash) are indexed with the same feature settings
         (:func:`ctfp.membership.index.fit_or_load`). Ignored when ``fit`` gets an index.
-    device, batch_size, block_size, max_cache_bytes, n_jobs : see ``GeneratedIndex``
+    device, batch_size, block_size, max_cache_bytes, n_jobs, torch_threads : see ``GeneratedIndex``
         How the generated set is searched: ``device="auto"`` by default, resolved by
         :func:`ctfp._util.resolve_device` (an unavailable device raises its ``ValueError``; SSIM
         always runs on the CPU cores and with ``"auto"`` imports no torch); ``n_jobs=-1`` means
-        all cores for image loading and SSIM; torch's own thread setting is left alone.
+        all cores for image loading and SSIM; ``torch_threads`` sets torch's for embeddings.
     random_state : int, RandomState or None
         Seeds the subsamples (radius, PCA) and a randomly initialised backbone (seed 0 when
         None, so embeddings repeat).
@@ -242,6 +242,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         batch_size: int = 64,
         device: Any = "auto",
         n_jobs: int | None = None,
+        torch_threads: int | None = None,
         random_state: Any = None,
     ) -> None:
         self.measure = measure
@@ -270,6 +271,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.device = device
         self.n_jobs = n_jobs
+        self.torch_threads = torch_threads
         self.random_state = random_state
 
     # ---------------------------------------------------------------------------------- checks
