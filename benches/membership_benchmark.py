@@ -26,15 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-METHODS = (
-    "sim-ssim",
-    "sim-pixel",
-    "sim-count",
-    "sim-shift",
-    "sim-fused",
-    "base-ganleaks",
-    "base-vcmi",
-)
+from ctfp.imageclef.experiments import SIMILARITY_KEYS
+
+METHODS = tuple(SIMILARITY_KEYS)  # every `ctfp run` similarity method and baseline
 REGIMES = ("few-hundred", "thousand")
 #: the issue's targets
 TARGET_AUC, TARGET_ACC = 0.90, 0.80
