@@ -9,6 +9,9 @@ table and a JSON file beside it::
     python benches/membership_benchmark.py --root out/bench_data --out docs/benchmark_results.md
     python benches/membership_benchmark.py --n-generated 2000 --regimes few-hundred,thousand
 
+A regime ``REGIME@ITERATION`` (e.g. ``few-hundred@5000``) uses that snapshot of the regime's
+committed generator instead of its default; its dataset goes to ``<root>/snapshot-ITERATION/``.
+
 ``--n-generated`` writes fewer generated images per split than the task's 10,000 (the first
 images of the same latent sequence); the table says which size was used. A dataset already under
 ``--root`` with another number of generated images is rewritten.
@@ -29,7 +32,10 @@ from typing import Any
 from ctfp.imageclef.experiments import SIMILARITY_KEYS
 
 METHODS = tuple(SIMILARITY_KEYS)  # every `ctfp run` similarity method and baseline
-REGIMES = ("few-hundred", "thousand")
+#: regimes, ``REGIME@ITERATION`` for another snapshot of a committed generator (the few-hundred
+#: asset holds 3000, its default, and 5000, which memorises more: the two bracket the issue's
+#: reference generator, memorisation AUC 0.675)
+REGIMES = ("few-hundred", "few-hundred@5000", "thousand")
 #: the issue's targets
 TARGET_AUC, TARGET_ACC = 0.90, 0.80
 
@@ -38,21 +44,42 @@ def _n_files(folder: Path) -> int:
     return sum(1 for _ in folder.glob("*.png")) if folder.is_dir() else -1
 
 
-def ensure_dataset(root: Path, regime: str, n_generated: int, verbose: bool) -> dict[str, Any]:
-    """The regime's dataset under ``root/<regime>``, written when missing or of another size."""
+def parse_regime(key: str) -> tuple[str, int | None]:
+    """``"few-hundred@5000"`` -> ``("few-hundred", 5000)``; ``"thousand"`` -> ``("thousand",
+    None)`` (the committed default snapshot)."""
+    regime, sep, it = key.partition("@")
+    if sep and not it.isdigit():
+        raise SystemExit(f"--regimes: expected REGIME or REGIME@ITERATION, found {key!r}")
+    return regime, int(it) if sep else None
+
+
+def dataset_dir(root: Path, key: str) -> Path:
+    regime, it = parse_regime(key)
+    return (root / f"snapshot-{it}" if it is not None else root) / regime
+
+
+def ensure_dataset(root: Path, key: str, n_generated: int, verbose: bool) -> dict[str, Any]:
+    """The dataset of regime ``key`` (``REGIME[@ITERATION]``) under :func:`dataset_dir`, written
+    when missing, of another size or of another snapshot."""
     from ctfp.imageclef.realistic import write_realistic_dataset
 
-    d = root / regime
+    regime, iteration = parse_regime(key)
+    d = dataset_dir(root, key)
     ok = (
         (d / "truth.json").is_file()
         and (d / "test_labels.csv").is_file()
         and _n_files(d / "development" / "generated") == n_generated
         and _n_files(d / "test" / "generated") == n_generated
     )
+    if ok and iteration is not None:
+        ck = json.loads((d / "truth.json").read_text()).get("checkpoint", {})
+        ok = ck.get("iteration") == iteration
     written_s = None
     if not ok:
         t0 = time.perf_counter()
-        write_realistic_dataset(root, regime, n_generated=n_generated, verbose=int(verbose))
+        write_realistic_dataset(
+            d.parent, regime, iteration=iteration, n_generated=n_generated, verbose=int(verbose)
+        )
         written_s = round(time.perf_counter() - t0, 1)
     truth = json.loads((d / "truth.json").read_text())
     ck = truth.get("checkpoint", {})
@@ -121,40 +148,47 @@ def _p(v: Any) -> str:
     return "-" if v is None else f"{v:.2g}"
 
 
+def _leak_targets(key: str, few: list[dict]) -> list[dict[str, Any]]:
+    """The issue's targets on a leaking (few-hundred) regime's rows."""
+    checks: list[dict[str, Any]] = []
+    sims = [r for r in few if r["method"].startswith("sim-") and r["roc_auc"] is not None]
+    if sims:
+        best = max(sims, key=lambda r: r["roc_auc"])
+        best_acc = max(sims, key=lambda r: r["accuracy"])
+        checks.append(
+            {
+                "target": f"{key}: best CLI method ROC-AUC >= {TARGET_AUC:.2f}",
+                "met": best["roc_auc"] >= TARGET_AUC,
+                "value": f"{best['method']}: {best['roc_auc']:.3f}",
+            }
+        )
+        checks.append(
+            {
+                "target": f"{key}: best CLI method accuracy >= {TARGET_ACC:.2f}",
+                "met": best_acc["accuracy"] >= TARGET_ACC,
+                "value": f"{best_acc['method']}: {best_acc['accuracy']:.3f}",
+            }
+        )
+    bases = [r for r in few if r["method"].startswith("base-") and r["roc_auc"] is not None]
+    if sims and bases:
+        top = max(b["roc_auc"] for b in bases)
+        below = [r["method"] for r in sims if r["roc_auc"] <= top]
+        checks.append(
+            {
+                "target": f"{key}: every sim-* ROC-AUC above both baselines",
+                "met": not below,
+                "value": f"best baseline {top:.3f}"
+                + (f"; not above: {', '.join(below)}" if below else ""),
+            }
+        )
+    return checks
+
+
 def check_targets(results: dict[str, list[dict]]) -> list[dict[str, Any]]:
     checks: list[dict[str, Any]] = []
-    few = results.get("few-hundred")
-    if few:
-        sims = [r for r in few if r["method"].startswith("sim-") and r["roc_auc"] is not None]
-        if sims:
-            best = max(sims, key=lambda r: r["roc_auc"])
-            best_acc = max(sims, key=lambda r: r["accuracy"])
-            checks.append(
-                {
-                    "target": f"few-hundred: best CLI method ROC-AUC >= {TARGET_AUC:.2f}",
-                    "met": best["roc_auc"] >= TARGET_AUC,
-                    "value": f"{best['method']}: {best['roc_auc']:.3f}",
-                }
-            )
-            checks.append(
-                {
-                    "target": f"few-hundred: best CLI method accuracy >= {TARGET_ACC:.2f}",
-                    "met": best_acc["accuracy"] >= TARGET_ACC,
-                    "value": f"{best_acc['method']}: {best_acc['accuracy']:.3f}",
-                }
-            )
-        bases = [r for r in few if r["method"].startswith("base-") and r["roc_auc"] is not None]
-        if sims and bases:
-            top = max(b["roc_auc"] for b in bases)
-            below = [r["method"] for r in sims if r["roc_auc"] <= top]
-            checks.append(
-                {
-                    "target": "few-hundred: every sim-* ROC-AUC above both baselines",
-                    "met": not below,
-                    "value": f"best baseline {top:.3f}"
-                    + (f"; not above: {', '.join(below)}" if below else ""),
-                }
-            )
+    for key, few in results.items():
+        if parse_regime(key)[0] == "few-hundred":
+            checks += _leak_targets(key, few)
     thou = results.get("thousand")
     if thou:
         for who, pick in (("every sim-* method", "sim-"), ("the baselines", "base-")):
@@ -291,7 +325,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{regime}] {m} ...", flush=True)
             try:
                 r = run_one(
-                    m, root / regime, runs / regime / m, a.threads, a.test_generated or "test"
+                    m,
+                    dataset_dir(root, regime),
+                    runs / regime / m,
+                    a.threads,
+                    a.test_generated or "test",
                 )
             except Exception as e:  # one failing method does not lose the others
                 r = {"method": m, "error": f"{type(e).__name__}: {e}"}

@@ -5,7 +5,9 @@ Every setting is scored on the development split only (100 used + 100 not used, 
 split's generated images): each image's score comes from a fit on the other folds
 (:func:`ctfp.membership.leaktest.cross_fit_scores`, 5 stratified folds, seed 0; the leak test's
 out-of-fold scores), and the table ranks settings by the ROC-AUC of those scores. Test images and
-labels are never read::
+labels are never read. ``calibration="real"`` settings get every development image as their
+unlabelled real reference (``reference=``; each image is left out of its own score); the
+command-line runner adds the test images to it, labels unused::
 
     python benches/membership_presets.py --data out/bench_data/few-hundred/development \\
         --out docs/benchmark_presets.md
@@ -37,32 +39,51 @@ def grid(quick: bool) -> list[dict[str, Any]]:
         {"statistic": "mean_k", "k": 3},
         {"statistic": "mean_k", "k": 5},
         {"statistic": "mean_k", "k": 10},
+        {"statistic": "mean_k", "k": 20},
         {"statistic": "count"},
     ]
     for size in sizes:
         for st in stats:
-            for cal in (None, "reference"):
+            for cal in CALIBRATIONS:
+                if cal == "real" and st["statistic"] == "count":
+                    continue  # distances only (SimilarityMembership refuses it)
                 out.append({"measure": "pixel", "image_size": size, **st, "calibration": cal})
     for qt in ("shift", "shift-grid", "small"):
         for st in stats[:3]:
             out.append({"measure": "pixel", "image_size": 64, **st, "query_transforms": qt})
     for size in (64,) if quick else (32, 64, 128):
-        for st in (stats[0], stats[1], stats[2]):
-            for cal in (None, "reference"):
+        for st in stats[:5]:
+            for cal in CALIBRATIONS:
                 out.append({"measure": "ssim", "image_size": size, **st, "calibration": cal})
     for qt in ("shift-grid", "small"):
-        out.append(
-            {
-                "measure": "pixel",
-                "image_size": 64,
-                "statistic": "max",
-                "calibration": "reference",
-                "query_transforms": qt,
-            }
-        )
+        for cal, st in (("reference", stats[0]), ("real", stats[3])):
+            out.append(
+                {
+                    "measure": "pixel",
+                    "image_size": 64,
+                    **st,
+                    "calibration": cal,
+                    "query_transforms": qt,
+                }
+            )
     for name, members in FUSED.items():
         out.append({"estimator": "fused", "name": name, "members": members})
     return out
+
+
+#: calibrations tried: none, against the development non-members, the k-NN density ratio to
+#: all real images (labels unused: here the development images, each left out of its own score)
+CALIBRATIONS = (None, "reference", "real")
+
+
+def _real(size: int, measure: str = "pixel", k: int = 10) -> dict[str, Any]:
+    return {
+        "measure": measure,
+        "image_size": size,
+        "statistic": "mean_k",
+        "k": k,
+        "calibration": "real",
+    }
 
 
 #: fused candidates: the default members (transform-robust) and the best single settings
@@ -77,6 +98,20 @@ FUSED: dict[str, list[dict[str, Any]] | None] = {
             "calibration": "reference",
         },
         {"measure": "ssim", "image_size": 64, "statistic": "max"},
+    ],
+    "pixel 64 mean_k 10 + real, SSIM 64 mean_k 10 + real": [_real(64), _real(64, "ssim")],
+    "pixel 64 mean_k 5, 10, 20 + real, SSIM 64 mean_k 10, 20 + real": [
+        _real(64, k=5),
+        _real(64),
+        _real(64, k=20),
+        _real(64, "ssim"),
+        _real(64, "ssim", k=20),
+    ],
+    "pixel 64 + 128 mean_k 10 + real, SSIM 64 + 128 mean_k 10 + real": [
+        _real(64),
+        _real(128),
+        _real(64, "ssim"),
+        _real(128, "ssim"),
     ],
     "pixel 64 mean_k 5 + reference, pixel 64 max, SSIM 64 max, SSIM 64 mean_k 3": [
         {
@@ -139,8 +174,16 @@ def main(argv: list[str] | None = None) -> int:
             est = FusedMembership(
                 members=o["members"], rule=None, device="cpu", n_jobs=a.threads, random_state=0
             )
-            fitted = est.fit(real, y, generated=gen).generated_
-            s = cross_fit_scores(est, real, y, generated=fitted, n_splits=5, random_state=0)
+            fitted = est.fit(real, y, generated=gen, reference=real).generated_
+            s = cross_fit_scores(
+                est,
+                real,
+                y,
+                generated=fitted,
+                n_splits=5,
+                random_state=0,
+                fit_params={"reference": real},
+            )
             m = evaluate(y, (s >= np.median(s)).astype(int), s)
             rows.append({"setting": label(o), "options": o, "cv_auc": m["roc_auc"]})
             rows[-1]["seconds"] = round(time.perf_counter() - t0, 1)
@@ -156,7 +199,15 @@ def main(argv: list[str] | None = None) -> int:
                 n_jobs=a.threads,
             ).fit(gen)
         est = SimilarityMembership(**o, rule=None, device="cpu", n_jobs=a.threads, random_state=0)
-        s = cross_fit_scores(est, real, y, generated=indexes[key], n_splits=5, random_state=0)
+        s = cross_fit_scores(
+            est,
+            real,
+            y,
+            generated=indexes[key],
+            n_splits=5,
+            random_state=0,
+            fit_params={"reference": real} if o.get("calibration") == "real" else None,
+        )
         m = evaluate(y, (s >= np.median(s)).astype(int), s)
         rows.append({"setting": label(o), "options": o, "cv_auc": m["roc_auc"]})
         rows[-1]["seconds"] = round(time.perf_counter() - t0, 1)

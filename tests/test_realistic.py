@@ -80,6 +80,83 @@ def test_script_writes_checkpoints_and_measures(trained):
     assert meta["settings"]["batch_size"] == 8
 
 
+def test_install_keeps_a_second_snapshot_beside_the_default(trained, tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--install", str(trained / "out")]
+        + ["--assets", str(tmp_path), "--pick", "few-hundred=20+30"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    ckpt = rl.load_checkpoint(tmp_path / "leak_gan_few-hundred.pt")
+    assert sorted(ckpt["snapshots"], key=int) == ["20", "30"]
+    assert rl.default_snapshot(ckpt) == "20"  # the first picked, not the last
+    meta = json.loads((tmp_path / "leak_gan_few-hundred.json").read_text())
+    assert meta["installed_snapshot"] == 20 and meta["installed_snapshots"] == [20, 30]
+    g20, _ = rl.load_generator(ckpt)
+    g30, _ = rl.load_generator(ckpt, iteration=30)
+    same = rl.load_generator(ckpt, iteration=20)[0]
+    z = torch.randn(2, ckpt["model"]["nz"], 1, 1, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(g20(z), same(z)) and not torch.equal(g20(z), g30(z))
+    bad = subprocess.run(
+        [sys.executable, str(SCRIPT), "--install", str(trained / "out")]
+        + ["--assets", str(tmp_path), "--pick", "few-hundred=20+99"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "few-hundred=99: no such snapshot" in bad.stdout
+
+
+def test_benchmark_regimes_and_targets(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import membership_benchmark as mb
+    finally:
+        sys.path.remove(str(SCRIPT.parent))
+    assert mb.parse_regime("few-hundred@5000") == ("few-hundred", 5000)
+    assert mb.parse_regime("thousand") == ("thousand", None)
+    assert (
+        mb.dataset_dir(tmp_path, "few-hundred@5000") == tmp_path / "snapshot-5000" / "few-hundred"
+    )
+    with pytest.raises(SystemExit, match="REGIME@ITERATION"):
+        mb.parse_regime("few-hundred@x")
+
+    def row(method, auc, acc=0.5, verdict="leak", p=0.01):
+        return {
+            "method": method,
+            "roc_auc": auc,
+            "accuracy": acc,
+            "leak_verdict": verdict,
+            "leak_p": p,
+        }
+
+    checks = mb.check_targets(
+        {
+            "few-hundred": [row("sim-pixel", 0.8, 0.7), row("base-ganleaks", 0.85)],
+            "few-hundred@5000": [row("sim-pixel", 0.95, 0.85), row("base-ganleaks", 0.8)],
+            "thousand": [
+                row("sim-pixel", 0.5, verdict="no evidence", p=0.4),
+                row("base-ganleaks", 0.55, p=0.04),
+            ],
+        }
+    )
+    met = {c["target"]: c["met"] for c in checks}
+    assert met == {
+        "few-hundred: best CLI method ROC-AUC >= 0.90": False,
+        "few-hundred: best CLI method accuracy >= 0.80": False,
+        "few-hundred: every sim-* ROC-AUC above both baselines": False,
+        "few-hundred@5000: best CLI method ROC-AUC >= 0.90": True,
+        "few-hundred@5000: best CLI method accuracy >= 0.80": True,
+        "few-hundred@5000: every sim-* ROC-AUC above both baselines": True,
+        "thousand: no false alarm of the leak test, every sim-* method": True,
+        "thousand: no false alarm of the leak test, the baselines": False,
+    }
+
+
 def _rows(path: Path) -> list[list[str]]:
     with open(path, newline="") as f:
         return list(csv.reader(f))

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import pytest
 from skimage.metrics import structural_similarity
+from sklearn.base import clone
 
 from ctfp import synthetic
 from ctfp.membership.index import GeneratedIndex
@@ -206,6 +207,63 @@ def test_reference_calibration_subtracts_closeness_to_non_members():
     # 200: -100 - (-160)=60
     np.testing.assert_allclose(est.dev_scores_, [30, 120, 40, 60], atol=1e-3)
     np.testing.assert_allclose(est.score_samples(flat([45])), [-45 - (-5)], atol=1e-3)
+
+
+def test_real_calibration_is_a_knn_distance_ratio_to_the_real_images():
+    gen = flat([0, 100, 104])
+    real = flat([5, 40, 90, 200])
+    extra = flat([60, 250])
+    est = SimilarityMembership(
+        measure="pixel", statistic="mean_k", k=2, calibration="real", rule="top"
+    ).fit(real, generated=gen, reference=extra)  # no labels needed
+    assert est.describe()["reference_images"] == 6
+
+    def want(v, others):
+        d_gen = np.sort(np.abs(np.array([0, 100, 104]) - v))[:2].mean()
+        d_real = np.sort(np.abs(np.asarray(others) - v))[:2].mean()
+        return np.log(d_real) - np.log(d_gen)
+
+    pool = [5, 40, 90, 200, 60, 250]
+    # an image that is in the reference set is compared with the others only
+    got = est.score_samples(flat([40, 250, 45]))
+    expect = [want(40, [v for v in pool if v != 40]), want(250, pool[:5]), want(45, pool)]
+    np.testing.assert_allclose(got, expect, rtol=1e-5)
+    # the same image given twice joins the reference once
+    twice = clone(est).fit(real, generated=gen, reference=np.concatenate([extra, real[:1]]))
+    assert twice.describe()["reference_images"] == 6
+    np.testing.assert_allclose(twice.score_samples(flat([45])), got[2:], rtol=1e-6)
+
+
+def test_real_calibration_with_ssim_uses_one_minus_ssim_and_labels_only_for_the_rule(ct64):
+    gen, real = ct64[:6], ct64[6:]
+    y = [1, 0, 1, 0, 1, 0]
+    est = SimilarityMembership(
+        measure="ssim", statistic="max", calibration="real", rule="calibrated"
+    ).fit(real, y, generated=gen)
+    s_gen = skimage_matrix(real, gen).max(1)
+    rr = skimage_matrix(real, real)
+    np.fill_diagonal(rr, -np.inf)
+    want = np.log(1 - rr.max(1)) - np.log(1 - s_gen)
+    np.testing.assert_allclose(est.dev_scores_, want, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(est.score_samples(real), want, rtol=1e-4, atol=1e-5)
+    assert est.threshold_ is not None
+
+
+@pytest.mark.parametrize(
+    ("params", "fit_kw", "match"),
+    [
+        ({"statistic": "count"}, {"reference": "two"}, "statistic='max' or 'mean_k'"),
+        ({}, {}, "at least two different real images"),
+        ({}, {"reference": "one"}, "at least two different real images"),
+        ({}, {"reference": "path"}, "wrap a single image in a list"),
+    ],
+)
+def test_real_calibration_errors(ct64, params, fit_kw, match):
+    est = SimilarityMembership(measure="pixel", calibration="real", rule="top", **params)
+    ref = {"two": ct64[:2], "one": np.stack([ct64[0], ct64[0]]), "path": "x.png"}
+    kw = {k: ref[v] for k, v in fit_kw.items()}
+    with pytest.raises((ValueError, TypeError), match=match):
+        est.fit(generated=ct64[4:], **kw)
 
 
 def test_density_calibration_is_a_leave_one_out_kde_ratio():

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import functools
+import inspect
 import json
 import os
 import platform
@@ -474,6 +475,8 @@ def _run_method(
         info: dict[str, Any] = {"dataset": ds.summary(), "holdout_images": len(hold_idx)}
         # held-out images for a classifier's per-epoch curve; popped before the record is written
         info["_holdout"] = ([real[i] for i in hold_idx], [labels[i] for i in hold_idx])
+        # every real image of the dataset, labels unused (a similarity scorer's reference set)
+        info["_real_all"] = list(real) + (list(ts.unknown) if ts is not None else [])
         # which generated images score the test images (similarity scorers only)
         mode = test_generated if scorer is not None and ts is not None and ts.generated else None
         generated = list(ds.generated)
@@ -483,6 +486,7 @@ def _run_method(
             ds, [real[i] for i in train_idx], [labels[i] for i in train_idx], generated, info
         )
         info.pop("_holdout", None)
+        info_real_all = info.pop("_real_all", [])
         # a similarity scorer is SimilarityMembership.score_samples: keep its estimator's index
         indexes.append(getattr(getattr(score, "__self__", None), "index_", None))
         rule = make_rule(decision)
@@ -507,7 +511,7 @@ def _run_method(
             t_paths = ts.unknown
             t_score = score
             if mode == "test":  # the same fit, against the test split's generated images
-                t_info: dict[str, Any] = {"refit_for_test": True}
+                t_info: dict[str, Any] = {"refit_for_test": True, "_real_all": info_real_all}
                 t_score, t_info = fit(
                     ds,
                     [real[i] for i in train_idx],
@@ -742,7 +746,12 @@ def _similarity_scorer(
             index_cache=index_cache,
         )
         t0 = time.perf_counter()
-        est.fit(real_train, real_labels, generated=generated)
+        # unlabelled real images (all development and test images) for calibration="real"
+        real_all = info.get("_real_all")
+        fit_params = {}
+        if real_all and "reference" in inspect.signature(est.fit).parameters:
+            fit_params["reference"] = real_all
+        est.fit(real_train, real_labels, generated=generated, **fit_params)
         info["fit_seconds"] = round(time.perf_counter() - t0, 2)
         if info.get("refit_for_test"):  # the runner's second fit, for the test split only
             score = est.decision_function if "decision" in options else est.score_samples
@@ -754,7 +763,12 @@ def _similarity_scorer(
             t0 = time.perf_counter()
             real, labels = ds.real()
             lt = run_leak_test(
-                est, real, labels, generated=reusable_generated(est), random_state=seed
+                est,
+                real,
+                labels,
+                generated=reusable_generated(est),
+                random_state=seed,
+                fit_params=fit_params,
             )
             lt["seconds"] = round(time.perf_counter() - t0, 2)
             info["leak_test"] = lt

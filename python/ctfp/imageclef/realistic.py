@@ -57,6 +57,7 @@ __all__ = [
     "build_discriminator",
     "build_generator",
     "checkpoint_path",
+    "default_snapshot",
     "downsample",
     "generate",
     "load_checkpoint",
@@ -675,6 +676,15 @@ def load_checkpoint(
     return ckpt
 
 
+def default_snapshot(ckpt: dict[str, Any]) -> str:
+    """The snapshot a checkpoint gives when no ``iteration`` is asked for: the one installed as
+    the benchmark's generator (``meta["installed_snapshot"]``; an asset can hold more, e.g. a
+    more memorising one for comparison), else the last."""
+    snaps = ckpt["snapshots"]
+    chosen = str(ckpt.get("meta", {}).get("installed_snapshot"))
+    return chosen if chosen in snaps else max(snaps, key=int)
+
+
 def load_generator(
     checkpoint: str | os.PathLike[str] | dict[str, Any] | None = None,
     *,
@@ -683,7 +693,7 @@ def load_generator(
     device: Any = "cpu",
 ) -> tuple[Any, dict[str, Any]]:
     """The generator of a checkpoint (a path, a loaded dict, or None for the committed one of
-    ``regime``) at ``iteration`` (default: its last snapshot), in float32 and eval mode, and
+    ``regime``) at ``iteration`` (default: :func:`default_snapshot`), in float32 and eval mode, and
     the checkpoint dict."""
     from ctfp._util import resolve_device, state_dict_mismatch
 
@@ -691,7 +701,7 @@ def load_generator(
         checkpoint if isinstance(checkpoint, dict) else load_checkpoint(checkpoint, regime=regime)
     )
     snaps = ckpt["snapshots"]
-    key = str(iteration) if iteration is not None else max(snaps, key=int)
+    key = str(iteration) if iteration is not None else default_snapshot(ckpt)
     if key not in snaps:
         have = ", ".join(sorted(snaps, key=int))
         raise ValueError(
@@ -818,9 +828,7 @@ def write_realistic_dataset(
         return [{"patient": pool[i][0], "slice_index": pool[i][1]} for i in idx]
 
     shown_test = where("member", who["test_used"]) + where("non_member", who["test_not_used"])
-    snap = ckpt["snapshots"][
-        str(iteration) if iteration is not None else max(ckpt["snapshots"], key=int)
-    ]
+    snap = ckpt["snapshots"][str(iteration) if iteration is not None else default_snapshot(ckpt)]
     truth = {
         "regime": regime,
         "spec": asdict(spec),

@@ -188,10 +188,14 @@ class FusedMembership(ClassifierMixin, BaseEstimator):
         p = np.clip(model.predict_proba(Z)[:, 1], 1e-9, 1 - 1e-9)
         return np.log(p / (1 - p))
 
-    def fit(self, X: Any, y: Any, *, generated: Any = None) -> FusedMembership:
+    def fit(
+        self, X: Any, y: Any, *, generated: Any = None, reference: Any = None
+    ) -> FusedMembership:
         """Fit the members and the combiner on the labelled development images ``(X, y)``;
         ``generated``: the generated images, or the ``generated_`` of a fitted
-        ``FusedMembership`` with the same members (reused as it is)."""
+        ``FusedMembership`` with the same members (reused as it is); ``reference``: unlabelled
+        real images for the members with ``calibration="real"``
+        (:meth:`SimilarityMembership.fit <ctfp.membership.similarity.SimilarityMembership.fit>`)."""
         from sklearn.model_selection import StratifiedKFold
 
         from ctfp.membership.leaktest import cross_fit_scores
@@ -230,8 +234,11 @@ class FusedMembership(ClassifierMixin, BaseEstimator):
             member = self._member(m)
             index = member._fit_index(given[j] if given is not None else generated)
             indexes.append(index)
-            oof[:, j] = cross_fit_scores(member, items, lab, generated=index, splits=splits)
-            self.estimators_.append(clone(member).fit(items, lab, generated=index))
+            extra = {"reference": reference} if reference is not None else {}
+            oof[:, j] = cross_fit_scores(
+                member, items, lab, generated=index, splits=splits, fit_params=extra
+            )
+            self.estimators_.append(clone(member).fit(items, lab, generated=index, **extra))
         self.oof_scores_ = oof
         model = self._combiner(seed)
         self.combiner_ = clone(model).fit(oof, lab)

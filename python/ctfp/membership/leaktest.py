@@ -114,12 +114,14 @@ def cross_fit_scores(
     n_splits: int = 5,
     random_state: int = 0,
     splits: list[tuple[np.ndarray, np.ndarray]] | None = None,
+    fit_params: dict[str, Any] | None = None,
 ) -> np.ndarray:
     """Out-of-fold scores of the labelled images ``X``: fold ``f`` is scored
     (``score_samples``) by a clone of ``estimator`` fitted on the other folds with their
     labels (stratified folds, shuffled with ``random_state``; or the given ``splits``, pairs of
     train/test indices). ``generated`` goes to every fit as it is (pass a fitted index, see
-    :func:`reusable_generated`, so that it is indexed once). ctfp's one cross-fitting, used by the
+    :func:`reusable_generated`, so that it is indexed once), with any other ``fit_params``
+    (e.g. ``reference=``, unlabelled real images). ctfp's one cross-fitting, used by the
     leak test and by :class:`~ctfp.membership.fused.FusedMembership` (scikit-learn's
     ``cross_val_predict`` does not take ``method="score_samples"``)."""
     from sklearn.base import clone
@@ -130,7 +132,7 @@ def cross_fit_scores(
     for train, test in splits if splits is not None else _splits(lab, n_splits, random_state):
         est = clone(estimator)
         _scores_only(est)
-        est.fit(_take(items, train), lab[train], generated=generated)
+        est.fit(_take(items, train), lab[train], generated=generated, **(fit_params or {}))
         out[test] = est.score_samples(_take(items, test))
     return out
 
@@ -287,6 +289,7 @@ def run_leak_test(
     groups: Any = None,
     alpha: float = 0.05,
     random_state: int = 0,
+    fit_params: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The leak test of the module docstring on labelled development images ``(X, y)``.
 
@@ -314,6 +317,9 @@ def run_leak_test(
     alpha : float
     random_state : int
         Folds and stand-in.
+    fit_params : dict, optional
+        More arguments of every fit besides ``generated`` (``reference=``: the unlabelled real
+        images of ``calibration="real"``).
 
     Returns
     -------
@@ -367,7 +373,7 @@ def run_leak_test(
     def fitted_set(g: Any) -> Any:
         full = clone(estimator)
         _scores_only(full)
-        full.fit(items, lab, generated=g)
+        full.fit(items, lab, generated=g, **(fit_params or {}))
         return reusable_generated(full)
 
     def test(scores: np.ndarray) -> dict[str, Any]:
@@ -376,7 +382,9 @@ def run_leak_test(
         return leak_test(*_group_means(scores, lab, grp), alpha=alpha)
 
     reuse = fitted_set(generated)
-    main = cross_fit_scores(estimator, items, lab, generated=reuse, splits=splits)
+    main = cross_fit_scores(
+        estimator, items, lab, generated=reuse, splits=splits, fit_params=fit_params
+    )
     out.update(test(main))
     out["scores"] = main.tolist()
     out["control"] = None
@@ -394,7 +402,14 @@ def run_leak_test(
 
             stand = load_images(control)
             label = f"{len(stand)} real images that are not development images"
-        ctrl = cross_fit_scores(estimator, items, lab, generated=fitted_set(stand), splits=splits)
+        ctrl = cross_fit_scores(
+            estimator,
+            items,
+            lab,
+            generated=fitted_set(stand),
+            splits=splits,
+            fit_params=fit_params,
+        )
         out["control"] = {"reference": label, **test(ctrl)}
     if grp is None:
         _verdict(out, main, ctrl, lab)

@@ -38,12 +38,25 @@ Monte-Carlo estimate; the radius is the ``1 - radius_quantile`` quantile of the 
 development real images to the generated images, labels unused, or without development images,
 of generated images to each other; it is fixed at fit time).
 
-Calibration with known non-members (``calibration=``, needs labelled development images):
-``"reference"`` subtracts the same statistic computed against the development images known not to
-be used (GAN-Leaks' calibrated attack, the non-members standing in for a reference model);
-``"density"`` scores ``log p_gen(x) - log p_ref(x)``, Gaussian kernel density estimates of the
-generated set and of the non-members in a whitened PCA space of the features (DOMIAS). When the
-development images themselves are scored, each is left out of the reference set.
+Calibration (``calibration=``): a real image that is close to the generated set may simply be a
+typical image, close to everything; calibration divides that out.
+
+- ``"real"`` (ctfp's, no labels needed): a k-nearest-neighbour density ratio of the generated set
+  to the real images, ``log d_real(x) - log d_gen(x)``, where ``d_gen`` is the statistic's
+  distance to the generated set (mean of the ``k`` closest, or the closest) and ``d_real`` the
+  same distance to the *real* images the estimator knows: the development images ``X`` (labels
+  unused) and any unlabelled ``reference=`` images given to ``fit`` (the task's test images, for
+  instance). An image is never compared with itself (found by its pixels at ``image_size``).
+  Distance is ``-closeness`` for pixels and embeddings and ``1 - SSIM`` for SSIM. On the realistic
+  benchmark it is the strongest calibration by a wide margin (docs/benchmark_presets.md).
+- ``"reference"`` (needs labelled development images) subtracts the same statistic computed
+  against the development images known not to be used (GAN-Leaks' calibrated attack, the
+  non-members standing in for a reference model).
+- ``"density"`` (needs labelled development images) scores ``log p_gen(x) - log p_ref(x)``,
+  Gaussian kernel density estimates of the generated set and of the non-members in a whitened PCA
+  space of the features (DOMIAS).
+
+Whenever an image that is itself in the reference set is scored, it is left out of it.
 
 Decisions (``rule=``):
 
@@ -81,6 +94,7 @@ This module imports numpy and scikit-learn; torch only for ``measure="embedding"
 
 from __future__ import annotations
 
+import hashlib
 import os
 from typing import Any
 
@@ -115,7 +129,7 @@ __all__ = [
 ]
 
 STATISTICS = ("max", "mean_k", "count")
-CALIBRATIONS = (None, "reference", "density")
+CALIBRATIONS = (None, "real", "reference", "density")
 RULES = (None, "calibrated", "real_real", "retrieval", "top")
 _INDEX_PARAMS = tuple(INDEX_CONSTRAINTS)
 
@@ -147,7 +161,9 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         the development real images (labels unused) to the generated images; without them, of
         up to ``radius_sample`` generated images to the rest of the generated set.
     radius_sample : int
-    calibration : {None, "reference", "density"}
+    calibration : {None, "real", "reference", "density"}
+        See the module docstring; ``"real"`` needs real images at fit (``X`` or ``reference``)
+        but no labels, the other two labelled development images with some not used.
     n_components : int
         For ``"density"``: dimensions of the whitened PCA space of the KDEs.
     rule : {"calibrated", "real_real", "retrieval", "top", None}
@@ -203,7 +219,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         "k": [Interval(int, 1, None)],
         "radius_quantile": [Interval(float, 0, 1)],
         "radius_sample": [Interval(int, 1, None)],
-        "calibration": [None, Options("reference", "density")],
+        "calibration": [None, Options("real", "reference", "density")],
         "n_components": [Interval(int, 1, None)],
         "rule": [None, Options("calibrated", "real_real", "retrieval", "top")],
         "metric": [Options(*METRICS)],
@@ -289,10 +305,16 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
                 f"calibration=None (found {self.calibration!r}); calibrated scores go with "
                 f"rule='calibrated' or 'top'"
             )
-        if self.calibration is not None and not has_labels:
+        if self.calibration == "real" and self.statistic == "count":
+            raise ValueError(
+                "calibration='real' compares distances to the generated and the real images: "
+                "use statistic='max' or 'mean_k' (found statistic='count')"
+            )
+        if self.calibration in ("reference", "density") and not has_labels:
             raise ValueError(
                 f"calibration={self.calibration!r} needs development images with labels "
-                f"(fit(X, y, generated=...)) holding some not-used (0) images"
+                f"(fit(X, y, generated=...)) holding some not-used (0) images; "
+                f"calibration='real' needs no labels"
             )
         if self.rule == "calibrated" and not has_labels:
             raise ValueError(
@@ -309,7 +331,9 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             return generated.refit_with(params)
         return fit_or_load(params, generated, self.index_cache)
 
-    def fit(self, X: Any = None, y: Any = None, *, generated: Any = None) -> SimilarityMembership:
+    def fit(
+        self, X: Any = None, y: Any = None, *, generated: Any = None, reference: Any = None
+    ) -> SimilarityMembership:
         """Take in the generated set and the labelled development images.
 
         Parameters
@@ -327,6 +351,11 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             settings are this estimator's, else re-indexed with this estimator's settings. Not
             a per-sample parameter: under scikit-learn's cross-validation, pass an index when
             the generated set has as many images as ``X`` (see the module docstring).
+        reference : sequence or array, optional
+            More real images, unlabelled (for the task: the test images), that join ``X`` as
+            the real images of ``calibration="real"``; ignored by the other calibrations. Under
+            scikit-learn's cross-validation a ``reference`` list as long as ``X`` is sliced like
+            ``X`` (pass a uint8 stack of another length, or add an image, to avoid it).
         """
         has_labels = y is not None
         if has_labels and X is None:
@@ -352,22 +381,28 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         self.fraction_: float | None = None
         self.real_threshold_: float | None = None
         self.dev_scores_: np.ndarray | None = None
+        self.reference_ = None
+        self.reference_keys_: dict[bytes, int] = {}
+        r_keys = None if X is None or self.calibration is None else self._image_keys(X)
+        if self.calibration == "real":
+            self._fit_real_reference(r, r_keys, reference)
         if r is not None:
             if has_labels:
                 yy = _labels(y, len(r))
-                loo = None
-                if self.calibration is not None:
+                if self.calibration in ("reference", "density"):
                     if not (yy == 0).any():
                         raise ValueError(
                             "calibration needs development images known not to be used (y == 0)"
                         )
                     self.reference_ = r[yy == 0]
-                    loo = np.full(len(r), -1)
-                    loo[yy == 0] = np.arange(int((yy == 0).sum()))
+                    self.reference_keys_ = {}
+                    non_members = [k for k, v in zip(r_keys or [], yy, strict=True) if v == 0]
+                    for row, key in enumerate(non_members):
+                        self.reference_keys_.setdefault(key, row)
                     if self.calibration == "density":
                         self._fit_density(rng)
                 if self.rule == "calibrated":
-                    self.dev_scores_ = self._scores(r, loo=loo)
+                    self.dev_scores_ = self._scores(r, loo=self._exclusions(r_keys))
                     self.calibrator_ = CalibratedThreshold(self.metric).fit(self.dev_scores_, yy)
                     self.threshold_ = self.calibrator_.threshold_
                     self.dev_value_ = self.calibrator_.dev_value_
@@ -378,6 +413,47 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         if self.rule == "top" and self.fraction_ is None:
             self.fraction_ = 0.5 if self.fraction is None else float(self.fraction)
         return self
+
+    def _image_keys(self, X: Any) -> list[bytes]:
+        """One key per image: a hash of its grey pixels at the comparison size, by which an
+        image scored against a reference set that holds it is left out of it (features are not
+        used: embeddings of one image can differ in the last bits between batches)."""
+        imgs = load_images(X, size=self.image_size_, n_threads=self.index_.n_threads_)
+        return [hashlib.blake2b(im.tobytes(), digest_size=16).digest() for im in imgs]
+
+    def _exclusions(self, keys: list[bytes] | None) -> np.ndarray | None:
+        """For each image (by key), the reference row that is the same image, or -1."""
+        if keys is None or not self.reference_keys_:
+            return None
+        return np.array([self.reference_keys_.get(k, -1) for k in keys], dtype=np.int64)
+
+    def _fit_real_reference(self, r: np.ndarray | None, r_keys: list | None, extra: Any) -> None:
+        """The real images of ``calibration="real"``: ``X`` and ``reference``, each image once."""
+        feats, keys = [], []
+        if r is not None:
+            feats.append(self.index_.identity(r))
+            keys += r_keys or []
+        if extra is not None:
+            if isinstance(extra, (str, bytes, os.PathLike)):
+                raise TypeError(
+                    "reference: expected a sequence of images; wrap a single image in a list"
+                )
+            items = extra if isinstance(extra, np.ndarray) else list(extra)
+            if len(items):
+                feats.append(self.index_.identity(self.index_.transform(items)))
+                keys += self._image_keys(items)
+        self.reference_keys_ = {}
+        rows = []
+        for i, key in enumerate(keys):
+            if key not in self.reference_keys_:
+                self.reference_keys_[key] = len(rows)
+                rows.append(i)
+        if len(rows) < 2:
+            raise ValueError(
+                f"calibration='real' needs at least two different real images to compare with "
+                f"(fit's X and reference=), found {len(rows)}"
+            )
+        self.reference_ = np.concatenate(feats)[np.asarray(rows)]
 
     def _fit_radius(self, rng: np.random.Generator, real: np.ndarray | None) -> float:
         """Closeness at the ``1 - radius_quantile`` quantile of the (development real, generated)
@@ -474,7 +550,17 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         s = self._statistic(values, top.counts, top.finite)
         if self.calibration == "reference":
             s = s - self._stat_against(q, self.reference_, loo)
+        elif self.calibration == "real":
+            # k-NN density ratio: log of (distance to the real images / to the generated set)
+            d_real = self._distance(self._stat_against(q, self.reference_, loo))
+            s = np.log(d_real) - np.log(self._distance(s))
         return s
+
+    def _distance(self, closeness: np.ndarray) -> np.ndarray:
+        """Closeness statistic -> a positive distance (1 - SSIM; minus the pixel / embedding
+        closeness), floored so that an exact copy gives a large finite score."""
+        d = 1.0 - closeness if self.measure == "ssim" else -closeness
+        return np.maximum(d, 1e-9)
 
     def _real_real_threshold(self, r: np.ndarray) -> float:
         if len(r) < 2:
@@ -492,7 +578,12 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         q = self.index_.transform(X)
         if self.rule == "retrieval":
             return self.index_.search(q, 1, exhaustive=True).votes(len(q))
-        return self._scores(q)
+        return self._scores(q, loo=self._query_exclusions(X))
+
+    def _query_exclusions(self, X: Any) -> np.ndarray | None:
+        if self.calibration is None or not self.reference_keys_:
+            return None
+        return self._exclusions(self._image_keys(X))
 
     def _decide(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """(decision values, predictions) for ``X``: one pass over the generated set."""
@@ -507,7 +598,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         if self.rule == "retrieval":
             votes = self.index_.search(q, 1, exhaustive=True).votes(len(q))
             return votes - (self.min_votes - 0.5), (votes >= self.min_votes).astype(np.int64)
-        s = self._scores(q)
+        s = self._scores(q, loo=self._query_exclusions(X))
         if self.rule == "calibrated":
             assert self.threshold_ is not None
             return s - self.threshold_, (s >= self.threshold_).astype(np.int64)
@@ -546,6 +637,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             "statistic": self.statistic,
             "calibration": self.calibration,
             "rule": self.rule,
+            "k": self.k if self.statistic == "mean_k" else None,
             "radius": self.radius_,
             "n_generated": self.n_generated_,
             "image_size": tuple(int(v) for v in self.image_size_),
@@ -556,6 +648,8 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             out["ssim_candidates"] = self.index_.ssim_candidates
         if self.query_transforms is not None:
             out["query_transforms"] = len(self.index_.transforms_)
+        if self.calibration is not None:
+            out["reference_images"] = len(self.reference_)
         if self.rule == "calibrated":
             out.update(metric=self.metric, threshold=self.threshold_)
             out["development_value"] = self.dev_value_
