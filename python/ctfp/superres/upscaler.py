@@ -84,11 +84,27 @@ def _uses_fp16(device: str | torch.device, half: bool | None) -> bool:
     return _is_cuda(device)
 
 
-#: Default ``batch_size``: whole 224 x 224 images, 16 per forward pass, on CUDA (about 5.6 GB of
+#: Default ``batch_size`` (images read at a time, and at most that many tiles per forward pass):
+#: 16 on CUDA, 4 elsewhere, where a larger batch buys nothing. On CUDA without a ``batch_size``
+#: of the caller's, a pass holds as many tiles as fit in :data:`_PASS_PIXELS_CUDA` input pixels
+#: (at most 16, at least 1): 8 whole 224 x 224 images, 16 of 64 x 64 (about 2.8 GB of
 #: activations in fp16 at 7 KB per input pixel; a GPU with less memory gets smaller passes, see
-#: :meth:`Upscaler._retry_smaller`); 4 elsewhere, where a larger batch buys nothing.
-_BATCH_SIZE_CUDA = 8  # measured on an H200 (benches/esrgan_gpu.py): 68.7 images/s at 8, 63.2 at 16
+#: :meth:`Upscaler._retry_smaller`).
+_BATCH_SIZE_CUDA = 16
 _BATCH_SIZE_OTHER = 4
+#: Measured on an H200 (benches/esrgan_gpu.py, fp16, channels-last): 224 -> 896 gave 68.7
+#: images/s at 8 a pass and 63.2 at 16; 64 -> 256 was 1.34x the bare baseline at 16 a pass and
+#: 0.82x at 8. A pixel budget of 8 images of 224 x 224 picks both of those.
+_PASS_PIXELS_CUDA = 8 * 224 * 224
+
+
+def tiles_per_pass(batch_size: int, pass_pixels: int | None, height: int, width: int) -> int:
+    """Tiles of ``height x width`` (padding included) per forward pass: ``batch_size``, or with
+    a pixel budget (the CUDA default), as many as fit in ``pass_pixels``, from 1 to
+    ``batch_size``."""
+    if pass_pixels is None:
+        return batch_size
+    return max(1, min(batch_size, pass_pixels // max(1, height * width)))
 
 
 def _default_batch_size(device: str | torch.device, batch_size: int | None) -> int:
@@ -208,7 +224,9 @@ class Upscaler:
     batch_size : int, optional
         Tiles (or whole images of equal size) per forward pass; also the number of images
         decoded and held at once by :meth:`upscale_iter` and :class:`UpscaleCache`. Default:
-        8 on CUDA (whole 224 x 224 images; 8 measured faster than 16 on an H200), 4 elsewhere.
+        4 off CUDA; on CUDA 16 images at a time, with as many tiles per pass as fit in a budget
+        of 8 x 224 x 224 input pixels (8 whole 224 x 224 images, 16 of 64 x 64: the faster
+        choice at each size measured on an H200; :func:`tiles_per_pass`).
         On CUDA, a pass that runs out of GPU memory is retried with half as many tiles (with a
         warning), down to one.
     half : bool, optional
@@ -284,6 +302,8 @@ class Upscaler:
         self.device = resolve_device(device)
         cuda = self.device.type == "cuda"
         self.batch_size = _default_batch_size(self.device, batch_size)
+        # tiles per pass by a pixel budget only for the CUDA default (tiles_per_pass)
+        self._pass_pixels = _PASS_PIXELS_CUDA if cuda and batch_size is None else None
         self.half = _uses_fp16(self.device, half)
         self.channels_last = cuda if channels_last is None else channels_last
         self.compile = compile
@@ -518,10 +538,11 @@ class Upscaler:
                 shape = (t.src[0].stop - t.src[0].start, t.src[1].stop - t.src[1].start)
                 groups.setdefault(shape, []).append(t)
         with torch.inference_mode(), cudnn_autotune(cuda and self._cudnn_autotune):
-            for group in groups.values():
+            for shape, group in groups.items():
+                per_pass = tiles_per_pass(self.batch_size, self._pass_pixels, *shape)
                 k = 0
                 while k < len(group):
-                    part = group[k : k + min(self.batch_size, self._max_batch or len(group))]
+                    part = group[k : k + min(per_pass, self._max_batch or len(group))]
                     try:
                         self._run_part(part, x_views, y_views, in_ch)
                     except torch.cuda.OutOfMemoryError:
