@@ -45,9 +45,10 @@ def grid(quick: bool) -> list[dict[str, Any]]:
     for size in sizes:
         for st in stats:
             for cal in CALIBRATIONS:
-                if cal == "real" and st["statistic"] == "count":
-                    continue  # distances only (SimilarityMembership refuses it)
                 out.append({"measure": "pixel", "image_size": size, **st, "calibration": cal})
+                if cal == "real" and st["statistic"] == "count" and size in (32, 64):
+                    for q in (0.03, 0.1):  # a wider radius for the ratio of counts
+                        out.append({**out[-1], "radius_quantile": q})
     for qt in ("shift", "shift-grid", "small"):
         for st in stats[:3]:
             out.append({"measure": "pixel", "image_size": 64, **st, "query_transforms": qt})
@@ -134,6 +135,8 @@ def label(o: dict[str, Any]) -> str:
     parts = [f"{o['measure']} {o['image_size']}", o["statistic"]]
     if o["statistic"] == "mean_k":
         parts[-1] += f" k={o['k']}"
+    if o.get("radius_quantile") is not None:
+        parts[-1] += f" radius quantile {o['radius_quantile']}"
     if o.get("calibration"):
         parts.append(f"calibration {o['calibration']}")
     if o.get("query_transforms"):

@@ -249,10 +249,28 @@ def test_real_calibration_with_ssim_uses_one_minus_ssim_and_labels_only_for_the_
     assert est.threshold_ is not None
 
 
+def test_real_calibration_of_counts_is_a_ratio_of_shares_within_the_radius():
+    gen = flat([0, 2, 4, 100])
+    real = flat([1, 3, 60, 200])
+    est = SimilarityMembership(
+        measure="pixel", statistic="count", radius_quantile=0.25, calibration="real", rule="top"
+    ).fit(real, generated=gen)
+    r = est.radius_
+
+    # closeness is minus the grey-level difference: within the radius means |a - b| <= -r
+    def want(v, others):
+        c_gen = sum(abs(g - v) <= -r + 1e-9 for g in (0, 2, 4, 100))
+        c_real = sum(abs(o - v) <= -r + 1e-9 for o in others)
+        return np.log((c_gen + 1) / 5) - np.log((c_real + 1) / (len(others) + 1))
+
+    got = est.score_samples(flat([1, 60, 50]))
+    expect = [want(1, [3, 60, 200]), want(60, [1, 3, 200]), want(50, [1, 3, 60, 200])]
+    np.testing.assert_allclose(got, expect, rtol=1e-6)
+
+
 @pytest.mark.parametrize(
     ("params", "fit_kw", "match"),
     [
-        ({"statistic": "count"}, {"reference": "two"}, "statistic='max' or 'mean_k'"),
         ({}, {}, "at least two different real images"),
         ({}, {"reference": "one"}, "at least two different real images"),
         ({}, {"reference": "path"}, "wrap a single image in a list"),

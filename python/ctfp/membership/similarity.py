@@ -47,7 +47,10 @@ typical image, close to everything; calibration divides that out.
   same distance to the *real* images the estimator knows: the development images ``X`` (labels
   unused) and any unlabelled ``reference=`` images given to ``fit`` (the task's test images, for
   instance). An image is never compared with itself (found by its pixels at ``image_size``).
-  Distance is ``-closeness`` for pixels and embeddings and ``1 - SSIM`` for SSIM. On the realistic
+  Distance is ``-closeness`` for pixels and embeddings and ``1 - SSIM`` for SSIM. With
+  ``statistic="count"`` the ratio is of counts instead (Monte-Carlo): ``log((c_gen + 1) /
+  (n_gen + 1)) - log((c_real + 1) / (n_real + 1))``, the images of each set within the radius.
+  On the realistic
   benchmark it is the strongest calibration by a wide margin (docs/benchmark_presets.md).
 - ``"reference"`` (needs labelled development images) subtracts the same statistic computed
   against the development images known not to be used (GAN-Leaks' calibrated attack, the
@@ -305,11 +308,6 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
                 f"calibration=None (found {self.calibration!r}); calibrated scores go with "
                 f"rule='calibrated' or 'top'"
             )
-        if self.calibration == "real" and self.statistic == "count":
-            raise ValueError(
-                "calibration='real' compares distances to the generated and the real images: "
-                "use statistic='max' or 'mean_k' (found statistic='count')"
-            )
         if self.calibration in ("reference", "density") and not has_labels:
             raise ValueError(
                 f"calibration={self.calibration!r} needs development images with labels "
@@ -507,22 +505,27 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             return np.where(ok, v, 0.0).sum(1) / np.maximum(ok.sum(1), 1)
         return counts / np.maximum(finite, 1)
 
-    def _stat_against(self, q: np.ndarray, r: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
+    def _stat_against(
+        self, q: np.ndarray, r: np.ndarray, exclude: np.ndarray | None, *, counts: bool = False
+    ) -> Any:
         """The statistic of each query against a small in-memory set ``r``; ``exclude[i]`` is a
-        row of ``r`` to leave out for query ``i`` (-1: none)."""
+        row of ``r`` to leave out for query ``i`` (-1: none). ``counts``: ``(images within the
+        radius, images compared)`` per query instead."""
         c = self.index_.closeness(q, r).astype(np.float64)
         if exclude is not None:
             rows = np.flatnonzero(exclude >= 0)
             c[rows, exclude[rows]] = -np.inf
-        counts = (
+        within = (
             np.count_nonzero(c >= self.radius_, axis=1)
             if self.radius_ is not None
             else np.zeros(len(q))
         )
         finite = np.count_nonzero(np.isfinite(c), axis=1)
+        if counts:
+            return within, finite
         k = min(self.k, c.shape[1])
         values = -np.sort(-c, axis=1)[:, :k] if k else np.full((len(q), 1), -np.inf)
-        return self._statistic(values, counts, finite)
+        return self._statistic(values, within, finite)
 
     def _log_kde(self, z: np.ndarray, data: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
         """Gaussian KDE log density (Scott's bandwidth, whitened space), leave-one-out rows."""
@@ -550,6 +553,13 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         s = self._statistic(values, top.counts, top.finite)
         if self.calibration == "reference":
             s = s - self._stat_against(q, self.reference_, loo)
+        elif self.calibration == "real" and self.statistic == "count":
+            # Monte-Carlo density ratio: the share of generated images within the radius over
+            # the share of real images within it (each count + 1: no log of zero)
+            n_in, n_all = self._stat_against(q, self.reference_, loo, counts=True)
+            s = np.log((top.counts + 1.0) / (top.finite + 1.0)) - np.log(
+                (n_in + 1.0) / (n_all + 1.0)
+            )
         elif self.calibration == "real":
             # k-NN density ratio: log of (distance to the real images / to the generated set)
             d_real = self._distance(self._stat_against(q, self.reference_, loo))
