@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/benchmark_presets.md")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="a smaller grid")
-    ap.add_argument("--only", default=None, help="comma-separated substrings of settings to run")
+    ap.add_argument("--only", default=None, help="substrings of settings to run, separated by ';'")
     ap.add_argument("--merge", default=None, help="a JSON of an earlier run: keep its other rows")
     a = ap.parse_args(argv)
     (ds,) = find_datasets(a.data, require="development")
@@ -166,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     indexes: dict[tuple, Any] = {}
     t_all = time.perf_counter()
-    only = None if a.only is None else a.only.split(",")
+    only = None if a.only is None else a.only.split(";")
     for o in grid(a.quick):
         t0 = time.perf_counter()
         if only is not None and not any(w in label(o) for w in only):

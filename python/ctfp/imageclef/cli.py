@@ -328,10 +328,11 @@ def build_parser() -> argparse.ArgumentParser:
             "base-vcmi",
         ],
         help="1 MobileNetV2, 2 DenseNet-121, 3 ResNet-50 (ImageNet-pretrained), "
-        "4 MobileNetV2 on ESRGAN x4 images; sim-ssim, sim-pixel (GAN-Leaks calibration), "
-        "sim-count (k-NN count), sim-shift (closest over a grid of small shifts), sim-fused "
-        "(cross-validated fusion of several): similarity to "
-        "the generated set, threshold calibrated on --holdout (default 0.25 for them); "
+        "4 MobileNetV2 on ESRGAN x4 images; sim-ssim (SSIM), sim-pixel (pixels), "
+        "sim-count (neighbour count), sim-shift (best of small moves of the query), sim-fused "
+        "(cross-validated fusion of pixel and SSIM): similarity to the generated set at 64x64 "
+        "as a density ratio to all the real images (labels unused), threshold calibrated on "
+        "--holdout (default 0.25 for them); "
         "base-ganleaks, base-vcmi: the published GAN-Leaks and VCMI (2023 winner, SSIM "
         "real-real threshold_max) methods as baselines",
     )
