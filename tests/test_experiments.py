@@ -220,6 +220,12 @@ def test_a_similarity_run_has_one_threshold_and_applies_it(demo, tmp_path, prese
     ds = rec["datasets"][0]
     assert [p for p, _ in _thresholds(rec)] == [("datasets", 0, "decision", "threshold")]
     assert ds["similarity"]["rule"] is None
+    # calibration="real": every real image of the dataset, development and test, is the
+    # reference (labels unused); each image once
+    assert ds["similarity"]["calibration"] == "real"
+    n_real = len(list((demo / "development").rglob("real_*/*.png")))
+    n_real += len(list((demo / "test" / "real_unknown").glob("*.png")))
+    assert ds["similarity"]["reference_images"] == n_real
     t = ds["decision"]["threshold"]
     assert ds["decision"]["rule"] == "calibrated"
     lines = Path(ds["run_file"]).read_text().splitlines()

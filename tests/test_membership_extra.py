@@ -10,6 +10,7 @@ import warnings
 
 import numpy as np
 import pytest
+from sklearn.base import clone
 
 from ctfp.data.datasets import find_datasets
 from ctfp.imageclef.leaky import LeakyDataSpec, make_leaky_dataset
@@ -182,6 +183,38 @@ def test_cross_fitting_never_scores_an_image_with_its_own_label(ct):
         np.testing.assert_allclose(
             oof[test], fold.fit(real[train], y[train], generated=gen).score_samples(real[test])
         )
+
+
+def test_cross_fitting_passes_the_unlabelled_reference_to_every_fit(ct):
+    """calibration="real": each fold's fit gets ``reference`` (here: every development image and
+    4 more), and the fused estimator hands it to its members the same way."""
+    gen, real, extra = ct[:10], ct[10:26], ct[26:30]
+    y = np.array([1, 0] * 8)
+    ref = np.concatenate([real, extra])
+    est = SimilarityMembership(
+        measure="pixel", image_size=16, statistic="mean_k", k=3, calibration="real", rule=None
+    )
+    splits = [(np.arange(16)[np.arange(16) % 4 != f], np.arange(16)[np.arange(16) % 4 == f])
+              for f in range(4)]  # fmt: skip
+    oof = cross_fit_scores(
+        est, real, y, generated=gen, splits=splits, fit_params={"reference": ref}
+    )
+    without = cross_fit_scores(est, real, y, generated=gen, splits=splits)
+    for train, test in splits:
+        fold = clone(est).fit(real[train], y[train], generated=gen, reference=ref)
+        assert fold.describe()["reference_images"] == 20
+        np.testing.assert_allclose(oof[test], fold.score_samples(real[test]))
+    assert not np.allclose(oof, without)  # the reference changed the scores
+    members = [{"measure": "pixel", "image_size": 16, "calibration": "real"}]
+    fused = FusedMembership(members=members, cv=4, random_state=0)
+    fused.fit(real, y, generated=gen, reference=ref)
+    assert fused.estimators_[0].describe()["reference_images"] == 20
+    r = run_leak_test(est, real, y, generated=gen, fit_params={"reference": ref}, control=False)
+    np.testing.assert_allclose(
+        r["scores"],
+        cross_fit_scores(est, real, y, generated=gen, n_splits=r["n_splits"],
+                         fit_params={"reference": ref}),
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
