@@ -51,7 +51,15 @@ def grid(quick: bool) -> list[dict[str, Any]]:
                         out.append({**out[-1], "radius_quantile": q})
     for qt in ("shift", "shift-grid", "small"):
         for st in stats[:3]:
-            out.append({"measure": "pixel", "image_size": 64, **st, "query_transforms": qt})
+            out.append(
+                {
+                    "measure": "pixel",
+                    "image_size": 64,
+                    **st,
+                    "calibration": None,
+                    "query_transforms": qt,
+                }
+            )
     for size in (64,) if quick else (32, 64, 128):
         for st in stats[:5]:
             for cal in CALIBRATIONS:
@@ -98,7 +106,7 @@ FUSED: dict[str, list[dict[str, Any]] | None] = {
             "k": 5,
             "calibration": "reference",
         },
-        {"measure": "ssim", "image_size": 64, "statistic": "max"},
+        {"measure": "ssim", "image_size": 64, "statistic": "max", "calibration": None},
     ],
     "pixel 64 mean_k 10 + real, SSIM 64 mean_k 10 + real": [_real(64), _real(64, "ssim")],
     "pixel 64 mean_k 5, 10, 20 + real, SSIM 64 mean_k 10, 20 + real": [
@@ -122,9 +130,9 @@ FUSED: dict[str, list[dict[str, Any]] | None] = {
             "k": 5,
             "calibration": "reference",
         },
-        {"measure": "pixel", "image_size": 64, "statistic": "max"},
-        {"measure": "ssim", "image_size": 64, "statistic": "max"},
-        {"measure": "ssim", "image_size": 64, "statistic": "mean_k", "k": 3},
+        {"measure": "pixel", "image_size": 64, "statistic": "max", "calibration": None},
+        {"measure": "ssim", "image_size": 64, "statistic": "max", "calibration": None},
+        {"measure": "ssim", "image_size": 64, "statistic": "mean_k", "k": 3, "calibration": None},
     ],
 }
 

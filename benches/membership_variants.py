@@ -98,13 +98,29 @@ class PatchNearest(BaseEstimator):
 def methods() -> dict[str, Any]:
     from ctfp.membership.baselines import VCMISSIM, GANLeaks
     from ctfp.membership.fused import FusedMembership
-    from ctfp.membership.similarity import SimilarityMembership as S
+    from ctfp.membership.similarity import SimilarityMembership
 
+    def S(**params: Any) -> Any:
+        """The settings these rows were measured with (before the estimator's defaults became
+        the realistic benchmark's winners): closest image, no calibration, images' own size."""
+        raw = {"statistic": "max", "calibration": None, "image_size": None}
+        return SimilarityMembership(**{**raw, **params})
+
+    def M(**params: Any) -> dict[str, Any]:
+        """A fused member with the same raw settings."""
+        return {"statistic": "max", "calibration": None, "image_size": None, **params}
+
+    #: FusedMembership's default members when these rows were measured
+    transform_robust = [
+        M(measure="pixel", image_size=64, query_transforms="shift-grid"),
+        M(measure="pixel", image_size=32, query_transforms="small"),
+        M(measure="ssim", image_size=64, query_transforms="shift"),
+    ]
     px = {"measure": "pixel", "rule": None}
     plain = [
-        {"measure": "pixel", "image_size": 32, "statistic": "max"},
-        {"measure": "pixel", "image_size": 64, "statistic": "mean_k", "k": 5},
-        {"measure": "ssim", "image_size": 64, "statistic": "max"},
+        {"measure": "pixel", "image_size": 32, "statistic": "max", "calibration": None},
+        {"measure": "pixel", "image_size": 64, "statistic": "mean_k", "k": 5, "calibration": None},
+        {"measure": "ssim", "image_size": 64, "statistic": "max", "calibration": None},
     ]
     calibrated = [
         *plain,
@@ -131,29 +147,35 @@ def methods() -> dict[str, Any]:
         "Pixel 32 closest, transforms 'small'": S(**px, image_size=32, query_transforms="small"),
         "Patch 4x4 at 64, mean of patch distances": PatchNearest(),
         "Patch 4x4 at 64, best patch": PatchNearest(reduce="min"),
-        "Fused (default members: transform-robust), logistic": FusedMembership(rule=None),
-        "Fused (default members), logistic, C=0.1": FusedMembership(C=0.1, rule=None),
-        "Fused (default members), HGB": FusedMembership(combiner="hgb", rule=None),
+        "Fused (default members: transform-robust), logistic": FusedMembership(
+            members=transform_robust, rule=None
+        ),
+        "Fused (default members), logistic, C=0.1": FusedMembership(
+            members=transform_robust, C=0.1, rule=None
+        ),
+        "Fused (default members), HGB": FusedMembership(
+            members=transform_robust, combiner="hgb", rule=None
+        ),
         "Fused (plain members + calibrated), logistic": FusedMembership(
             members=calibrated, rule=None
         ),
         "Fused (plain members), logistic": FusedMembership(members=plain, rule=None),
         "Fused multi-scale pixel 16/32/64": FusedMembership(
-            members=[{"measure": "pixel", "image_size": s} for s in (16, 32, 64)], rule=None
+            members=[M(measure="pixel", image_size=s) for s in (16, 32, 64)], rule=None
         ),
         "Fused shift-robust pixel 32/64 + SSIM": FusedMembership(
             members=[
-                {"measure": "pixel", "image_size": 32, "query_transforms": "shift"},
-                {"measure": "pixel", "image_size": 64, "query_transforms": "shift"},
-                {"measure": "ssim", "query_transforms": "shift"},
+                M(measure="pixel", image_size=32, query_transforms="shift"),
+                M(measure="pixel", image_size=64, query_transforms="shift"),
+                M(measure="ssim", query_transforms="shift"),
             ],
             rule=None,
         ),
         "Fused pixel 64 + transforms + SSIM": FusedMembership(
             members=[
-                {"measure": "pixel", "image_size": 64},
-                {"measure": "pixel", "image_size": 64, "query_transforms": "small"},
-                {"measure": "ssim"},
+                M(measure="pixel", image_size=64),
+                M(measure="pixel", image_size=64, query_transforms="small"),
+                M(measure="ssim"),
             ],
             rule=None,
         ),

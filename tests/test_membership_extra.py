@@ -112,13 +112,15 @@ def test_vcmi_threshold_max_is_the_largest_real_real_ssim(ct):
 def test_real_real_default_is_the_maximum():
     assert SimilarityMembership().real_quantile == 1.0
     real = flat([0, 40, 120, 180])  # nearest other real: 40, 40, 60, 60 away
-    est = SimilarityMembership(measure="pixel", rule="real_real").fit(real, generated=flat([1]))
+    est = SimilarityMembership(measure="pixel", rule="real_real", statistic="max", calibration=None)
+    est.fit(real, generated=flat([1]))
     assert est.real_threshold_ == pytest.approx(-40, abs=1e-3)  # the max, not the median (-50)
 
 
 def test_a_threshold_that_makes_one_class_warns():
     real = flat([0, 40, 120, 180])
-    est = SimilarityMembership(measure="pixel", rule="real_real").fit(real, generated=flat([250]))
+    est = SimilarityMembership(measure="pixel", rule="real_real", statistic="max", calibration=None)
+    est.fit(real, generated=flat([250]))
     with pytest.warns(SingleClassRuleWarning, match="every one of the 3 images"):
         assert est.predict(flat([10, 60, 200])).tolist() == [0, 0, 0]
     with pytest.warns(SingleClassRuleWarning):
@@ -397,7 +399,14 @@ def test_query_transforms_take_the_best_transform(ct):
     v, i = robust.kneighbors(flipped)
     assert (i[:, 0] == np.arange(3)).all() and np.allclose(v[:, 0], 0, atol=1e-3)
     assert (plain.kneighbors(flipped)[0][:, 0] < -1).all()
-    est = SimilarityMembership(measure="pixel", query_transforms="flip", rule=None)
+    est = SimilarityMembership(
+        measure="pixel",
+        image_size=None,
+        query_transforms="flip",
+        rule=None,
+        statistic="max",
+        calibration=None,
+    )
     assert est.fit(generated=gen).score_samples(flipped) == pytest.approx([0, 0, 0], abs=1e-3)
     # SSIM too
     ssim = GeneratedIndex(measure="ssim", n_neighbors=1, query_transforms="flip").fit(gen)

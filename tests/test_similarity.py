@@ -27,6 +27,15 @@ from ctfp.membership.similarity import (
 # helpers
 
 
+def Sim(**params):
+    """SimilarityMembership with the raw statistic (the closest generated image, no calibration,
+    images at their own size) unless a test asks otherwise: most tests here check one mechanism
+    exactly. The defaults (the benchmark's winning settings) have their own test."""
+    return SimilarityMembership(
+        **{"statistic": "max", "calibration": None, "image_size": None, **params}
+    )
+
+
 def flat(values, size=8):
     """Constant images: the RMS difference of two of them is the difference of their values."""
     return np.stack([np.full((size, size), v, np.uint8) for v in values])
@@ -131,7 +140,7 @@ def test_pixel_scores_equal_numpy(ct64):
     gen, real = ct64[:8], ct64[8:]
     rng = np.random.default_rng(3)
     real = np.clip(real + rng.normal(0, 5, real.shape), 0, 255).astype(np.uint8)
-    est = SimilarityMembership(measure="pixel", rule="top", block_size=3).fit(generated=gen)
+    est = Sim(measure="pixel", rule="top", block_size=3).fit(generated=gen)
     g = gen.reshape(8, -1).astype(np.float64)
     x = real.reshape(len(real), -1).astype(np.float64)
     rms = np.sqrt(((x[:, None] - g[None]) ** 2).mean(-1))
@@ -144,7 +153,7 @@ def test_pixel_scores_equal_numpy(ct64):
 def test_pixel_scale_resizes_through_load_batch(ct64):
     import ctfp
 
-    est = SimilarityMembership(measure="pixel", image_size=16, rule="top").fit(generated=ct64[:4])
+    est = Sim(measure="pixel", image_size=16, rule="top").fit(generated=ct64[:4])
     small = ctfp.load_batch(list(ct64), size=16, layout="grey")[:, 0].astype(np.float64)
     rms = np.sqrt(((small[4:, None] - small[None, :4]) ** 2).reshape(8, 4, -1).mean(-1))
     np.testing.assert_allclose(est.score_samples(ct64[4:]), -rms.min(1), rtol=1e-4, atol=1e-3)
@@ -152,7 +161,7 @@ def test_pixel_scale_resizes_through_load_batch(ct64):
 
 def test_embedding_scores_are_distances_between_normalised_features(ct64):
     pytest.importorskip("torchvision")
-    est = SimilarityMembership(
+    est = Sim(
         measure="embedding",
         backbone="mobilenet_v2",
         weights=None,
@@ -169,7 +178,7 @@ def test_embedding_scores_are_distances_between_normalised_features(ct64):
     # a generated image itself is at distance 0
     assert est.score_samples(ct64[:1])[0] == pytest.approx(0.0, abs=1e-3)
     # same random_state, same network
-    again = SimilarityMembership(**est.get_params()).fit(generated=ct64[:5])
+    again = Sim(**est.get_params()).fit(generated=ct64[:5])
     np.testing.assert_allclose(again.index_.transform(ct64[:2]), feats[:2], atol=1e-6)
 
 
@@ -179,7 +188,7 @@ def test_embedding_scores_are_distances_between_normalised_features(ct64):
 
 def test_count_statistic_is_fraction_within_generated_radius():
     gen = flat([0, 10, 20, 30, 100])
-    est = SimilarityMembership(
+    est = Sim(
         measure="pixel", statistic="count", radius_quantile=0.3, radius_sample=5, rule="top"
     ).fit(generated=gen)
     v = np.array([0, 10, 20, 30, 100.0])
@@ -201,7 +210,7 @@ def test_reference_calibration_subtracts_closeness_to_non_members():
     gen = flat([0, 100])
     real = flat([5, 40, 90, 200])
     y = np.array([1, 0, 1, 0])
-    est = SimilarityMembership(measure="pixel", calibration="reference").fit(real, y, generated=gen)
+    est = Sim(measure="pixel", calibration="reference").fit(real, y, generated=gen)
     # dev scores: closeness to the generated set minus closeness to the other non-members
     # 5: -5 - (-35)=30; 40: -40 - (-160)=120 (itself left out); 90: -10 - (-50)=40;
     # 200: -100 - (-160)=60
@@ -213,9 +222,9 @@ def test_real_calibration_is_a_knn_distance_ratio_to_the_real_images():
     gen = flat([0, 100, 104])
     real = flat([5, 40, 90, 200])
     extra = flat([60, 250])
-    est = SimilarityMembership(
-        measure="pixel", statistic="mean_k", k=2, calibration="real", rule="top"
-    ).fit(real, generated=gen, reference=extra)  # no labels needed
+    est = Sim(measure="pixel", statistic="mean_k", k=2, calibration="real", rule="top").fit(
+        real, generated=gen, reference=extra
+    )  # no labels needed
     assert est.describe()["reference_images"] == 6
 
     def want(v, others):
@@ -237,9 +246,9 @@ def test_real_calibration_is_a_knn_distance_ratio_to_the_real_images():
 def test_real_calibration_with_ssim_uses_one_minus_ssim_and_labels_only_for_the_rule(ct64):
     gen, real = ct64[:6], ct64[6:]
     y = [1, 0, 1, 0, 1, 0]
-    est = SimilarityMembership(
-        measure="ssim", statistic="max", calibration="real", rule="calibrated"
-    ).fit(real, y, generated=gen)
+    est = Sim(measure="ssim", statistic="max", calibration="real", rule="calibrated").fit(
+        real, y, generated=gen
+    )
     s_gen = skimage_matrix(real, gen).max(1)
     rr = skimage_matrix(real, real)
     np.fill_diagonal(rr, -np.inf)
@@ -252,7 +261,7 @@ def test_real_calibration_with_ssim_uses_one_minus_ssim_and_labels_only_for_the_
 def test_real_calibration_of_counts_is_a_ratio_of_shares_within_the_radius():
     gen = flat([0, 2, 4, 100])
     real = flat([1, 3, 60, 200])
-    est = SimilarityMembership(
+    est = Sim(
         measure="pixel", statistic="count", radius_quantile=0.25, calibration="real", rule="top"
     ).fit(real, generated=gen)
     r = est.radius_
@@ -277,7 +286,7 @@ def test_real_calibration_of_counts_is_a_ratio_of_shares_within_the_radius():
     ],
 )
 def test_real_calibration_errors(ct64, params, fit_kw, match):
-    est = SimilarityMembership(measure="pixel", calibration="real", rule="top", **params)
+    est = Sim(measure="pixel", calibration="real", rule="top", **params)
     ref = {"two": ct64[:2], "one": np.stack([ct64[0], ct64[0]]), "path": "x.png"}
     kw = {k: ref[v] for k, v in fit_kw.items()}
     with pytest.raises((ValueError, TypeError), match=match):
@@ -304,9 +313,9 @@ def test_density_calibration_is_a_leave_one_out_kde_ratio():
 
     real = np.stack([real_of(c) for c in np.concatenate([centres_used, centres_unused])])
     y = np.r_[np.ones(6), np.zeros(6)].astype(int)
-    est = SimilarityMembership(
-        measure="pixel", calibration="density", n_components=2, random_state=0
-    ).fit(real, y, generated=gen)
+    est = Sim(measure="pixel", calibration="density", n_components=2, random_state=0).fit(
+        real, y, generated=gen
+    )
     assert est.pca_.n_components_ == 2
     # the fitted dev scores equal an explicit leave-one-out KDE ratio
     z = est.pca_.transform(est.index_.transform(real)).astype(np.float64)
@@ -339,7 +348,7 @@ def test_calibrated_rule_threshold_from_development_images():
     gen = flat([0, 100, 200])
     real = flat([2, 50, 97, 150, 204, 175])
     y = np.array([1, 0, 1, 0, 1, 0])
-    est = SimilarityMembership(measure="pixel").fit(real, y, generated=gen)
+    est = Sim(measure="pixel").fit(real, y, generated=gen)
     # closeness: -2, -50, -3, -50, -4, -25 -> threshold between -25 and -4
     assert est.threshold_ == pytest.approx(-14.5, abs=1e-3)
     assert est.dev_value_ == 1.0
@@ -351,7 +360,7 @@ def test_real_real_rule():
     # real images 0, 60, 120, 180: each one's nearest other real is 60 away; median -60
     real = flat([0, 60, 120, 180])
     gen = flat([1, 119])
-    est = SimilarityMembership(measure="pixel", rule="real_real").fit(real, generated=gen)
+    est = Sim(measure="pixel", rule="real_real").fit(real, generated=gen)
     assert est.real_threshold_ == pytest.approx(-60, abs=1e-3)
     # closest generated: 0 -> 1 away, 60 -> 58, 180 -> 61, 240 -> 121
     np.testing.assert_array_equal(est.predict(flat([0, 60, 180, 240])), [1, 1, 0, 0])
@@ -360,13 +369,13 @@ def test_real_real_rule():
 def test_real_real_rule_quantile_and_transductive():
     real = flat([0, 60, 120, 180])
     gen = flat([1, 119])
-    strict = SimilarityMembership(measure="pixel", rule="real_real", real_quantile=1.0)
+    strict = Sim(measure="pixel", rule="real_real", real_quantile=1.0)
     strict.fit(real, generated=gen)
     assert strict.real_threshold_ == pytest.approx(-60, abs=1e-3)
     np.testing.assert_array_equal(strict.predict(flat([0, 120, 250])), [1, 1, 0])
     # without development images, the images predicted give the real-real similarities:
     # 0, 30, 120, 250 -> nearest others 30, 30, 90, 130 -> median -60
-    est = SimilarityMembership(measure="pixel", rule="real_real").fit(generated=gen)
+    est = Sim(measure="pixel", rule="real_real").fit(generated=gen)
     assert est.real_threshold_ is None
     np.testing.assert_array_equal(est.predict(flat([0, 30, 120, 250])), [1, 1, 1, 0])
 
@@ -374,7 +383,7 @@ def test_real_real_rule_quantile_and_transductive():
 def test_retrieval_rule_votes():
     queries = flat([0, 100, 200, 50])
     gen = flat([1, 2, 99, 104, 180, 48, 52])
-    est = SimilarityMembership(measure="pixel", rule="retrieval", block_size=2).fit(generated=gen)
+    est = Sim(measure="pixel", rule="retrieval", block_size=2).fit(generated=gen)
     # nearest query of each generated image: 0, 0, 100, 100, 200, 50, 50
     np.testing.assert_array_equal(est.score_samples(queries), [2, 2, 1, 2])
     np.testing.assert_array_equal(est.predict(queries), [1, 1, 1, 1])
@@ -386,14 +395,12 @@ def test_retrieval_rule_votes():
 def test_top_fraction_rule():
     gen = flat([0])
     queries = flat([5, 50, 10, 80, 1])
-    est = SimilarityMembership(measure="pixel", rule="top", fraction=0.4).fit(generated=gen)
+    est = Sim(measure="pixel", rule="top", fraction=0.4).fit(generated=gen)
     np.testing.assert_array_equal(est.predict(queries), [1, 0, 0, 0, 1])
     dec = est.decision_function(queries)
     np.testing.assert_array_equal(dec > 0, est.predict(queries).astype(bool))
     # default fraction: the share of used images among the development labels
-    est = SimilarityMembership(measure="pixel", rule="top").fit(
-        flat([1, 2, 3, 4]), [1, 0, 0, 0], generated=gen
-    )
+    est = Sim(measure="pixel", rule="top").fit(flat([1, 2, 3, 4]), [1, 0, 0, 0], generated=gen)
     assert est.fraction_ == 0.25
     np.testing.assert_array_equal(est.predict(queries[:4]), [1, 0, 0, 0])
 
@@ -426,14 +433,10 @@ def _leaky_split(seed=0):
 )
 def test_no_test_label_reaches_the_decision(params):
     gen, x_dev, y_dev, x_test, y_test = _leaky_split()
-    base = evaluate_split(
-        SimilarityMembership(random_state=0, **params), gen, x_dev, y_dev, x_test, y_test
-    )
+    base = evaluate_split(Sim(random_state=0, **params), gen, x_dev, y_dev, x_test, y_test)
     rng = np.random.default_rng(5)
     for flip in (rng.permutation(y_test), 1 - y_test, np.zeros_like(y_test)):
-        other = evaluate_split(
-            SimilarityMembership(random_state=0, **params), gen, x_dev, y_dev, x_test, flip
-        )
+        other = evaluate_split(Sim(random_state=0, **params), gen, x_dev, y_dev, x_test, flip)
         np.testing.assert_array_equal(other["predictions"], base["predictions"])
         np.testing.assert_array_equal(other["scores"], base["scores"])
         assert other["describe"] == base["describe"]
@@ -443,8 +446,8 @@ def test_no_test_label_reaches_the_decision(params):
 
 def test_development_labels_move_the_calibrated_threshold():
     gen, x_dev, y_dev, *_ = _leaky_split()
-    a = SimilarityMembership().fit(x_dev, y_dev, generated=gen)
-    b = SimilarityMembership().fit(x_dev, 1 - y_dev, generated=gen)
+    a = Sim().fit(x_dev, y_dev, generated=gen)
+    b = Sim().fit(x_dev, 1 - y_dev, generated=gen)
     assert a.threshold_ != b.threshold_
 
 
@@ -456,8 +459,8 @@ def test_streamed_generated_set_equals_cached(tmp_path):
     paths = synthetic.write_pngs(tmp_path / "gen", 10, size=32, seed=6)
     real = synthetic.make_slices(4, size=32, seed=7)
     for measure in ("ssim", "pixel"):
-        cached = SimilarityMembership(measure=measure, rule="top", statistic="mean_k", k=3)
-        streamed = SimilarityMembership(**{**cached.get_params(), "max_cache_bytes": 0})
+        cached = Sim(measure=measure, rule="top", statistic="mean_k", k=3)
+        streamed = Sim(**{**cached.get_params(), "max_cache_bytes": 0})
         streamed.set_params(block_size=3)
         cached.fit(generated=paths)
         streamed.fit(generated=paths)
@@ -485,7 +488,7 @@ def test_estimator_contract(ct64):
     from sklearn.exceptions import NotFittedError
     from sklearn.utils.estimator_checks import check_no_attributes_set_in_init
 
-    est = SimilarityMembership(measure="pixel", rule="top", k=3)
+    est = Sim(measure="pixel", rule="top", k=3)
     check_no_attributes_set_in_init("SimilarityMembership", est)
     assert clone(est).get_params() == est.get_params()
     with pytest.raises(NotFittedError):
@@ -508,7 +511,7 @@ def test_estimator_contract(ct64):
     ],
 )
 def test_bad_settings_are_explained(ct64, params, fit_args, match):
-    est = SimilarityMembership(**params)
+    est = Sim(**params)
     args = (ct64[4:8], [1, 0, 1, 0]) if fit_args else ()
     with pytest.raises(ValueError, match=match):
         est.fit(*args, generated=ct64[:4])
@@ -598,7 +601,7 @@ def test_cross_val_score_routes_generated_as_a_fit_parameter():
     X, y, gen = _sk_data()
     assert len(gen) != len(X)
     cv = StratifiedKFold(3, shuffle=True, random_state=0)
-    est = SimilarityMembership(measure="pixel", random_state=0)
+    est = Sim(measure="pixel", random_state=0)
     got = cross_val_score(est, list(X), y, cv=cv, params={"generated": gen})
     np.testing.assert_array_equal(got, _manual_cv(est, X, y, gen, cv))
     assert got.mean() > 0.7  # the leak is found
@@ -610,10 +613,10 @@ def test_grid_search_with_generated_as_a_fit_parameter():
     X, y, gen = _sk_data()
     cv = StratifiedKFold(3, shuffle=True, random_state=1)
     grid = {"statistic": ["max", "mean_k"], "k": [2]}
-    search = GridSearchCV(SimilarityMembership(measure="ssim"), grid, cv=cv)
+    search = GridSearchCV(Sim(measure="ssim"), grid, cv=cv)
     search.fit(X, y, generated=gen)
     for i, params in enumerate(search.cv_results_["params"]):
-        est = SimilarityMembership(measure="ssim", **params)
+        est = Sim(measure="ssim", **params)
         want = _manual_cv(est, X, y, gen, cv)
         assert search.cv_results_["mean_test_score"][i] == pytest.approx(want.mean())
     assert search.best_estimator_.n_generated_ == len(gen)
@@ -629,7 +632,7 @@ def test_a_generated_set_as_long_as_X_needs_an_index():
     X, y, gen = _sk_data()
     gen = gen[: len(X)]
     cv = StratifiedKFold(3)
-    est = SimilarityMembership(measure="pixel", rule="top")
+    est = Sim(measure="pixel", rule="top")
     sliced = cross_validate(est, X, y, cv=cv, params={"generated": gen}, return_estimator=True)
     assert [e.n_generated_ for e in sliced["estimator"]] == [16, 16, 16]  # the hazard
     index = GeneratedIndex(measure="pixel").fit(gen)
@@ -638,7 +641,7 @@ def test_a_generated_set_as_long_as_X_needs_an_index():
     assert [e.n_generated_ for e in whole["estimator"]] == [24, 24, 24]
     np.testing.assert_array_equal(whole["test_score"], _manual_cv(est, X, y, gen, cv))
     # other settings than the index's: re-indexed on the same images, the index left alone
-    ssim = SimilarityMembership(measure="ssim", rule="top").fit(X, y, generated=index)
+    ssim = Sim(measure="ssim", rule="top").fit(X, y, generated=index)
     assert ssim.index_ is not index and ssim.index_.measure == "ssim" and index.measure == "pixel"
     assert ssim.n_generated_ == 24
     with pytest.raises(ValueError, match="not fitted"):
@@ -651,7 +654,7 @@ def test_pipeline_clone_and_routing():
     from sklearn.preprocessing import FunctionTransformer
 
     X, y, gen = _sk_data()
-    est = SimilarityMembership(measure="pixel", calibration="reference", random_state=0)
+    est = Sim(measure="pixel", calibration="reference", random_state=0)
     want = clone(est).fit(X[:8], y[:8], generated=gen)
     pipe = Pipeline([("m", est)]).fit(X[:8], y[:8], m__generated=gen)
     np.testing.assert_array_equal(pipe.predict(X[8:]), want.predict(X[8:]))
@@ -664,25 +667,25 @@ def test_pipeline_clone_and_routing():
 
 def test_n_jobs_minus_one_and_random_state_objects():
     X, y, gen = _sk_data()
-    one = SimilarityMembership(measure="ssim", n_jobs=1).fit(X, y, generated=gen)
-    every = SimilarityMembership(measure="ssim", n_jobs=-1).fit(X, y, generated=gen)
+    one = Sim(measure="ssim", n_jobs=1).fit(X, y, generated=gen)
+    every = Sim(measure="ssim", n_jobs=-1).fit(X, y, generated=gen)
     assert every.index_.n_threads_ >= 1
     np.testing.assert_array_equal(every.score_samples(X), one.score_samples(X))
     # the radius subsample is drawn from random_state: an int or a RandomState
     params = {"measure": "pixel", "statistic": "count", "radius_sample": 5, "rule": "top"}
-    a = SimilarityMembership(random_state=np.random.RandomState(3), **params)
-    b = SimilarityMembership(random_state=np.random.RandomState(3), **params)
+    a = Sim(random_state=np.random.RandomState(3), **params)
+    b = Sim(random_state=np.random.RandomState(3), **params)
     assert a.fit(generated=gen).radius_ == b.fit(generated=gen).radius_
-    SimilarityMembership(random_state=7, **params).fit(generated=gen)
+    Sim(random_state=7, **params).fit(generated=gen)
     with pytest.raises(ValueError, match="random_state: expected None or an integer"):
-        SimilarityMembership(random_state="seed", **params).fit(generated=gen)
+        Sim(random_state="seed", **params).fit(generated=gen)
 
 
 def test_device_defaults_to_auto_and_errors_are_resolve_devices():
     pytest.importorskip("torch")
     from ctfp._util import resolve_device
 
-    assert SimilarityMembership().device == "auto"
+    assert Sim().device == "auto"
     X, y, gen = _sk_data()
     for bad in ("cuda:99", "mps"):
         try:
@@ -692,16 +695,16 @@ def test_device_defaults_to_auto_and_errors_are_resolve_devices():
         else:  # this machine has it
             continue
         for measure in ("pixel", "ssim"):
-            est = SimilarityMembership(measure=measure, device=bad, rule="top")
+            est = Sim(measure=measure, device=bad, rule="top")
             with pytest.raises(ValueError) as got:
                 est.fit(generated=gen)
             assert str(got.value) == want
     with pytest.raises(ValueError) as got:  # a malformed device: resolve_device's words too
-        SimilarityMembership(device="gpu").fit(X, y, generated=gen)
+        Sim(device="gpu").fit(X, y, generated=gen)
     with pytest.raises(ValueError) as want_gpu:
         resolve_device("gpu")
     assert str(got.value) == str(want_gpu.value)
-    est = SimilarityMembership(measure="pixel", device="cpu", rule="top").fit(generated=gen)
+    est = Sim(measure="pixel", device="cpu", rule="top").fit(generated=gen)
     assert est.device_ == "cpu"
 
 
@@ -709,7 +712,8 @@ def test_ssim_on_auto_device_imports_no_torch():
     code = (
         "import sys, numpy as np; from ctfp.membership.similarity import SimilarityMembership;"
         "g = np.random.default_rng(0).integers(0, 256, (6, 16, 16), dtype=np.uint8);"
-        "SimilarityMembership(rule='top').fit(generated=g).predict(g);"
+        "SimilarityMembership(measure='ssim', calibration=None, rule='top')"
+        ".fit(generated=g).predict(g);"
         "print('torch' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -721,7 +725,7 @@ def test_no_process_wide_torch_thread_setting(ct64, monkeypatch):
     pytest.importorskip("torchvision")
     calls = []
     monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(n))
-    est = SimilarityMembership(
+    est = Sim(
         measure="embedding", backbone="mobilenet_v2", weights=None, image_size=32, rule="top",
         n_jobs=1, device="cpu", random_state=0,
     )  # fmt: skip
@@ -733,9 +737,9 @@ def test_rule_none_only_scores_and_calibration_has_one_home():
     from ctfp.membership.decision import CalibratedThreshold, best_threshold
 
     gen, x_dev, y_dev, x_test, _ = _leaky_split()
-    est = SimilarityMembership(measure="pixel", rule=None).fit(x_dev, y_dev, generated=gen)
+    est = Sim(measure="pixel", rule=None).fit(x_dev, y_dev, generated=gen)
     scores = est.score_samples(x_test)
-    full = SimilarityMembership(measure="pixel").fit(x_dev, y_dev, generated=gen)
+    full = Sim(measure="pixel").fit(x_dev, y_dev, generated=gen)
     np.testing.assert_array_equal(scores, full.score_samples(x_test))
     with pytest.raises(ValueError, match="rule=None"):
         est.predict(x_test)
@@ -744,3 +748,20 @@ def test_rule_none_only_scores_and_calibration_has_one_home():
     # rule="calibrated" calibrates with decision.py's CalibratedThreshold, nothing else
     assert isinstance(full.calibrator_, CalibratedThreshold)
     assert (full.threshold_, full.dev_value_) == best_threshold(full.dev_scores_, y_dev)
+
+
+def test_defaults_are_the_benchmarks_winning_pixel_setting(ct64):
+    """The estimator's defaults are `ctfp run --method sim-pixel`'s settings."""
+    from ctfp.imageclef.experiments import SIMILARITY_KEYS, SIMILARITY_PRESETS
+
+    preset = SIMILARITY_PRESETS[SIMILARITY_KEYS["sim-pixel"]]
+    params = SimilarityMembership().get_params()
+    assert {k: params[k] for k in preset} == preset
+    assert params["rule"] == "calibrated"
+    gen, dev = ct64[:6], ct64[6:]
+    est = SimilarityMembership().fit(dev, [1, 0, 1, 0, 1, 0], generated=gen)
+    assert est.describe()["calibration"] == "real" and est.image_size_ == (64, 64)
+    with pytest.raises(ValueError, match="at least two different real images"):
+        SimilarityMembership(rule="top").fit(generated=gen)
+    with pytest.raises(ValueError, match="takes calibration=None"):
+        SimilarityMembership(rule="real_real").fit(dev, generated=gen)

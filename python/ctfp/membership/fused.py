@@ -50,16 +50,13 @@ from ctfp.membership.index import GeneratedIndex, require_fitted
 
 __all__ = ["DEFAULT_MEMBERS", "FusedGenerated", "FusedMembership"]
 
-#: The default members: transform-robust closeness (the best of a few moved versions of the
-#: query) by pixels at 64x64 over a 5x5 grid of shifts, by pixels at 32x32 over small rotations,
-#: shifts and zooms, and by SSIM at 64x64 over shifts. On the demo's leaky data these were the
-#: best single scores (docs/similarity.md, "What helped"); no calibrated member, since
-#: calibration against development non-members biases development scores when non-members
-#: share patients.
+#: The default members: the best pixel and SSIM settings of the realistic leak benchmark's
+#: development split (docs/benchmark_presets.md; ``ctfp run --method sim-fused``): the mean
+#: distance to the 10 closest generated images at 64x64 by pixels and by SSIM, each as a
+#: density ratio to the real images (``calibration="real"``).
 DEFAULT_MEMBERS: tuple[dict[str, Any], ...] = (
-    {"measure": "pixel", "image_size": 64, "statistic": "max", "query_transforms": "shift-grid"},
-    {"measure": "pixel", "image_size": 32, "statistic": "max", "query_transforms": "small"},
-    {"measure": "ssim", "image_size": 64, "statistic": "max", "query_transforms": "shift"},
+    {"measure": "pixel", "image_size": 64, "statistic": "mean_k", "k": 10, "calibration": "real"},
+    {"measure": "ssim", "image_size": 64, "statistic": "mean_k", "k": 10, "calibration": "real"},
 )
 
 _SHARED = ("device", "n_jobs", "random_state", "index_cache")

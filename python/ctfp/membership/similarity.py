@@ -151,11 +151,17 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
 
     See the module docstring for the measures, statistics, calibrations and rules.
 
+    The defaults are the settings that won on the realistic leak benchmark's development split
+    (docs/benchmark_presets.md; ``ctfp run --method sim-pixel``): pixels at 64x64, the mean
+    distance to the 5 closest generated images, as a density ratio to the real images
+    (``calibration="real"``), threshold calibrated on the labelled development images.
+
     Parameters
     ----------
     measure, image_size, backbone, weights : see :class:`~ctfp.membership.index.GeneratedIndex`
-        What closeness is measured on (``"ssim"``, ``"pixel"`` or ``"embedding"``), at which
-        size, and for embeddings with which network.
+        What closeness is measured on (``"pixel"``, default, ``"ssim"`` or ``"embedding"``), at
+        which size (default 64x64; ``None``: the first image's own size), and for embeddings
+        with which network.
     statistic : {"max", "mean_k", "count"}
     k : int
         Neighbours averaged by ``"mean_k"``.
@@ -235,15 +241,15 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
     def __init__(
         self,
         *,
-        measure: str = "ssim",
-        image_size: int | tuple[int, int] | None = None,
+        measure: str = "pixel",
+        image_size: int | tuple[int, int] | None = 64,
         backbone: str = "efficientnet_lite0",
         weights: str | os.PathLike[str] | None = "auto",
-        statistic: str = "max",
+        statistic: str = "mean_k",
         k: int = 5,
         radius_quantile: float = 0.01,
         radius_sample: int = 64,
-        calibration: str | None = None,
+        calibration: str | None = "real",
         n_components: int = 8,
         rule: str | None = "calibrated",
         metric: str = "accuracy",
