@@ -279,7 +279,7 @@ def test_similarity_embedding_uses_torch_threads_then_restores(monkeypatch):
     try:
         est = ctfp.SimilarityMembership(
             measure="embedding", backbone="mobilenet_v2", weights=None, image_size=32,
-            device="cpu", torch_threads=1, rule="top", statistic="max",
+            device="cpu", torch_threads=1, rule="top", statistic="max", calibration=None,
         )  # fmt: skip
         assert est.get_params()["torch_threads"] == 1
         est.fit(generated=X)
