@@ -18,6 +18,11 @@ One process, one run, one card. For MobileNetV2, ResNet-50 and DenseNet-121 at 2
   the ceiling ``fit`` is measured against (``fit / bare``).
 - ``loader``: ctfp's uint8 grey loader alone (augmenting, decode cache warm), images/s.
 - ESRGAN x4 upscaling images/s from ``benches/esrgan_gpu.py``'s ``run`` when that file exists.
+- ``first-epoch study`` (first, on the cold process; ``--no-first-epoch-study`` skips it): the
+  seconds to load the GPU libraries, then MobileNetV2 at 224 fitted with cuDNN autotuning off and
+  on, each epoch's seconds: where the first epoch's extra time goes, and whether autotuning
+  pays for itself (:func:`first_epoch_study`). The rows after it no longer pay the libraries'
+  loading in their first epoch.
 
 Targets: fit >= 0.9x the bare step per row, loader wait < 5 % of the epoch, epoch 1 <= 1.5x
 epoch 2. Prints a Markdown table naming the card; ``--json``/``--md`` write the results.
@@ -268,6 +273,86 @@ def _fmt(v: Any, spec: str) -> str:
     return "-" if v is None else format(v, spec)
 
 
+#: The first-epoch study: (backbone, input size, batch, samples per epoch), epochs per fit
+STUDY = ("mobilenet_v2", 224, 256, 4096)
+SMOKE_STUDY = ("mobilenet_v2", 32, 4, 8)
+STUDY_EPOCHS = 3
+
+
+def first_epoch_study(
+    paths: list[str], device: Any, spec: tuple[str, int, int, int]
+) -> dict[str, Any]:
+    """Where the first epoch's extra seconds go, on a cold process (run before the rows):
+    ``libraries_s``, one small fp16 channels-last convolution forward and backward (loads cuDNN
+    and cuBLAS); then the same ``fit`` twice, cuDNN autotuning off (``ctfp.models.training.
+    cudnn_autotune`` replaced for the fit by the switched-off block) and on (the default), each
+    with its epochs' seconds, epoch 1 / 2 and the later epochs' images/s. Autotuning pays once
+    per new layer shape; whether it pays for itself is the later epochs' images/s."""
+    import torch
+
+    from ctfp import FingerprintClassifier
+    from ctfp._util import cudnn_autotune
+    from ctfp.models import training
+
+    backbone, size, batch, n = spec
+    out: dict[str, Any] = {"backbone": backbone, "size": size, "batch": batch, "samples": n}
+    t0 = time.perf_counter()
+    conv = torch.nn.Conv2d(3, 8, 3).to(device).to(memory_format=torch.channels_last)
+    x = torch.randn(8, 3, 32, 32, device=device).to(memory_format=torch.channels_last)
+    with torch.autocast(device.type, enabled=device.type == "cuda"):
+        conv(x).float().sum().backward()
+    _sync(device)
+    out["libraries_s"] = time.perf_counter() - t0
+    files = [paths[k % len(paths)] for k in range(n)]
+    y = np.arange(n) % 2
+    for name, autotune in (("autotune off", False), ("autotune on", True)):
+        original = training.cudnn_autotune
+        if not autotune:
+            training.cudnn_autotune = lambda enabled=True: cudnn_autotune(False)  # type: ignore[assignment]
+        try:
+            clf = FingerprintClassifier(
+                backbone=backbone, weights=None, image_size=size, batch_size=batch,
+                max_epochs=STUDY_EPOCHS, random_state=0, device=str(device),
+            )  # fmt: skip
+            t0 = time.perf_counter()
+            clf.fit(files, y)
+            secs = [r["seconds"] for r in clf.history_]
+            out[name] = {
+                "fit_total_s": time.perf_counter() - t0,
+                "epoch_s": secs,
+                "epoch1_over_epoch2": secs[0] / secs[1],
+                "later_images_per_s": statistics.fmean(r["images_per_s"] for r in clf.history_[1:]),
+            }
+        finally:
+            training.cudnn_autotune = original  # type: ignore[assignment]
+        del clf
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    return out
+
+
+def study_lines(st: dict[str, Any]) -> list[str]:
+    if not st or "error" in st:
+        return ["", f"First-epoch study: {st.get('error', 'not run')}"] if st else []
+    lines = [
+        "",
+        f"First-epoch study ({st['backbone']} {st['size']}, batch {st['batch']}, {st['samples']} "
+        f"samples, {STUDY_EPOCHS} epochs, run first in the process): loading the GPU libraries "
+        f"{st['libraries_s']:.2f} s",
+        "",
+        "| cuDNN autotuning | epoch seconds | epoch 1 / 2 | epochs 2+ img/s |",
+        "| --- | --- | ---: | ---: |",
+    ]
+    for name in ("autotune off", "autotune on"):
+        r = st[name]
+        secs = ", ".join(f"{v:.2f}" for v in r["epoch_s"])
+        lines.append(
+            f"| {name.split()[1]} | {secs} | {r['epoch1_over_epoch2']:.2f} | "
+            f"{r['later_images_per_s']:,.0f} |"
+        )
+    return lines
+
+
 def table(results: dict[str, Any]) -> list[str]:
     lines = [
         "| model | input | batch | bare step img/s | fit img/s | fit / bare | loader wait | "
@@ -316,6 +401,7 @@ def table(results: dict[str, Any]) -> list[str]:
                 )
     elif es:
         lines += ["", f"ESRGAN: {es.get('skipped') or es.get('error') or 'no rows'}"]
+    lines += study_lines(results.get("first_epoch") or {})
     return lines
 
 
@@ -329,6 +415,7 @@ def run(
     budget_s: float = 200.0,
     esrgan_budget_s: float = 60.0,
     workdir: str | None = None,
+    first_epoch: bool = True,
 ) -> dict[str, Any]:
     import torch
 
@@ -368,6 +455,22 @@ def run(
     report(f"bench_gpu: {results['device']}, torch {results['torch']}, ctfp {results['ctfp']}")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         pngs: dict[tuple[int, int], list[str]] = {}
+        if first_epoch:  # on the cold process, before any row
+            backbone, size, batch, n, distinct, src = rows[0]
+            try:
+                t0 = time.perf_counter()
+                pngs[distinct, src] = write_pngs(Path(tmp) / f"{src}", distinct, src)
+                results["first_epoch"] = first_epoch_study(
+                    pngs[distinct, src], device, SMOKE_STUDY if cpu_smoke else STUDY
+                )
+                report(
+                    f"  first-epoch study: {time.perf_counter() - t0:.1f} s "
+                    f"(libraries {results['first_epoch']['libraries_s']:.2f} s)"
+                )
+            except Exception as exc:  # the study must not lose the rows
+                results["first_epoch"] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+                report(f"  first-epoch study: error {results['first_epoch']['error']}")
+            save()
         for backbone, size, batch, n, distinct, src in rows:
             row: dict[str, Any] = {"backbone": backbone, "size": size, "batch": batch}
             results["rows"].append(row)
@@ -431,10 +534,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-s", type=float, default=200.0, help="no new row starts after this")
     p.add_argument("--esrgan-budget-s", type=float, default=60.0, help="for esrgan_gpu.run")
     p.add_argument("--workdir", help="where the synthetic PNGs go (default: the temp folder)")
+    p.add_argument("--no-first-epoch-study", action="store_true", help="skip the first-epoch study")
     a = p.parse_args(argv)
     results = run(
         print, json_path=a.json, md_path=a.md, cpu_smoke=a.cpu_smoke, epochs=a.epochs,
         budget_s=a.budget_s, esrgan_budget_s=a.esrgan_budget_s, workdir=a.workdir,
+        first_epoch=not a.no_first_epoch_study,
     )  # fmt: skip
     errors = [r for r in results.get("rows", []) if "error" in r]
     return 1 if errors else 0

@@ -4,12 +4,12 @@
 # abi3 wheel from dist/, then
 #   1. versions   python, torch, CUDA, cuDNN, ctfp (and where it was imported from), the GPU
 #   2. tests      pytest -m gpu on a copy of tests/ in a temporary folder (the wheel, not python/)
-#   3. bench      benches/bench_gpu.py --json/--md  (fit vs bare step, loader wait, epoch 1 / 2,
-#                 predict, ESRGAN)
+#   3. bench      benches/bench_gpu.py --json/--md  (first-epoch study, fit vs bare step,
+#                 loader wait, epoch 1 / 2, predict, ESRGAN)
 #   4. ddp        benches/ddp_check.py under torchrun, 2 processes (when that file exists)
 # Each stage's output goes to $OUT/<stage>.log; a failing stage does not stop the later ones; the
-# exit code is non-zero when any stage failed ($OUT/summary.txt lists them). About 4 minutes on an
-# H100/H200 (timeouts: tests 100 s, bench 240 s, ddp 75 s).
+# exit code is non-zero when any stage failed ($OUT/summary.txt lists them). About 5 minutes on an
+# H100/H200 (timeouts: tests 100 s, bench 300 s, ddp 75 s).
 #
 #   make wheel                       # here: dist/ctfp-<version>-cp310-abi3-manylinux_2_17_x86_64...whl
 #   OUT=out/gpu bash benches/gpu_check.sh             # there, from the repository root
@@ -51,7 +51,7 @@ if [ "$CPU_MODE" = 1 ]; then
     echo "GPU_CHECK_ALLOW_CPU=1: no wheel, $PYTHON with the ctfp it imports, CPU smoke runs"
 else
     PYTHON=${PYTHON:-python3}
-    BENCH_FLAGS=(--budget-s 150 --esrgan-budget-s 50)
+    BENCH_FLAGS=(--budget-s 200 --esrgan-budget-s 50)
     install_wheel() {
         local whl
         whl=$(ls dist/ctfp-*abi3*manylinux*x86_64*.whl 2>/dev/null | head -n1 || true)
@@ -115,7 +115,7 @@ stage tests 100 bash -c 'cd "$1" && shift && "$0" -m pytest -q -m gpu -p no:cach
     "$PYTHON" "$WORK" "${GPU_TEST_FILES[@]}"
 
 # -- bench -----------------------------------------------------------------------------------------
-stage bench 240 "$PYTHON" benches/bench_gpu.py --json "$OUT/bench_gpu.json" \
+stage bench 300 "$PYTHON" benches/bench_gpu.py --json "$OUT/bench_gpu.json" \
     --md "$OUT/bench_gpu.md" --workdir "$WORK" "${BENCH_FLAGS[@]}"
 
 # -- two-process DDP -------------------------------------------------------------------------------

@@ -463,3 +463,32 @@ def test_cuda_slots_wait_for_their_copies_while_the_copy_stream_is_busy():
     for x, b in zip(fed, batches, strict=True):
         want = np.repeat(b.astype(np.float32) / 255, 3, axis=1)
         np.testing.assert_allclose(x.cpu().numpy(), want, rtol=0, atol=1e-6)
+
+
+def test_bench_gpu_cpu_smoke_runs_the_first_epoch_study(tmp_path, monkeypatch):
+    """benches/bench_gpu.py end to end on the CPU (its numbers mean nothing there): every row,
+    and the first-epoch study with autotuning off and on, each restoring ctfp's switch."""
+    import json
+    import sys
+    from pathlib import Path
+
+    benches = Path(__file__).resolve().parents[1] / "benches"
+    if not (benches / "bench_gpu.py").is_file():
+        pytest.skip("benches/ is not here (installed package without the repository)")
+    monkeypatch.syspath_prepend(str(benches))
+    import bench_gpu
+
+    monkeypatch.setattr(bench_gpu, "esrgan", lambda report, smoke, budget: {"skipped": "test"})
+    before = training.cudnn_autotune
+    lines: list[str] = []
+    res = bench_gpu.run(lines.append, json_path=str(tmp_path / "b.json"), cpu_smoke=True)
+    assert training.cudnn_autotune is before
+    st = res["first_epoch"]
+    for name in ("autotune off", "autotune on"):
+        assert len(st[name]["epoch_s"]) == bench_gpu.STUDY_EPOCHS
+        assert st[name]["later_images_per_s"] > 0
+    assert st["libraries_s"] >= 0
+    assert all("error" not in r for r in res["rows"])
+    assert any(line.startswith("First-epoch study") for line in "\n".join(lines).split("\n"))
+    assert json.loads((tmp_path / "b.json").read_text())["first_epoch"]["samples"] == 8
+    del sys.modules["bench_gpu"]
