@@ -765,3 +765,21 @@ def test_defaults_are_the_benchmarks_winning_pixel_setting(ct64):
         SimilarityMembership(rule="top").fit(generated=gen)
     with pytest.raises(ValueError, match="takes calibration=None"):
         SimilarityMembership(rule="real_real").fit(dev, generated=gen)
+
+
+def test_real_calibration_leaves_an_image_out_by_its_pixels_for_embeddings_too(ct64):
+    """Embeddings: the key is the image's pixels (decoded again), so an image in the reference set
+    is scored against the others, as if it had never been given; iterators are read once."""
+    pytest.importorskip("torch")
+    gen, real = ct64[:6], ct64[6:]
+    kw = dict(
+        measure="embedding", backbone="mobilenet_v2", weights=None, image_size=32, device="cpu",
+        torch_threads=1, calibration="real", statistic="mean_k", k=2, rule="top", random_state=0,
+    )  # fmt: skip
+    est = SimilarityMembership(**kw).fit(iter(list(real)), generated=gen)
+    assert est.describe()["reference_images"] == 6
+    got = est.score_samples(iter(list(real[:2])))
+    for i in range(2):
+        others = np.delete(real, i, axis=0)
+        alone = SimilarityMembership(**kw).fit(others, generated=gen)
+        np.testing.assert_allclose(got[i], alone.score_samples(real[i : i + 1])[0], rtol=1e-4)

@@ -375,6 +375,8 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         self.image_size_ = self.index_.image_size_
         self.device_ = self.index_.device_
         rng = np.random.default_rng(seed_from(self.random_state))
+        if X is not None and not isinstance(X, np.ndarray):
+            X = list(X)  # read twice for embeddings' keys
         r = None if X is None else self.index_.transform(X)
         self.radius_ = self._fit_radius(rng, r) if self.statistic == "count" else None
 
@@ -387,7 +389,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         self.dev_scores_: np.ndarray | None = None
         self.reference_ = None
         self.reference_keys_: dict[bytes, int] = {}
-        r_keys = None if X is None or self.calibration is None else self._image_keys(X)
+        r_keys = None if X is None or self.calibration is None else self._image_keys(X, r)
         if self.calibration == "real":
             self._fit_real_reference(r, r_keys, reference)
         if r is not None:
@@ -418,12 +420,20 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             self.fraction_ = 0.5 if self.fraction is None else float(self.fraction)
         return self
 
-    def _image_keys(self, X: Any) -> list[bytes]:
-        """One key per image: a hash of its grey pixels at the comparison size, by which an
-        image scored against a reference set that holds it is left out of it (features are not
-        used: embeddings of one image can differ in the last bits between batches)."""
-        imgs = load_images(X, size=self.image_size_, n_threads=self.index_.n_threads_)
-        return [hashlib.blake2b(im.tobytes(), digest_size=16).digest() for im in imgs]
+    def _image_keys(self, X: Any, features: np.ndarray | None = None) -> list[bytes]:
+        """One key per image, by which an image scored against a reference set that holds it is
+        left out of it: a hash of its pixel or SSIM features (``features``, from
+        ``index_.transform``: its grey pixels at the comparison size, one to one), or for
+        embeddings of its grey pixels, decoded again (embeddings of one image can differ in the
+        last bits between batches)."""
+        if features is not None and self.measure != "embedding":
+            rows = self.index_.identity(features)
+        else:
+            rows = load_images(X, size=self.image_size_, n_threads=self.index_.n_threads_)
+        return [
+            hashlib.blake2b(np.ascontiguousarray(row).tobytes(), digest_size=16).digest()
+            for row in rows
+        ]
 
     def _exclusions(self, keys: list[bytes] | None) -> np.ndarray | None:
         """For each image (by key), the reference row that is the same image, or -1."""
@@ -444,8 +454,9 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
                 )
             items = extra if isinstance(extra, np.ndarray) else list(extra)
             if len(items):
-                feats.append(self.index_.identity(self.index_.transform(items)))
-                keys += self._image_keys(items)
+                f = self.index_.transform(items)
+                feats.append(self.index_.identity(f))
+                keys += self._image_keys(items, f)
         self.reference_keys_ = {}
         rows = []
         for i, key in enumerate(keys):
@@ -591,15 +602,16 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         images whose closest image in ``X`` it is.
         """
         require_fitted(self, "index_")
+        X = X if isinstance(X, np.ndarray) else list(X)  # read twice for embeddings' keys
         q = self.index_.transform(X)
         if self.rule == "retrieval":
             return self.index_.search(q, 1, exhaustive=True).votes(len(q))
-        return self._scores(q, loo=self._query_exclusions(X))
+        return self._scores(q, loo=self._query_exclusions(X, q))
 
-    def _query_exclusions(self, X: Any) -> np.ndarray | None:
+    def _query_exclusions(self, X: Any, q: np.ndarray) -> np.ndarray | None:
         if self.calibration is None or not self.reference_keys_:
             return None
-        return self._exclusions(self._image_keys(X))
+        return self._exclusions(self._image_keys(X, q))
 
     def _decide(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """(decision values, predictions) for ``X``: one pass over the generated set."""
@@ -610,11 +622,12 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
                 "a rule from ctfp.membership.decision, or set rule='calibrated', 'real_real', "
                 "'retrieval' or 'top'"
             )
+        X = X if isinstance(X, np.ndarray) else list(X)  # read twice for embeddings' keys
         q = self.index_.transform(X)
         if self.rule == "retrieval":
             votes = self.index_.search(q, 1, exhaustive=True).votes(len(q))
             return votes - (self.min_votes - 0.5), (votes >= self.min_votes).astype(np.int64)
-        s = self._scores(q, loo=self._query_exclusions(X))
+        s = self._scores(q, loo=self._query_exclusions(X, q))
         if self.rule == "calibrated":
             assert self.threshold_ is not None
             return s - self.threshold_, (s >= self.threshold_).astype(np.int64)
