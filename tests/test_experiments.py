@@ -220,6 +220,9 @@ def test_a_similarity_run_has_one_threshold_and_applies_it(demo, tmp_path, prese
     ds = rec["datasets"][0]
     assert [p for p, _ in _thresholds(rec)] == [("datasets", 0, "decision", "threshold")]
     assert ds["similarity"]["rule"] is None
+    # recorded with its own settings, none of the classifier's
+    assert set(rec["method"]) == {"key", "title", "kind", "options"}
+    assert not {"epochs", "batch_size", "lr", "copies", "weights", "sr_cache"} & set(rec["config"])
     # calibration="real": every real image of the dataset, development and test, is the
     # reference (labels unused); each image once
     assert ds["similarity"]["calibration"] == "real"

@@ -60,6 +60,16 @@ class Method:
     kind: str = "classifier"  # or "similarity"
     options: dict = field(default_factory=dict)
 
+    def record(self) -> dict[str, Any]:
+        """What a run's record says of the method: a similarity method's own settings
+        (``options``), without the classifier fields (backbone, weights, super-resolution)
+        that do not apply to it."""
+        out = asdict(self)
+        if self.kind == "similarity":
+            for name in ("backbone", "weights", "super_resolution"):
+                out.pop(name)
+        return out
+
 
 METHODS: dict[str, Method] = {
     "1": Method("1", "Method 1: MobileNetV2, ImageNet-pretrained", "mobilenet_v2", "imagenet"),
@@ -421,6 +431,9 @@ def _run_method(
         verbose=verbose,
         sr_cache=str(sr_cache) if sr_cache is not None else str(out / "esrgan_cache"),
     )
+    if scorer is not None:  # a similarity method: its settings are the method's options
+        for name in ("epochs", "image_size", "batch_size", "lr", "copies", "weights", "sr_cache"):
+            cfg.pop(name)
     dev_sets = find_datasets(data, require="development")
     test_sets = find_datasets(test, require="test") if test is not None else []
     unreadable = _unreadable(dev_sets, test_sets, on_unreadable, threads)
@@ -430,7 +443,7 @@ def _run_method(
         else {}
     )
     record: dict[str, Any] = {
-        "method": asdict(m),
+        "method": m.record(),
         "data": str(data),
         "test": None if test is None else str(test),
         "config": {
@@ -601,9 +614,9 @@ def _mark_interrupted(method: str | int | Method, out: Path) -> None:
     m = method if isinstance(method, Method) else get_method(method)
     path = out / f"record_method{m.key}.json"
     try:
-        record = json.loads(path.read_text()) if path.is_file() else {"method": asdict(m)}
+        record = json.loads(path.read_text()) if path.is_file() else {"method": m.record()}
     except (OSError, ValueError):
-        record = {"method": asdict(m)}
+        record = {"method": m.record()}
     for ds in record.get("datasets", []):
         run_file = ds.pop("run_file", None)
         if run_file:
