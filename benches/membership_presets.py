@@ -64,6 +64,14 @@ def grid(quick: bool) -> list[dict[str, Any]]:
         for st in stats[:5]:
             for cal in CALIBRATIONS:
                 out.append({"measure": "ssim", "image_size": size, **st, "calibration": cal})
+    for size in (32, 64, 128):  # the mean of the k closest images (statistic="centroid")
+        for k in (3, 5, 10, 20):
+            for cal in (None, "real"):
+                out.append(_centroid(size, "pixel", k, cal))
+    for k in (5, 10, 20):
+        for cal in (None, "real"):
+            out.append(_centroid(64, "ssim", k, cal))
+    out.append({**_centroid(64, "pixel", 10, "real"), "query_transforms": "small"})
     for qt in ("shift-grid", "small"):
         for cal, st in (("reference", stats[0]), ("real", stats[3])):
             out.append(
@@ -83,6 +91,16 @@ def grid(quick: bool) -> list[dict[str, Any]]:
 #: calibrations tried: none, against the development non-members, the k-NN density ratio to
 #: all real images (labels unused: here the development images, each left out of its own score)
 CALIBRATIONS = (None, "reference", "real")
+
+
+def _centroid(size: int, measure: str, k: int, cal: str | None) -> dict[str, Any]:
+    return {
+        "measure": measure,
+        "image_size": size,
+        "statistic": "centroid",
+        "k": k,
+        "calibration": cal,
+    }
 
 
 def _real(size: int, measure: str = "pixel", k: int = 10) -> dict[str, Any]:
@@ -109,6 +127,14 @@ FUSED: dict[str, list[dict[str, Any]] | None] = {
         {"measure": "ssim", "image_size": 64, "statistic": "max", "calibration": None},
     ],
     "pixel 64 mean_k 10 + real, SSIM 64 mean_k 10 + real": [_real(64), _real(64, "ssim")],
+    "pixel 64 centroid 10 + real, SSIM 64 mean_k 10 + real": [
+        _centroid(64, "pixel", 10, "real"),
+        _real(64, "ssim"),
+    ],
+    "pixel 64 centroid 10 + real, SSIM 64 centroid 10 + real": [
+        _centroid(64, "pixel", 10, "real"),
+        _centroid(64, "ssim", 10, "real"),
+    ],
     "pixel 64 mean_k 5, 10, 20 + real, SSIM 64 mean_k 10, 20 + real": [
         _real(64, k=5),
         _real(64),
@@ -141,7 +167,7 @@ def label(o: dict[str, Any]) -> str:
     if o.get("estimator") == "fused":
         return f"fused: {o['name']}"
     parts = [f"{o['measure']} {o['image_size']}", o["statistic"]]
-    if o["statistic"] == "mean_k":
+    if o["statistic"] in ("mean_k", "centroid"):
         parts[-1] += f" k={o['k']}"
     if o.get("radius_quantile") is not None:
         parts[-1] += f" radius quantile {o['radius_quantile']}"

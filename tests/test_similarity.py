@@ -783,3 +783,39 @@ def test_real_calibration_leaves_an_image_out_by_its_pixels_for_embeddings_too(c
         others = np.delete(real, i, axis=0)
         alone = SimilarityMembership(**kw).fit(others, generated=gen)
         np.testing.assert_allclose(got[i], alone.score_samples(real[i : i + 1])[0], rtol=1e-4)
+
+
+def test_centroid_statistic_is_closeness_to_the_mean_of_the_k_closest(ct64):
+    """pixel: minus the RMS difference to the average of the k nearest generated images;
+    ssim: SSIM to that average rounded to grey levels; with calibration="real", the same
+    against the k nearest other real images, as a log ratio of distances."""
+    gen, real = ct64[:8], ct64[8:]
+    g = gen.reshape(8, -1).astype(np.float64)
+    r = real.reshape(len(real), -1).astype(np.float64)
+    k = 3
+    est = Sim(measure="pixel", statistic="centroid", k=k, rule="top").fit(generated=gen)
+    want = []
+    for x in r:
+        near = np.argsort(((g - x) ** 2).sum(1), kind="stable")[:k]
+        want.append(-np.sqrt(((g[near].mean(0) - x) ** 2).mean()))
+    np.testing.assert_allclose(est.score_samples(real), want, rtol=1e-4)
+    assert est.describe()["k"] == k
+
+    ssim = Sim(measure="ssim", statistic="centroid", k=k, rule="top").fit(generated=gen)
+    s_all = skimage_matrix(real, gen)
+    want_ssim = []
+    for i, x in enumerate(real):
+        near = np.argsort(-s_all[i], kind="stable")[:k]
+        mean = np.clip(np.rint(gen[near].astype(np.float64).mean(0)), 0, 255).astype(np.uint8)
+        want_ssim.append(structural_similarity(x, mean))
+    np.testing.assert_allclose(ssim.score_samples(real), want_ssim, atol=1e-5)
+
+    cal = Sim(measure="pixel", statistic="centroid", k=k, calibration="real", rule="top")
+    cal.fit(real, generated=gen)
+    want_cal = []
+    for i, x in enumerate(r):
+        others = np.delete(r, i, axis=0)
+        near = np.argsort(((others - x) ** 2).sum(1), kind="stable")[:k]
+        d_real = np.sqrt(((others[near].mean(0) - x) ** 2).mean())
+        want_cal.append(np.log(d_real) - np.log(-want[i]))
+    np.testing.assert_allclose(cal.score_samples(real), want_cal, rtol=1e-4)

@@ -36,7 +36,13 @@ closest generated image, GAN-Leaks' full black-box attack), ``"mean_k"`` (mean o
 closest), ``"count"`` (the fraction of generated images within a radius, Hilprecht et al.'s
 Monte-Carlo estimate; the radius is the ``1 - radius_quantile`` quantile of the closeness of the
 development real images to the generated images, labels unused, or without development images,
-of generated images to each other; it is fixed at fit time).
+of generated images to each other; it is fixed at fit time), ``"centroid"`` (ctfp's: the
+closeness to the *mean* of the ``k`` closest generated images, their average image (rounded to
+grey levels for SSIM) or average feature vector). A generator that memorises an image leaves
+several near-copies of it, each with its own noise; their average cancels the noise and comes
+closer to the image than any one copy, while the closest images of a new one are different
+images whose average is a blur. On the realistic benchmark's development split it was the
+strongest statistic (docs/benchmark_presets.md).
 
 Calibration (``calibration=``): a real image that is close to the generated set may simply be a
 typical image, close to everything; calibration divides that out.
@@ -131,7 +137,7 @@ __all__ = [
     "ssim_matrix",
 ]
 
-STATISTICS = ("max", "mean_k", "count")
+STATISTICS = ("max", "mean_k", "count", "centroid")
 CALIBRATIONS = (None, "real", "reference", "density")
 RULES = (None, "calibrated", "real_real", "retrieval", "top")
 _INDEX_PARAMS = tuple(INDEX_CONSTRAINTS)
@@ -162,9 +168,10 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         What closeness is measured on (``"pixel"``, default, ``"ssim"`` or ``"embedding"``), at
         which size (default 64x64; ``None``: the first image's own size), and for embeddings
         with which network.
-    statistic : {"max", "mean_k", "count"}
+    statistic : {"max", "mean_k", "count", "centroid"}
     k : int
-        Neighbours averaged by ``"mean_k"``.
+        Neighbours averaged by ``"mean_k"`` (their closeness) and ``"centroid"`` (their
+        images).
     radius_quantile : float
         For ``"count"``: the radius is the ``1 - radius_quantile`` quantile of the closeness of
         the development real images (labels unused) to the generated images; without them, of
@@ -522,6 +529,30 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             return np.where(ok, v, 0.0).sum(1) / np.maximum(ok.sum(1), 1)
         return counts / np.maximum(finite, 1)
 
+    def _centroid_closeness(
+        self, q: np.ndarray, idx: np.ndarray, valid: np.ndarray, rows_of: Any
+    ) -> np.ndarray:
+        """Closeness of each query ``q[i]`` to the mean of the rows ``idx[i, valid[i]]``
+        (features from ``rows_of(indices)``), in blocks of queries."""
+        out = np.full(len(q), -np.inf)
+        step = 128
+        for start in range(0, len(q), step):
+            ii, vv = idx[start : start + step], valid[start : start + step]
+            if not vv.any():
+                continue
+            feats = rows_of(ii[vv])
+            rows = np.zeros((*ii.shape, *feats.shape[1:]), np.float64)
+            rows[vv] = feats
+            n = vv.sum(1).reshape(-1, *([1] * (rows.ndim - 2)))
+            mean = rows.sum(1) / np.maximum(n, 1)
+            if self.measure == "ssim":
+                mean = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
+            else:
+                mean = mean.astype(np.float32)
+            c = self.index_.closeness(q[start : start + step], mean)
+            out[start : start + step] = np.where(vv.any(1), np.diagonal(c), -np.inf)
+        return out
+
     def _stat_against(
         self, q: np.ndarray, r: np.ndarray, exclude: np.ndarray | None, *, counts: bool = False
     ) -> Any:
@@ -541,6 +572,11 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         if counts:
             return within, finite
         k = min(self.k, c.shape[1])
+        if self.statistic == "centroid":
+            order = np.argsort(-c, axis=1, kind="stable")[:, :k]
+            valid = np.isfinite(np.take_along_axis(c, order, axis=1))
+            base = self.index_.identity(r)
+            return self._centroid_closeness(q, order, valid, lambda i: base[i])
         values = -np.sort(-c, axis=1)[:, :k] if k else np.full((len(q), 1), -np.inf)
         return self._statistic(values, within, finite)
 
@@ -566,8 +602,12 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
                 z, self.density_ref_, loo
             )
         top = self.index_.search(q, self.k, self.radius_)
-        values, _ = top.result()
-        s = self._statistic(values, top.counts, top.finite)
+        values, idx = top.result()
+        if self.statistic == "centroid":
+            valid = np.isfinite(values) & (idx >= 0)
+            s = self._centroid_closeness(q, idx, valid, self.index_.take)
+        else:
+            s = self._statistic(values, top.counts, top.finite)
         if self.calibration == "reference":
             s = s - self._stat_against(q, self.reference_, loo)
         elif self.calibration == "real" and self.statistic == "count":
@@ -666,7 +706,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             "statistic": self.statistic,
             "calibration": self.calibration,
             "rule": self.rule,
-            "k": self.k if self.statistic == "mean_k" else None,
+            "k": self.k if self.statistic in ("mean_k", "centroid") else None,
             "radius": self.radius_,
             "n_generated": self.n_generated_,
             "image_size": tuple(int(v) for v in self.image_size_),
