@@ -131,6 +131,10 @@ FUSED: dict[str, list[dict[str, Any]] | None] = {
         _centroid(64, "pixel", 10, "real"),
         _real(64, "ssim"),
     ],
+    "pixel 64 centroid 5 + real, SSIM 64 centroid 10 + real": [
+        _centroid(64, "pixel", 5, "real"),
+        _centroid(64, "ssim", 10, "real"),
+    ],
     "pixel 64 centroid 10 + real, SSIM 64 centroid 10 + real": [
         _centroid(64, "pixel", 10, "real"),
         _centroid(64, "ssim", 10, "real"),

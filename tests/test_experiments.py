@@ -185,7 +185,7 @@ def test_cli_runs_a_similarity_preset(demo, tmp_path):
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "SSIM 10 closest" in done.stdout and "run file:" in done.stdout
+    assert "SSIM to the mean of 10 closest" in done.stdout and "run file:" in done.stdout
     rec = json.loads(next(tmp_path.glob("record_*.json")).read_text())
     assert rec["config"]["decision"] == "calibrated:accuracy" and rec["config"]["holdout"] == 0.25
     assert validate_run_file(rec["datasets"][0]["run_file"], demo / "test") == []

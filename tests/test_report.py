@@ -207,7 +207,7 @@ def test_ctfp_report_compares_runs(run_dir, leaky, tmp_path):
     assert "compare" in ids
     assert {f"run{n}-{s}" for n in (1, 2) for s in SECTIONS} <= ids
     assert (tmp_path / "cmp" / "report_compare_roc.png").stat().st_size > 0
-    assert "SSIM 10 closest" in page and "Pixel k-NN count" in page
+    assert "SSIM to the mean of 10 closest" in page and "Pixel k-NN count" in page
     # default place: the first folder
     assert main(["report", str(run_dir), str(other)]) == 0
     assert (run_dir / "report_compare.html").is_file()

@@ -786,9 +786,10 @@ def test_real_calibration_leaves_an_image_out_by_its_pixels_for_embeddings_too(c
 
 
 def test_centroid_statistic_is_closeness_to_the_mean_of_the_k_closest(ct64):
-    """pixel: minus the RMS difference to the average of the k nearest generated images;
-    ssim: SSIM to that average rounded to grey levels; with calibration="real", the same
-    against the k nearest other real images, as a log ratio of distances."""
+    """pixel: minus the RMS difference to the average of the k nearest generated images (or to
+    the nearest, when closer); ssim: SSIM to that average rounded to grey levels (or to the
+    nearest); with calibration="real", the same against the k nearest other real images, as a
+    log ratio of distances. An exact copy scores as with the closest image."""
     gen, real = ct64[:8], ct64[8:]
     g = gen.reshape(8, -1).astype(np.float64)
     r = real.reshape(len(real), -1).astype(np.float64)
@@ -797,7 +798,9 @@ def test_centroid_statistic_is_closeness_to_the_mean_of_the_k_closest(ct64):
     want = []
     for x in r:
         near = np.argsort(((g - x) ** 2).sum(1), kind="stable")[:k]
-        want.append(-np.sqrt(((g[near].mean(0) - x) ** 2).mean()))
+        to_mean = np.sqrt(((g[near].mean(0) - x) ** 2).mean())
+        to_nearest = np.sqrt(((g[near[0]] - x) ** 2).mean())
+        want.append(-min(to_mean, to_nearest))
     np.testing.assert_allclose(est.score_samples(real), want, rtol=1e-4)
     assert est.describe()["k"] == k
 
@@ -807,7 +810,7 @@ def test_centroid_statistic_is_closeness_to_the_mean_of_the_k_closest(ct64):
     for i, x in enumerate(real):
         near = np.argsort(-s_all[i], kind="stable")[:k]
         mean = np.clip(np.rint(gen[near].astype(np.float64).mean(0)), 0, 255).astype(np.uint8)
-        want_ssim.append(structural_similarity(x, mean))
+        want_ssim.append(max(structural_similarity(x, mean), s_all[i, near[0]]))
     np.testing.assert_allclose(ssim.score_samples(real), want_ssim, atol=1e-5)
 
     cal = Sim(measure="pixel", statistic="centroid", k=k, calibration="real", rule="top")
@@ -816,6 +819,16 @@ def test_centroid_statistic_is_closeness_to_the_mean_of_the_k_closest(ct64):
     for i, x in enumerate(r):
         others = np.delete(r, i, axis=0)
         near = np.argsort(((others - x) ** 2).sum(1), kind="stable")[:k]
-        d_real = np.sqrt(((others[near].mean(0) - x) ** 2).mean())
+        d_real = min(
+            np.sqrt(((others[near].mean(0) - x) ** 2).mean()),
+            np.sqrt(((others[near[0]] - x) ** 2).mean()),
+        )
         want_cal.append(np.log(d_real) - np.log(-want[i]))
     np.testing.assert_allclose(cal.score_samples(real), want_cal, rtol=1e-4)
+
+    with_copy = np.concatenate([gen, real[:1]])
+    copy = Sim(measure="pixel", statistic="centroid", k=k, rule="top").fit(generated=with_copy)
+    closest = Sim(measure="pixel", statistic="max", rule="top").fit(generated=with_copy)
+    got = copy.score_samples(real)
+    assert got[0] == pytest.approx(closest.score_samples(real[:1])[0], abs=1e-6)
+    assert got[0] > -0.1 and got[0] > got[1:].max()  # the copy scores highest

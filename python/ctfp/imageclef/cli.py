@@ -331,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
         "4 MobileNetV2 on ESRGAN x4 images; sim-ssim (SSIM), sim-pixel (pixels), "
         "sim-count (neighbour count), sim-shift (best of small moves of the query), sim-fused "
         "(cross-validated fusion of pixel and SSIM): similarity to the generated set at 64x64 "
+        "(to the mean of the closest generated images, for sim-ssim, sim-pixel and sim-fused) "
         "as a density ratio to all the real images (labels unused), threshold calibrated on "
         "--holdout (default 0.25 for them); "
         "base-ganleaks, base-vcmi: the published GAN-Leaks and VCMI (2023 winner, SSIM "

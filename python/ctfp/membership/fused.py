@@ -51,12 +51,12 @@ from ctfp.membership.index import GeneratedIndex, require_fitted
 __all__ = ["DEFAULT_MEMBERS", "FusedGenerated", "FusedMembership"]
 
 #: The default members: the best pixel and SSIM settings of the realistic leak benchmark's
-#: development split (docs/benchmark_presets.md; ``ctfp run --method sim-fused``): the mean
-#: distance to the 10 closest generated images at 64x64 by pixels and by SSIM, each as a
+#: development split (docs/benchmark_presets.md; ``ctfp run --method sim-fused``): the distance
+#: to the mean of the 5 (pixels) and 10 (SSIM) closest generated images at 64x64, each as a
 #: density ratio to the real images (``calibration="real"``).
 DEFAULT_MEMBERS: tuple[dict[str, Any], ...] = (
-    {"measure": "pixel", "image_size": 64, "statistic": "mean_k", "k": 10, "calibration": "real"},
-    {"measure": "ssim", "image_size": 64, "statistic": "mean_k", "k": 10, "calibration": "real"},
+    {"measure": "pixel", "image_size": 64, "statistic": "centroid", "k": 5, "calibration": "real"},
+    {"measure": "ssim", "image_size": 64, "statistic": "centroid", "k": 10, "calibration": "real"},
 )
 
 _SHARED = ("device", "n_jobs", "random_state", "index_cache")
