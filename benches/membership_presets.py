@@ -4,13 +4,14 @@ benchmark (docs/benchmark.md, "Results").
 Every setting is scored on the development split only (100 used + 100 not used, the development
 split's generated images): each image's score comes from a fit on the other folds
 (:func:`ctfp.membership.leaktest.cross_fit_scores`, 5 stratified folds, seed 0; the leak test's
-out-of-fold scores), and the table ranks settings by the ROC-AUC of those scores. Test images and
-labels are never read. ``calibration="real"`` settings get every development image as their
-unlabelled real reference (``reference=``; each image is left out of its own score); the
-command-line runner adds the test images to it, labels unused::
+out-of-fold scores), and the table ranks settings by the ROC-AUC of those scores. Test labels
+are never read. ``calibration="real"`` settings get every development image as their
+unlabelled real reference (``reference=``; each image is left out of its own score); with
+``--test`` the test split's images join it (unlabelled, as the command-line runner has them: the
+best ``k`` of a k-NN ratio depends on how many real images there are)::
 
-    python benches/membership_presets.py --data out/bench_data/few-hundred/development \\
-        --out docs/benchmark_presets.md
+    python benches/membership_presets.py --data out/bench_data_10k/few-hundred/development \\
+        --test out/bench_data_10k/few-hundred/test --out docs/benchmark_presets.md
 
 (the dataset comes from ``benches/membership_benchmark.py`` or
 ``ctfp.imageclef.realistic.write_realistic_dataset``).
@@ -192,6 +193,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", default="out/bench_data/few-hundred/development")
     ap.add_argument("--out", default="docs/benchmark_presets.md")
+    ap.add_argument(
+        "--test",
+        default=None,
+        help="the test split's folder: its real images (unlabelled) join the real reference of "
+        "calibration='real', as in `ctfp run`; its labels are never read",
+    )
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--quick", action="store_true", help="a smaller grid")
     ap.add_argument("--only", default=None, help="substrings of settings to run, separated by ';'")
@@ -199,6 +206,12 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     (ds,) = find_datasets(a.data, require="development")
     real, labels = ds.real()
+    # the unlabelled real reference of calibration="real": every development image, and with
+    # --test the test split's images too (labels never read), as `ctfp run` has it
+    ref = list(real)
+    if a.test:
+        (ts,) = find_datasets(a.test, require="test")
+        ref += list(ts.unknown)
     y = np.asarray(labels)
     gen = list(ds.generated)
     rows: list[dict[str, Any]] = []
@@ -215,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
             est = FusedMembership(
                 members=o["members"], rule=None, device="cpu", n_jobs=a.threads, random_state=0
             )
-            fitted = est.fit(real, y, generated=gen, reference=real).generated_
+            fitted = est.fit(real, y, generated=gen, reference=ref).generated_
             s = cross_fit_scores(
                 est,
                 real,
@@ -223,7 +236,7 @@ def main(argv: list[str] | None = None) -> int:
                 generated=fitted,
                 n_splits=5,
                 random_state=0,
-                fit_params={"reference": real},
+                fit_params={"reference": ref},
             )
             m = evaluate(y, (s >= np.median(s)).astype(int), s)
             rows.append({"setting": label(o), "options": o, "cv_auc": m["roc_auc"]})
@@ -247,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             generated=indexes[key],
             n_splits=5,
             random_state=0,
-            fit_params={"reference": real} if o.get("calibration") == "real" else None,
+            fit_params={"reference": ref} if o.get("calibration") == "real" else None,
         )
         m = evaluate(y, (s >= np.median(s)).astype(int), s)
         rows.append({"setting": label(o), "options": o, "cv_auc": m["roc_auc"]})

@@ -161,7 +161,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
 
     The defaults are the settings that won on the realistic leak benchmark's development split
     (docs/benchmark_presets.md; ``ctfp run --method sim-pixel``): pixels at 64x64, the
-    distance to the mean of the 5 closest generated images (``statistic="centroid"``), as a
+    distance to the mean of the 10 closest generated images (``statistic="centroid"``), as a
     density ratio to the real images (``calibration="real"``), threshold calibrated on the
     labelled development images.
 
@@ -256,7 +256,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         backbone: str = "efficientnet_lite0",
         weights: str | os.PathLike[str] | None = "auto",
         statistic: str = "centroid",
-        k: int = 5,
+        k: int = 10,
         radius_quantile: float = 0.01,
         radius_sample: int = 64,
         calibration: str | None = "real",
