@@ -105,13 +105,7 @@ def _centroid(size: int, measure: str, k: int, cal: str | None) -> dict[str, Any
 
 
 def _real(size: int, measure: str = "pixel", k: int = 10) -> dict[str, Any]:
-    return {
-        "measure": measure,
-        "image_size": size,
-        "statistic": "mean_k",
-        "k": k,
-        "calibration": "real",
-    }
+    return {**_centroid(size, measure, k, "real"), "statistic": "mean_k"}
 
 
 #: fused candidates: the default members (transform-robust) and the best single settings

@@ -489,7 +489,8 @@ def _run_method(
         # held-out images for a classifier's per-epoch curve; popped before the record is written
         info["_holdout"] = ([real[i] for i in hold_idx], [labels[i] for i in hold_idx])
         # every real image of the dataset, labels unused (a similarity scorer's reference set)
-        info["_real_all"] = list(real) + (list(ts.unknown) if ts is not None else [])
+        real_all = list(real) + (list(ts.unknown) if ts is not None else [])
+        info["_real_all"] = real_all
         # which generated images score the test images (similarity scorers only)
         mode = test_generated if scorer is not None and ts is not None and ts.generated else None
         generated = list(ds.generated)
@@ -499,7 +500,7 @@ def _run_method(
             ds, [real[i] for i in train_idx], [labels[i] for i in train_idx], generated, info
         )
         info.pop("_holdout", None)
-        info_real_all = info.pop("_real_all", [])
+        info.pop("_real_all", None)
         # a similarity scorer is SimilarityMembership.score_samples: keep its estimator's index
         indexes.append(getattr(getattr(score, "__self__", None), "index_", None))
         rule = make_rule(decision)
@@ -524,7 +525,7 @@ def _run_method(
             t_paths = ts.unknown
             t_score = score
             if mode == "test":  # the same fit, against the test split's generated images
-                t_info: dict[str, Any] = {"refit_for_test": True, "_real_all": info_real_all}
+                t_info: dict[str, Any] = {"refit_for_test": True, "_real_all": real_all}
                 t_score, t_info = fit(
                     ds,
                     [real[i] for i in train_idx],
