@@ -30,9 +30,9 @@ from ctfp.membership.similarity import (
 def Sim(**params):
     """SimilarityMembership with the raw statistic (the closest generated image, no calibration,
     images at their own size) unless a test asks otherwise: most tests here check one mechanism
-    exactly. The defaults (the benchmark's winning settings) have their own test."""
+    exactly (k_real: as k). The defaults (the benchmark's winning settings) have their own test."""
     return SimilarityMembership(
-        **{"statistic": "max", "calibration": None, "image_size": None, **params}
+        **{"statistic": "max", "calibration": None, "image_size": None, "k_real": None, **params}
     )
 
 
@@ -241,6 +241,13 @@ def test_real_calibration_is_a_knn_distance_ratio_to_the_real_images():
     twice = clone(est).fit(real, generated=gen, reference=np.concatenate([extra, real[:1]]))
     assert twice.describe()["reference_images"] == 6
     np.testing.assert_allclose(twice.score_samples(flat([45])), got[2:], rtol=1e-6)
+    # k_real: the real term's own number of neighbours; the generated term keeps k
+    wide = clone(est).set_params(k_real=3).fit(real, generated=gen, reference=extra)
+    d_gen = np.sort(np.abs(np.array([0, 100, 104]) - 45))[:2].mean()
+    d_real = np.sort(np.abs(np.asarray(pool) - 45))[:3].mean()
+    np.testing.assert_allclose(
+        wide.score_samples(flat([45])), [np.log(d_real) - np.log(d_gen)], rtol=1e-5
+    )
 
 
 def test_real_calibration_with_ssim_uses_one_minus_ssim_and_labels_only_for_the_rule(ct64):
@@ -813,18 +820,23 @@ def test_centroid_statistic_is_closeness_to_the_mean_of_the_k_closest(ct64):
         want_ssim.append(max(structural_similarity(x, mean), s_all[i, near[0]]))
     np.testing.assert_allclose(ssim.score_samples(real), want_ssim, atol=1e-5)
 
-    cal = Sim(measure="pixel", statistic="centroid", k=k, calibration="real", rule="top")
-    cal.fit(real, generated=gen)
-    want_cal = []
-    for i, x in enumerate(r):
-        others = np.delete(r, i, axis=0)
-        near = np.argsort(((others - x) ** 2).sum(1), kind="stable")[:k]
-        d_real = min(
-            np.sqrt(((others[near].mean(0) - x) ** 2).mean()),
-            np.sqrt(((others[near[0]] - x) ** 2).mean()),
-        )
-        want_cal.append(np.log(d_real) - np.log(-want[i]))
-    np.testing.assert_allclose(cal.score_samples(real), want_cal, rtol=1e-4)
+    # the real term: the mean of the k_real closest other real images alone (no closest-image
+    # clause: another slice of the same patient must not set it); k_real=None means k
+    for k_real in (None, 2):
+        cal = Sim(
+            measure="pixel", statistic="centroid", k=k, k_real=k_real, calibration="real",
+            rule="top",
+        )  # fmt: skip
+        cal.fit(real, generated=gen)
+        kr = k if k_real is None else k_real
+        assert cal.k_real_ == kr and cal.describe()["k_real"] == kr
+        want_cal = []
+        for i, x in enumerate(r):
+            others = np.delete(r, i, axis=0)
+            near = np.argsort(((others - x) ** 2).sum(1), kind="stable")[:kr]
+            d_real = np.sqrt(((others[near].mean(0) - x) ** 2).mean())
+            want_cal.append(np.log(d_real) - np.log(-want[i]))
+        np.testing.assert_allclose(cal.score_samples(real), want_cal, rtol=1e-4)
 
     with_copy = np.concatenate([gen, real[:1]])
     copy = Sim(measure="pixel", statistic="centroid", k=k, rule="top").fit(generated=with_copy)

@@ -51,13 +51,15 @@ from ctfp.membership.index import GeneratedIndex, require_fitted
 __all__ = ["DEFAULT_MEMBERS", "FusedGenerated", "FusedMembership"]
 
 #: The default members: the best pixel and SSIM settings of the realistic leak benchmark's
-#: development split (docs/benchmark_presets.md; ``ctfp run --method sim-fused``): the distance
-#: to the mean of the 10 closest generated images at 64x64, by pixels and by SSIM, each as a
-#: density ratio to the real images (``calibration="real"``).
-DEFAULT_MEMBERS: tuple[dict[str, Any], ...] = (
-    {"measure": "pixel", "image_size": 64, "statistic": "centroid", "k": 10, "calibration": "real"},
-    {"measure": "ssim", "image_size": 64, "statistic": "centroid", "k": 10, "calibration": "real"},
-)
+#: development split (docs/benchmark_presets.md, docs/slices_per_patient.md; ``ctfp run
+#: --method sim-fused``): the distance to the mean of the 10 closest generated images at 64x64,
+#: by pixels and by SSIM, each as a density ratio to the real images (``calibration="real"``,
+#: the real term over the 30 closest real images).
+DEFAULT_MEMBERS: tuple[dict[str, Any], ...] = tuple(
+    {"measure": m, "image_size": 64, "statistic": "centroid", "k": 10, "k_real": 30,
+     "calibration": "real"}
+    for m in ("pixel", "ssim")
+)  # fmt: skip
 
 _SHARED = ("device", "n_jobs", "random_state", "index_cache")
 

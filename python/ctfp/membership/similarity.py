@@ -175,6 +175,10 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
     k : int
         Neighbours averaged by ``"mean_k"`` (their closeness) and ``"centroid"`` (their
         images).
+    k_real : int, optional
+        The same for the real-image term of ``calibration="real"`` (``None``: ``k``). That
+        term's ``"centroid"`` is the mean of the ``k_real`` closest real images alone, without
+        the closest-image clause.
     radius_quantile : float
         For ``"count"``: the radius is the ``1 - radius_quantile`` quantile of the closeness of
         the development real images (labels unused) to the generated images; without them, of
@@ -228,6 +232,8 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         ``rule="top"``.
     radius_ : float or None
         ``statistic="count"``.
+    k_real_ : int
+        Neighbours of the real-image term of ``calibration="real"`` (``k_real``, or ``k``).
     dev_scores_ : array or None
         ``rule="calibrated"``: the development images' scores the threshold was chosen on.
     """
@@ -236,6 +242,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         **INDEX_CONSTRAINTS,
         "statistic": [Options(*STATISTICS)],
         "k": [Interval(int, 1, None)],
+        "k_real": [None, Interval(int, 1, None)],
         "radius_quantile": [Interval(float, 0, 1)],
         "radius_sample": [Interval(int, 1, None)],
         "calibration": [None, Options("real", "reference", "density")],
@@ -257,6 +264,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         weights: str | os.PathLike[str] | None = "auto",
         statistic: str = "centroid",
         k: int = 10,
+        k_real: int | None = 30,
         radius_quantile: float = 0.01,
         radius_sample: int = 64,
         calibration: str | None = "real",
@@ -286,6 +294,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         self.weights = weights
         self.statistic = statistic
         self.k = k
+        self.k_real = k_real
         self.radius_quantile = radius_quantile
         self.radius_sample = radius_sample
         self.calibration = calibration
@@ -389,6 +398,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             X = list(X)  # read twice for embeddings' keys
         r = None if X is None else self.index_.transform(X)
         self.radius_ = self._fit_radius(rng, r) if self.statistic == "count" else None
+        self.k_real_ = self.k if self.k_real is None else self.k_real
 
         # development images
         self.calibrator_: CalibratedThreshold | None = None
@@ -522,12 +532,15 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
 
     # -------------------------------------------------------------------------------- scoring
 
-    def _statistic(self, values: np.ndarray, counts: np.ndarray, finite: np.ndarray) -> np.ndarray:
-        """values: (Q, >= k) closeness sorted in descending order (-inf where none)."""
+    def _statistic(
+        self, values: np.ndarray, counts: np.ndarray, finite: np.ndarray, k: int | None = None
+    ) -> np.ndarray:
+        """values: (Q, >= k) closeness sorted in descending order (-inf where none); ``k``
+        defaults to ``self.k``."""
         if self.statistic == "max":
             return values[:, 0].astype(np.float64)
         if self.statistic == "mean_k":
-            v = values[:, : self.k].astype(np.float64)
+            v = values[:, : self.k if k is None else k].astype(np.float64)
             ok = np.isfinite(v)
             return np.where(ok, v, 0.0).sum(1) / np.maximum(ok.sum(1), 1)
         return counts / np.maximum(finite, 1)
@@ -558,11 +571,19 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         return np.maximum(out, np.asarray(nearest, dtype=np.float64))
 
     def _stat_against(
-        self, q: np.ndarray, r: np.ndarray, exclude: np.ndarray | None, *, counts: bool = False
+        self,
+        q: np.ndarray,
+        r: np.ndarray,
+        exclude: np.ndarray | None,
+        *,
+        counts: bool = False,
+        k: int | None = None,
+        nearest: bool = True,
     ) -> Any:
         """The statistic of each query against a small in-memory set ``r``; ``exclude[i]`` is a
         row of ``r`` to leave out for query ``i`` (-1: none). ``counts``: ``(images within the
-        radius, images compared)`` per query instead."""
+        radius, images compared)`` per query instead. ``k``: neighbours (default ``self.k``);
+        ``nearest=False``: the centroid alone, without its closest-image clause."""
         c = self.index_.closeness(q, r).astype(np.float64)
         if exclude is not None:
             rows = np.flatnonzero(exclude >= 0)
@@ -575,16 +596,15 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         finite = np.count_nonzero(np.isfinite(c), axis=1)
         if counts:
             return within, finite
-        k = min(self.k, c.shape[1])
+        k = min(self.k if k is None else k, c.shape[1])
         if self.statistic == "centroid":
             order = np.argsort(-c, axis=1, kind="stable")[:, :k]
             top = np.take_along_axis(c, order, axis=1)
             base = self.index_.identity(r)
-            return self._centroid_closeness(
-                q, order, np.isfinite(top), lambda i: base[i], top[:, 0]
-            )
+            closest = top[:, 0] if nearest else np.full(len(q), -np.inf)
+            return self._centroid_closeness(q, order, np.isfinite(top), lambda i: base[i], closest)
         values = -np.sort(-c, axis=1)[:, :k] if k else np.full((len(q), 1), -np.inf)
-        return self._statistic(values, within, finite)
+        return self._statistic(values, within, finite, k)
 
     def _log_kde(self, z: np.ndarray, data: np.ndarray, exclude: np.ndarray | None) -> np.ndarray:
         """Gaussian KDE log density (Scott's bandwidth, whitened space), leave-one-out rows."""
@@ -625,7 +645,12 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             )
         elif self.calibration == "real":
             # k-NN density ratio: log of (distance to the real images / to the generated set)
-            d_real = self._distance(self._stat_against(q, self.reference_, loo))
+            # the real term: k_real neighbours and, for the centroid, no closest-image clause.
+            # Other slices of the same patient are near-copies among the real images; the
+            # clause would let one of them set d_real (docs/similarity.md, slices per patient)
+            d_real = self._distance(
+                self._stat_against(q, self.reference_, loo, k=self.k_real_, nearest=False)
+            )
             s = np.log(d_real) - np.log(self._distance(s))
         return s
 
@@ -725,6 +750,8 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             out["query_transforms"] = len(self.index_.transforms_)
         if self.calibration is not None:
             out["reference_images"] = len(self.reference_)
+        if self.calibration == "real" and self.statistic in ("mean_k", "centroid"):
+            out["k_real"] = self.k_real_
         if self.rule == "calibrated":
             out.update(metric=self.metric, threshold=self.threshold_)
             out["development_value"] = self.dev_value_
