@@ -14,6 +14,9 @@ archive held them, and measures each setting twice:
 - test: fitted on the development images and labels against the test split's generated images,
   scoring the test images (ROC-AUC against ``test_labels``), reported, never chosen on.
 
+Rows "with patient ids" also give every real image's patient (``reference_groups=``, from
+``truth.json``; the sibling slices are their patient's), the case of a user who knows them.
+
     python benches/slices_per_patient.py --root out/bench_data_10k/few-hundred \\
         --out docs/slices_per_patient.md
 
@@ -69,6 +72,16 @@ def settings() -> list[tuple[str, dict[str, Any]]]:
             (f"sim-fused: pixel + SSIM 64 centroid k=10, k_real={k_real}",
              {"estimator": "fused", "members": members})
         )  # fmt: skip
+    # with each image's patient known (fit(reference_groups=)): the real term counts patients
+    ids = " with patient ids"
+    out.append((f"sim-pixel: pixel 64 centroid k=10, k_real=10{ids}", {**pixel, "k_real": 10}))
+    out.append((f"sim-pixel: pixel 64 centroid k=10, k_real=30{ids}", {**pixel, "k_real": 30}))
+    out.append((f"sim-ssim: SSIM 64 centroid k=10, k_real=30{ids}", {**ssim, "k_real": 30}))
+    members = [{**pixel, "k_real": 30}, {**ssim, "k_real": 30}]
+    out.append(
+        (f"sim-fused: pixel + SSIM 64 centroid k=10, k_real=30{ids}",
+         {"estimator": "fused", "members": members})
+    )  # fmt: skip
     count = {"measure": "pixel", "image_size": 64, "statistic": "count", "radius_quantile": 0.03}
     out.append(
         ("sim-count: pixel 64 count, radius quantile 0.03", {**count, "calibration": "real"})
@@ -80,9 +93,12 @@ def settings() -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def sibling_slices(truth: dict[str, Any], offsets: list[int], n_jobs: int | None) -> np.ndarray:
+def sibling_slices(
+    truth: dict[str, Any], offsets: list[int], n_jobs: int | None
+) -> tuple[np.ndarray, list[int]]:
     """The slices at ``offsets`` from each development and test image's own slice, of the same
-    patient (an offset that leaves the patient's range is taken the other way)."""
+    patient (an offset that leaves the patient's range is taken the other way), and their
+    patients."""
     from concurrent.futures import ThreadPoolExecutor
 
     from ctfp.data.synthetic import make_slice
@@ -106,7 +122,7 @@ def sibling_slices(truth: dict[str, Any], offsets: list[int], n_jobs: int | None
                 lambda j: make_slice(j[0], j[1], size=spec["size"], seed=spec["data_seed"]), jobs
             )
         )
-    return np.stack(out)
+    return np.stack(out), [j[0] for j in jobs]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -135,13 +151,29 @@ def main(argv: list[str] | None = None) -> int:
     yt = np.array([by_id[Path(p).stem] for p in unknown])
     real_px = load_images(list(real), size=None)
     test_px = load_images(unknown, size=None)
+    # each image's patient: development images in the dataset's order (used, then not used,
+    # by file name, as truth.json lists them), test images by id; checked on a few images
+    dev_who = truth["development"]["real_used"] + truth["development"]["real_not_used"]
+    test_who = {t["id"]: t for t in truth["test"]}
+    real_patients = [w["patient"] for w in dev_who]
+    test_patients = [test_who[Path(p).stem]["patient"] for p in unknown]
+    from ctfp.data.synthetic import make_slice
+
+    spec = truth["spec"]
+    checks = [(real_px[0], dev_who[0]), (real_px[-1], dev_who[-1])]
+    checks.append((test_px[0], test_who[Path(unknown[0]).stem]))
+    for img, w in checks:
+        want = make_slice(w["patient"], w["slice_index"], size=spec["size"], seed=spec["data_seed"])
+        if not np.array_equal(img, want):
+            raise SystemExit("truth.json does not describe these images (patients unknown)")
     conditions: dict[str, list[int]] = {}
     for c in a.offsets.split(";"):
         conditions[c] = [] if c == "none" else [int(v) for v in c.split(",")]
-    refs = {}
+    refs, ref_groups = {}, {}
     for name, offs in conditions.items():
-        extra = [sibling_slices(truth, offs, a.threads)] if offs else []
-        refs[name] = np.concatenate([real_px, test_px, *extra])
+        sib, sib_patients = sibling_slices(truth, offs, a.threads) if offs else (None, [])
+        refs[name] = np.concatenate([real_px, test_px, *([sib] if offs else [])])
+        ref_groups[name] = real_patients + test_patients + sib_patients
     only = None if a.only is None else a.only.split(";")
     rows: list[dict[str, Any]] = []
     t_all = time.perf_counter()
@@ -151,7 +183,9 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"setting": label, "options": opts}
         for cname, ref in refs.items():
             t0 = time.perf_counter()
-            fp = {"reference": ref}
+            fp: dict[str, Any] = {"reference": ref}
+            if label.endswith("with patient ids"):
+                fp["reference_groups"] = ref_groups[cname]
             est = make_estimator({**opts, "rule": None, "device": "cpu", "random_state": 0})
             s = cross_fit_scores(
                 est,
@@ -163,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 fit_params=fp,
             )
             fitted = make_estimator({**opts, "rule": None, "device": "cpu", "random_state": 0})
-            fitted.fit(real_px, y, generated=list(test.generated), reference=ref)
+            fitted.fit(real_px, y, generated=list(test.generated), **fp)
             st = fitted.score_samples(test_px)
             row[cname] = {
                 "dev_cv_auc": float(roc_auc_score(y, s)),

@@ -317,6 +317,38 @@ def test_cli_honours_or_refuses_every_option_for_similarity(demo, tmp_path, caps
     assert rec["config"]["threads"] == 1
 
 
+def test_groups_reach_the_density_ratio_and_the_leak_test(demo, tmp_path, capsys):
+    """--groups (id,patient CSV, the leaky dataset's patients.csv): the real reference counts
+    patients (each image's group known to the estimator) and the leak test keeps patients whole;
+    a file that names no image of the dataset, and methods 1-4, are refused."""
+    from ctfp.imageclef.cli import main
+    from ctfp.imageclef.experiments import read_groups
+
+    groups = read_groups(demo / "patients.csv")
+    n_real = len(list((demo / "development").rglob("real_*/*.png")))
+    n_real += len(list((demo / "test" / "real_unknown").glob("*.png")))
+    assert len(groups) == n_real
+    base = ["run", "--method", "sim-pixel", "--data", str(demo / "development"), "--quiet"]
+    base += ["--test", str(demo / "test")]
+    out = tmp_path / "a"
+    assert main([*base, "--out", str(out), "--groups", str(demo / "patients.csv")]) == 0
+    ds = json.loads(next(out.glob("record_method*.json")).read_text())["datasets"][0]
+    assert ds["groups"] == {"images_grouped": n_real, "groups": len(set(groups.values()))}
+    assert ds["leak_test"]["groups"] is True
+
+    wrong = tmp_path / "wrong.csv"
+    wrong.write_text("id,patient\nnot_an_image,1\n")
+    assert main([*base, "--out", str(tmp_path / "b"), "--groups", str(wrong)]) == 2
+    assert "no id of the groups file names an image" in capsys.readouterr().err
+    bad = tmp_path / "bad.csv"
+    bad.write_text("used_0001,1\nused_0001,2\n")
+    assert main([*base, "--out", str(tmp_path / "c"), "--groups", str(bad)]) == 2
+    assert "bad.csv:2: duplicate id 'used_0001'" in capsys.readouterr().err
+    m1 = ["run", "--method", "1", "--data", str(demo / "development"), "--out", str(tmp_path)]
+    assert main([*m1, "--groups", str(demo / "patients.csv")]) == 2
+    assert "--groups: not used by --method 1" in capsys.readouterr().err
+
+
 def _corrupt(path: Path) -> None:
     """A PNG whose header reads but whose pixels do not (truncated image data)."""
     data = path.read_bytes()

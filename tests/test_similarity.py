@@ -300,6 +300,94 @@ def test_real_calibration_errors(ct64, params, fit_kw, match):
         est.fit(generated=ct64[4:], **kw)
 
 
+def test_real_calibration_with_groups_counts_groups_not_images():
+    """With group labels (the patient of each slice), an image of the reference is scored
+    without its whole group, and its k_real neighbours are the closest image of each of the
+    k_real closest other groups; an unlabelled image is a group of its own."""
+    gen = flat([0, 100, 104])
+    X = flat([5, 40, 90, 200])
+    ref = flat([60, 250, 42])
+    est = Sim(measure="pixel", statistic="mean_k", k=2, k_real=2, calibration="real", rule="top")
+    est.fit(X, generated=gen, reference=ref, groups=["a", "a", "b", np.int64(7)],
+            reference_groups=["b", None, "a"])  # fmt: skip
+    assert len(set(est.reference_groups_.tolist())) == 4  # a, b, 7 and 250 on its own
+    # 40 is in the reference (group a): 5 and 42 leave with it; closest per group: 60 (b, 20),
+    # 200 (7, 160), 250 (210); generated: 40 and 60 away
+    # 45 is not: a's closest is 42 (3), then b's 60 (15); generated: 45 and 55 away
+    want = [np.log((20 + 160) / 2) - np.log(50), np.log((3 + 15) / 2) - np.log(50)]
+    np.testing.assert_allclose(est.score_samples(flat([40, 45])), want, rtol=1e-5)
+    # the same image in X and in the reference: one row, the first label it was given
+    twice = clone(est).fit(
+        X, generated=gen, reference=np.concatenate([ref, X[:1]]), groups=[None, "a", "b", 7],
+        reference_groups=["b", None, "a", "a"],
+    )  # fmt: skip
+    np.testing.assert_allclose(twice.score_samples(flat([40, 45])), want, rtol=1e-5)
+    # counts: the image's group is left out of the real share
+    cnt = Sim(measure="pixel", statistic="count", calibration="real", rule="top").fit(
+        X, generated=gen, reference=ref, groups=["a", "a", "b", 7],
+        reference_groups=["b", None, "a"],
+    )  # fmt: skip
+    radius = cnt.radius_
+    real = np.array([5, 40, 90, 200, 60, 250, 42])
+    grp = ["a", "a", "b", 7, "b", None, "a"]
+    others = [v for v, g in zip(real, grp, strict=True) if g != "a"]
+    n_in = sum(-abs(v - 40) >= radius for v in others)
+    g_in = sum(-abs(v - 40) >= radius for v in [0, 100, 104])
+    want_c = np.log((g_in + 1) / 4) - np.log((n_in + 1) / (len(others) + 1))
+    np.testing.assert_allclose(cnt.score_samples(flat([40])), [want_c], rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("fit_kw", "match"),
+    [
+        (
+            {"groups": ["a", "b"]},
+            r"groups: expected 4 group labels \(one per image of X\), found 2",
+        ),
+        ({"groups": "abcd"}, "found a string"),
+        ({"groups": [[1], [2], [3], [4]]}, "must be hashable"),
+        ({"reference_groups": ["a"]}, "reference_groups: given without reference images"),
+        ({"reference": flat([9, 10]), "reference_groups": ["a"]}, "expected 2 group labels"),
+    ],
+)
+def test_group_label_errors(fit_kw, match):
+    est = Sim(measure="pixel", statistic="mean_k", k=2, calibration="real", rule="top")
+    with pytest.raises((ValueError, TypeError), match=match):
+        est.fit(flat([5, 40, 90, 200]), generated=flat([0, 100]), **fit_kw)
+
+
+def test_cross_fitting_cuts_groups_per_fold():
+    """groups hold one label per image of X: each fold's fit gets its own images' labels, the
+    same scores as fitting the folds by hand."""
+    from ctfp.membership.leaktest import cross_fit_scores
+
+    X, gen = flat([5, 40, 90, 200, 60, 130, 20, 170]), flat([0, 100, 104, 50])
+    y = np.array([1, 0, 1, 0, 1, 0, 1, 0])
+    g = np.array(["a", "a", "b", "b", "c", "c", "d", "d"])
+    ref = flat([45, 95])
+    est = Sim(measure="pixel", statistic="mean_k", k=2, calibration="real", rule=None)
+    splits = [(np.arange(4, 8), np.arange(4)), (np.arange(4), np.arange(4, 8))]
+    got = cross_fit_scores(est, X, y, generated=gen, splits=splits,
+                           fit_params={"groups": g, "reference": ref,
+                                       "reference_groups": ["a", "b"]})  # fmt: skip
+    want = np.empty(8)
+    for train, test in splits:
+        f = clone(est).fit(X[train], y[train], generated=gen, groups=g[train], reference=ref,
+                           reference_groups=["a", "b"])  # fmt: skip
+        want[test] = f.score_samples(X[test])
+    np.testing.assert_allclose(got, want)
+    # FusedMembership passes them on to its members' cross-fitting and final fits
+    from ctfp.membership.fused import FusedMembership
+
+    member = {"measure": "pixel", "image_size": None, "statistic": "mean_k", "k": 2,
+              "calibration": "real"}  # fmt: skip
+    fused = FusedMembership(members=[member], cv=2, rule=None).fit(
+        X, y, generated=gen, groups=g, reference=ref, reference_groups=["a", "b"]
+    )
+    (est_0,) = fused.estimators_
+    assert len(set(est_0.reference_groups_.tolist())) == 4  # a-d; the reference joins a and b
+
+
 def test_density_calibration_is_a_leave_one_out_kde_ratio():
     rng = np.random.default_rng(4)
     centres_used = np.array([20, 40, 60, 80, 100, 120])

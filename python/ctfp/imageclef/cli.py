@@ -104,9 +104,15 @@ def _run(args: argparse.Namespace) -> int:
             holdout=0.25 if args.holdout is None else args.holdout,
             image_size=args.image_size,
             test_generated=args.test_generated,
+            groups=args.groups,
             **common,
         )
     else:
+        if args.groups is not None:
+            raise ValueError(
+                f"--groups: not used by --method {args.method} (it trains on images, not "
+                f"on similarity to the real set); leave it out"
+            )
         if args.test_generated != "development":
             raise ValueError(
                 f"--test-generated {args.test_generated}: not used by --method {args.method} "
@@ -392,6 +398,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="sim-*/base-*: which generated images score the test images: the development "
         "split's (default; the report's galleries show them), the test split's own (refitted, "
         "threshold kept from development; docs/benchmark.md's protocol) or both",
+    )
+    run.add_argument(
+        "--groups",
+        default=None,
+        metavar="CSV",
+        help="sim-*/base-*: id,group CSV saying which real images (development and test, ids "
+        "without .png) come from one patient: the density ratio then counts patients, not "
+        "slices, and the leak test keeps each patient in one fold (unlisted images stand alone)",
     )
     run.add_argument(
         "--on-unreadable",

@@ -123,6 +123,41 @@ _ID_HEADERS = ("id", "image_id", "image", "name", "file", "filename")
 _LABEL_HEADERS = ("label", "labels", "used", "member", "y")
 
 
+def _id_rows(path: Path, what: str, fields: str, value_headers: tuple[str, ...]) -> Any:
+    """``(line, id, value)`` of each ``id,value`` row of a CSV file: a header row (an id
+    header and one of ``value_headers``, any case) is skipped, ``.png`` is stripped from ids,
+    blank lines are skipped; a row without two fields, an empty value or a duplicate id raises
+    :class:`LabelsError` naming the file and line."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LabelsError(f"{path}: cannot read the {what}: {exc}") from exc
+    first_line: dict[str, int] = {}
+    seen_row = False
+    for no, row in enumerate(csv.reader(text.splitlines()), 1):
+        cells = [c.strip() for c in row]
+        if not any(cells):
+            continue
+        if len(cells) != 2:
+            raise LabelsError(f"{path}:{no}: expected 2 fields ({fields}), found {len(cells)}")
+        ident, value = cells
+        first_row, seen_row = not seen_row, True
+        if first_row and ident.lower() in _ID_HEADERS and value.lower() in value_headers:
+            continue  # the header row
+        if ident.lower().endswith(".png"):
+            ident = ident[:-4]
+        if not ident or not value:
+            raise LabelsError(f"{path}:{no}: expected {fields}, found an empty field")
+        if ident in first_line:
+            raise LabelsError(
+                f"{path}:{no}: duplicate id {ident!r} (first on line {first_line[ident]})"
+            )
+        first_line[ident] = no
+        yield no, ident, value
+    if not first_line:
+        raise LabelsError(f"{path}: no {fields.split(',')[1]}s found; expected lines of {fields}")
+
+
 def read_test_labels(
     path: str | os.PathLike[str], test_ids: Sequence[str] | None = None
 ) -> dict[str, int]:
@@ -135,44 +170,20 @@ def read_test_labels(
     two fields, a label other than 0/1, a duplicate id, an unknown id, missing ids.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LabelsError(f"{path}: cannot read the test labels: {exc}") from exc
     known = (
         None
         if test_ids is None
         else {Path(i).stem if i.lower().endswith(".png") else i for i in test_ids}
     )
     labels: dict[str, int] = {}
-    first_line: dict[str, int] = {}
-    seen_row = False
-    for no, row in enumerate(csv.reader(text.splitlines()), 1):
-        cells = [c.strip() for c in row]
-        if not any(cells):
-            continue
-        if len(cells) != 2:
-            raise LabelsError(f"{path}:{no}: expected 2 fields (id,label), found {len(cells)}")
-        ident, label = cells
-        first_row, seen_row = not seen_row, True
-        if first_row and ident.lower() in _ID_HEADERS and label.lower() in _LABEL_HEADERS:
-            continue  # the header row
-        if ident.lower().endswith(".png"):
-            ident = ident[:-4]
+    for no, ident, label in _id_rows(path, "test labels", "id,label", _LABEL_HEADERS):
         if label not in ("0", "1"):
             raise LabelsError(f"{path}:{no}: label of {ident!r}: expected 0 or 1, found {label!r}")
-        if ident in labels:
-            raise LabelsError(
-                f"{path}:{no}: duplicate id {ident!r} (first on line {first_line[ident]})"
-            )
         if known is not None and ident not in known:
             raise LabelsError(
                 f"{path}:{no}: unknown id {ident!r}: no such image in the test folder"
             )
         labels[ident] = int(label)
-        first_line[ident] = no
-    if not labels:
-        raise LabelsError(f"{path}: no labels found; expected lines of id,label")
     if known is not None and len(labels) < len(known):
         missing = sorted(known - labels.keys())
         shown = ", ".join(missing[:5]) + (
@@ -180,6 +191,19 @@ def read_test_labels(
         )
         raise LabelsError(f"{path}: {len(missing)} test images have no label: {shown}")
     return labels
+
+
+_GROUP_HEADERS = ("group", "groups", "patient", "patient_id", "subject", "subject_id")
+
+
+def read_groups(path: str | os.PathLike[str]) -> dict[str, str]:
+    """Which real images belong together (e.g. the patient of each CT slice): ``id,group`` per
+    line -> ``{id: group}``; ids are image file names without ``.png``, development and test
+    images alike. A header row (``id,group``, ``image_id,patient``, ... in any case) is skipped.
+    A row without two fields, an empty field or a duplicate id raises :class:`LabelsError`
+    naming the file and line. Images not listed are groups of their own."""
+    path = Path(path)
+    return {ident: g for _, ident, g in _id_rows(path, "groups", "id,group", _GROUP_HEADERS)}
 
 
 class UnreadableImagesError(CtfpError, ValueError):
@@ -756,6 +780,7 @@ def _similarity_scorer(
     n_jobs: int | None = None,
     index_cache: str | os.PathLike[str] | None = None,
     leak_test: bool = True,
+    groups: dict[str, str] | None = None,
 ) -> ScoreFn:
     """Fit :class:`~ctfp.membership.similarity.SimilarityMembership` (or the preset's
     ``"estimator"``) on one dataset for its scores only (``rule=None``): the runner's decision
@@ -788,11 +813,25 @@ def _similarity_scorer(
             index_cache=index_cache,
         )
         t0 = time.perf_counter()
-        # unlabelled real images (all development and test images) for calibration="real"
+        # unlabelled real images (all development and test images) for calibration="real",
+        # with their groups (patients) when known
         real_all = info.get("_real_all")
-        fit_params = {}
-        if real_all and "reference" in inspect.signature(est.fit).parameters:
+        fit_params: dict[str, Any] = {}
+        takes = inspect.signature(est.fit).parameters
+        if real_all and "reference" in takes:
             fit_params["reference"] = real_all
+            if groups is not None and "reference_groups" in takes:
+                fit_params["reference_groups"] = _groups_of(real_all, groups)
+        if groups is not None and not info.get("refit_for_test"):
+            found = _groups_of(real_all or real_train, groups)
+            named = [g for g in found if g is not None]
+            if not named:
+                raise LabelsError(
+                    f"groups: no id of the groups file names an image of dataset {ds.name!r} "
+                    f"(ids are image file names without .png, e.g. "
+                    f"{Path(str((real_all or real_train)[0])).stem!r})"
+                )
+            info["groups"] = {"images_grouped": len(named), "groups": len(set(named))}
         est.fit(real_train, real_labels, generated=generated, **fit_params)
         info["fit_seconds"] = round(time.perf_counter() - t0, 2)
         if info.get("refit_for_test"):  # the runner's second fit, for the test split only
@@ -804,12 +843,19 @@ def _similarity_scorer(
 
             t0 = time.perf_counter()
             real, labels = ds.real()
+            grp = None
+            if groups is not None:  # each patient whole in one fold; an unlisted image alone
+                grp = [
+                    "image\0" + str(p) if g is None else "group\0" + g
+                    for p, g in zip(real, _groups_of(real, groups), strict=True)
+                ]
             lt = run_leak_test(
                 est,
                 real,
                 labels,
                 generated=reusable_generated(est),
                 random_state=seed,
+                groups=grp,
                 fit_params=fit_params,
             )
             lt["seconds"] = round(time.perf_counter() - t0, 2)
@@ -821,6 +867,13 @@ def _similarity_scorer(
         return score, info
 
     return fit
+
+
+def _groups_of(images: Sequence[Any], groups: dict[str, str]) -> list[str | None]:
+    """The group of each image (a path) by its id (file name without .png), or None."""
+    return [
+        groups.get(Path(im).stem) if isinstance(im, (str, os.PathLike)) else None for im in images
+    ]
 
 
 def run_similarity(
@@ -836,6 +889,7 @@ def run_similarity(
     verbose: int = 1,
     index_cache: str | os.PathLike[str] | None = None,
     leak_test: bool = True,
+    groups: str | os.PathLike[str] | dict[str, str] | None = None,
     **kwargs: Any,
 ) -> dict:
     """Run a similarity preset (:data:`SIMILARITY_PRESETS`) through :func:`run_method`.
@@ -849,7 +903,12 @@ def run_similarity(
     generated-set index is saved and reused across runs. ``leak_test``: run the leak test
     first (see :func:`_similarity_scorer`). ``test_generated``: which generated images score the
     test images (:func:`run_method`); by default the development split's (the report's
-    galleries show those neighbours); ``"test"`` is the realistic benchmark's protocol."""
+    galleries show those neighbours); ``"test"`` is the realistic benchmark's protocol.
+    ``groups``: which real images belong together (the patient of each slice), an ``id,group``
+    CSV file (:func:`read_groups`) or a dict: ``calibration="real"`` then counts patients, not
+    images (``SimilarityMembership.fit(reference_groups=)``), and the leak test keeps each
+    patient in one fold and compares patients' mean scores."""
+    group_of = read_groups(groups) if isinstance(groups, (str, os.PathLike)) else groups
     name = SIMILARITY_KEYS.get(name, name)
     if name not in SIMILARITY_PRESETS:
         known = ", ".join(map(repr, SIMILARITY_PRESETS))
@@ -877,6 +936,7 @@ def run_similarity(
             n_jobs=kwargs.get("threads"),
             index_cache=index_cache,
             leak_test=leak_test,
+            groups=None if group_of is None else {str(k): str(v) for k, v in group_of.items()},
         ),
         **kwargs,
     )

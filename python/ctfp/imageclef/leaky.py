@@ -102,7 +102,8 @@ def make_leaky_dataset(root: str | os.PathLike[str], spec: LeakyDataSpec | None 
     """Write ``root/development`` (generated, real_used, real_not_used), ``root/test``
     (generated, real_unknown), ``root/test_labels.csv`` (id,label) and
     ``root/leak_sources.csv`` (generated,source: each generated image's path and the used image
-    it is a near-copy of, both relative to ``root``; source empty for a novel image); return a
+    it is a near-copy of, both relative to ``root``; source empty for a novel image),
+    ``root/patients.csv`` (id,patient of every real image: ``ctfp run --groups``); return a
     summary (also ``root/leak.json``)."""
     spec = spec or LeakyDataSpec()
     root = Path(root)
@@ -113,6 +114,7 @@ def make_leaky_dataset(root: str | os.PathLike[str], spec: LeakyDataSpec | None 
         return -(-n // per)
 
     groups = {}
+    patient_of: dict[str, list[int]] = {}  # each real image's patient, per group
     first = 0
     for name, n in (
         ("used", spec.n_used),
@@ -121,6 +123,7 @@ def make_leaky_dataset(root: str | os.PathLike[str], spec: LeakyDataSpec | None 
         ("test_not_used", spec.n_test_not_used),
     ):
         groups[name] = _slices(first, n, spec)
+        patient_of[name] = [first + k // per for k in range(n)]
         first += patients(n)
     training = groups["used"] + groups["test_used"]
 
@@ -142,7 +145,7 @@ def make_leaky_dataset(root: str | os.PathLike[str], spec: LeakyDataSpec | None 
     test_gen, test_src = generate(spec.n_generated, first + 5000)
     dev, test = root / "development", root / "test"
     used_paths = _write(dev / "real_used", "used", groups["used"])
-    _write(dev / "real_not_used", "not_used", groups["not_used"])
+    not_used_paths = _write(dev / "real_not_used", "not_used", groups["not_used"])
     dev_gen_paths = _write(dev / "generated", "generated", dev_gen)
     test_gen_paths = _write(test / "generated", "generated", test_gen)
     unknown = groups["test_used"] + groups["test_not_used"]
@@ -153,6 +156,17 @@ def make_leaky_dataset(root: str | os.PathLike[str], spec: LeakyDataSpec | None 
         w = csv.writer(f)
         for p, i in zip(paths, order, strict=True):
             w.writerow([p.stem, truth[i]])
+    test_patients = patient_of["test_used"] + patient_of["test_not_used"]
+    with atomic_write(root / "patients.csv", "w") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "patient"])
+        for ps, pats in (
+            (used_paths, patient_of["used"]),
+            (not_used_paths, patient_of["not_used"]),
+            (paths, [test_patients[i] for i in order]),
+        ):
+            for path, pat in zip(ps, pats, strict=True):
+                w.writerow([path.stem, pat])
     # which used image each generated image copies (training index k: the development used
     # images, then the test used ones, which sit at permuted real_unknown positions)
     position = {int(i): pos for pos, i in enumerate(order)}

@@ -188,12 +188,20 @@ class FusedMembership(ClassifierMixin, BaseEstimator):
         return np.log(p / (1 - p))
 
     def fit(
-        self, X: Any, y: Any, *, generated: Any = None, reference: Any = None
+        self,
+        X: Any,
+        y: Any,
+        *,
+        generated: Any = None,
+        reference: Any = None,
+        groups: Any = None,
+        reference_groups: Any = None,
     ) -> FusedMembership:
         """Fit the members and the combiner on the labelled development images ``(X, y)``;
         ``generated``: the generated images, or the ``generated_`` of a fitted
         ``FusedMembership`` with the same members (reused as it is); ``reference``: unlabelled
-        real images for the members with ``calibration="real"``
+        real images for the members with ``calibration="real"``; ``groups`` /
+        ``reference_groups``: group labels (the patient) of ``X`` / ``reference`` for them
         (:meth:`SimilarityMembership.fit <ctfp.membership.similarity.SimilarityMembership.fit>`)."""
         from sklearn.model_selection import StratifiedKFold
 
@@ -233,7 +241,15 @@ class FusedMembership(ClassifierMixin, BaseEstimator):
             member = self._member(m)
             index = member._fit_index(given[j] if given is not None else generated)
             indexes.append(index)
-            extra = {"reference": reference} if reference is not None else {}
+            extra = {
+                k: v
+                for k, v in (
+                    ("reference", reference),
+                    ("groups", groups),
+                    ("reference_groups", reference_groups),
+                )
+                if v is not None
+            }
             oof[:, j] = cross_fit_scores(
                 member, items, lab, generated=index, splits=splits, fit_params=extra
             )

@@ -121,7 +121,9 @@ def cross_fit_scores(
     labels (stratified folds, shuffled with ``random_state``; or the given ``splits``, pairs of
     train/test indices). ``generated`` goes to every fit as it is (pass a fitted index, see
     :func:`reusable_generated`, so that it is indexed once), with any other ``fit_params``
-    (e.g. ``reference=``, unlabelled real images). ctfp's one cross-fitting, used by the
+    (e.g. ``reference=``, unlabelled real images); those that hold one value per image of
+    ``X`` (:data:`PER_IMAGE_PARAMS`: ``groups``) are cut to each fold's images like ``X``.
+    ctfp's one cross-fitting, used by the
     leak test and by :class:`~ctfp.membership.fused.FusedMembership` (scikit-learn's
     ``cross_val_predict`` does not take ``method="score_samples"``)."""
     from sklearn.base import clone
@@ -132,9 +134,17 @@ def cross_fit_scores(
     for train, test in splits if splits is not None else _splits(lab, n_splits, random_state):
         est = clone(estimator)
         _scores_only(est)
-        est.fit(_take(items, train), lab[train], generated=generated, **(fit_params or {}))
+        params = {
+            k: _take(list(v), train) if k in PER_IMAGE_PARAMS and v is not None else v
+            for k, v in (fit_params or {}).items()
+        }
+        est.fit(_take(items, train), lab[train], generated=generated, **params)
         out[test] = est.score_samples(_take(items, test))
     return out
+
+
+#: fit parameters with one value per image of ``X``: cross-fitting gives each fold its own
+PER_IMAGE_PARAMS = ("groups",)
 
 
 def _take(items: Any, idx: np.ndarray) -> Any:

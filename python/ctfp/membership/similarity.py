@@ -58,7 +58,11 @@ typical image, close to everything; calibration divides that out.
   Distance is ``-closeness`` for pixels and embeddings and ``1 - SSIM`` for SSIM. With
   ``statistic="count"`` the ratio is of counts instead (Monte-Carlo): ``log((c_gen + 1) /
   (n_gen + 1)) - log((c_real + 1) / (n_real + 1))``, the images of each set within the radius.
-  On the realistic
+  The real term takes its own ``k_real`` neighbours and, for ``"centroid"``, the mean of them
+  alone: with several slices per patient among the real images, an image's closest real images
+  are its own patient's other slices (docs/similarity.md, "Several slices per patient"). Where
+  the patients are known, ``fit(groups=, reference_groups=)`` makes the real term count
+  patients, not images. On the realistic
   benchmark it is the strongest calibration by a wide margin (docs/benchmark_presets.md).
 - ``"reference"`` (needs labelled development images) subtracts the same statistic computed
   against the development images known not to be used (GAN-Leaks' calibrated attack, the
@@ -152,6 +156,41 @@ def _labels(y: object, n: int) -> np.ndarray:
     if not np.isin(a, (0, 1)).all():
         raise ValueError("y: expected labels 1 (used) and 0 (not used)")
     return a.astype(np.int64)
+
+
+def _group_labels(labels: Any, n: int | None, name: str, of: str) -> list | None:
+    """``labels`` as a list of ``n`` hashable group labels (numpy scalars as Python values)."""
+    if labels is None:
+        return None
+    if n is None:
+        raise ValueError(f"{name}: given without the images it labels ({of})")
+    if isinstance(labels, (str, bytes)):
+        raise TypeError(f"{name}: expected one group label per image of {of}, found a string")
+    out = [v.item() if isinstance(v, np.generic) else v for v in labels]
+    if len(out) != n:
+        raise ValueError(
+            f"{name}: expected {n} group labels (one per image of {of}), found {len(out)}"
+        )
+    for v in out:
+        try:
+            hash(v)
+        except TypeError:
+            raise TypeError(
+                f"{name}: group labels must be hashable (a patient id, say), found {v!r}"
+            ) from None
+    return out
+
+
+def _closest_per_group(c: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """``c`` (queries x rows) with every row but the closest of its group set to -inf in each
+    query's line, so that a k-NN over it takes one image per group."""
+    out = np.full_like(c, -np.inf)
+    for i, line in enumerate(c):
+        order = np.argsort(-line, kind="stable")
+        _, first = np.unique(groups[order], return_index=True)
+        keep = order[first]
+        out[i, keep] = line[keep]
+    return out
 
 
 class SimilarityMembership(ClassifierMixin, BaseEstimator):
@@ -355,7 +394,14 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         return fit_or_load(params, generated, self.index_cache)
 
     def fit(
-        self, X: Any = None, y: Any = None, *, generated: Any = None, reference: Any = None
+        self,
+        X: Any = None,
+        y: Any = None,
+        *,
+        generated: Any = None,
+        reference: Any = None,
+        groups: Any = None,
+        reference_groups: Any = None,
     ) -> SimilarityMembership:
         """Take in the generated set and the labelled development images.
 
@@ -379,6 +425,16 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             the real images of ``calibration="real"``; ignored by the other calibrations. Under
             scikit-learn's cross-validation a ``reference`` list as long as ``X`` is sliced like
             ``X`` (pass a uint8 stack of another length, or add an image, to avoid it).
+        groups, reference_groups : array-like, optional
+            For ``calibration="real"``: one label per image of ``X`` / of ``reference`` saying
+            which images belong together, e.g. the patient of each CT slice (any hashable
+            values; ``None`` entries and images without a label are groups of their own). The
+            real term then counts groups, not images: an image of the reference is scored
+            without every image of its group, and its ``k_real`` neighbours are the closest
+            image of each of the ``k_real`` closest other groups, so other slices of one patient
+            neither crowd an image's neighbourhood nor count several times in another's
+            (docs/similarity.md, "Several slices per patient"). Ignored by the other
+            calibrations.
         """
         has_labels = y is not None
         if has_labels and X is None:
@@ -410,8 +466,10 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         self.reference_ = None
         self.reference_keys_: dict[bytes, int] = {}
         r_keys = None if X is None or self.calibration is None else self._image_keys(X, r)
+        self.reference_groups_: np.ndarray | None = None
+        g_x = _group_labels(groups, None if X is None else len(r), "groups", "X")
         if self.calibration == "real":
-            self._fit_real_reference(r, r_keys, reference)
+            self._fit_real_reference(r, r_keys, reference, g_x, reference_groups)
         if r is not None:
             if has_labels:
                 yy = _labels(y, len(r))
@@ -461,28 +519,54 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             return None
         return np.array([self.reference_keys_.get(k, -1) for k in keys], dtype=np.int64)
 
-    def _fit_real_reference(self, r: np.ndarray | None, r_keys: list | None, extra: Any) -> None:
-        """The real images of ``calibration="real"``: ``X`` and ``reference``, each image once."""
+    def _fit_real_reference(
+        self,
+        r: np.ndarray | None,
+        r_keys: list | None,
+        extra: Any,
+        groups: list | None = None,
+        extra_groups: Any = None,
+    ) -> None:
+        """The real images of ``calibration="real"``: ``X`` and ``reference``, each image once;
+        with ``groups`` / ``extra_groups`` (labels of ``X`` / ``reference``) the group code of
+        each (the first label an image was given; a group of its own without one)."""
         feats, keys = [], []
+        labels: list = []
         if r is not None:
             feats.append(self.index_.identity(r))
             keys += r_keys or []
+            labels += groups if groups is not None else [None] * len(r)
         if extra is not None:
             if isinstance(extra, (str, bytes, os.PathLike)):
                 raise TypeError(
                     "reference: expected a sequence of images; wrap a single image in a list"
                 )
             items = extra if isinstance(extra, np.ndarray) else list(extra)
+            g = _group_labels(extra_groups, len(items), "reference_groups", "reference")
+            labels += g if g is not None else [None] * len(items)
             if len(items):
                 f = self.index_.transform(items)
                 feats.append(self.index_.identity(f))
                 keys += self._image_keys(items, f)
+        elif extra_groups is not None:
+            raise ValueError("reference_groups: given without reference images (reference=)")
         self.reference_keys_ = {}
         rows = []
+        row_label: list = []
         for i, key in enumerate(keys):
             if key not in self.reference_keys_:
                 self.reference_keys_[key] = len(rows)
                 rows.append(i)
+                row_label.append(labels[i])
+            elif row_label[self.reference_keys_[key]] is None:
+                row_label[self.reference_keys_[key]] = labels[i]
+        if groups is not None or extra_groups is not None:
+            codes: dict = {}
+            own = iter(range(-1, -len(row_label) - 1, -1))  # an unlabelled image: its own group
+            self.reference_groups_ = np.array(
+                [next(own) if v is None else codes.setdefault(v, len(codes)) for v in row_label],
+                dtype=np.int64,
+            )
         if len(rows) < 2:
             raise ValueError(
                 f"calibration='real' needs at least two different real images to compare with "
@@ -579,15 +663,23 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         counts: bool = False,
         k: int | None = None,
         nearest: bool = True,
+        groups: np.ndarray | None = None,
     ) -> Any:
         """The statistic of each query against a small in-memory set ``r``; ``exclude[i]`` is a
         row of ``r`` to leave out for query ``i`` (-1: none). ``counts``: ``(images within the
         radius, images compared)`` per query instead. ``k``: neighbours (default ``self.k``);
-        ``nearest=False``: the centroid alone, without its closest-image clause."""
+        ``nearest=False``: the centroid alone, without its closest-image clause. ``groups``: a
+        group code per row of ``r``; the excluded row's whole group is left out, and the ``k``
+        neighbours are the closest row of each of the ``k`` closest groups."""
         c = self.index_.closeness(q, r).astype(np.float64)
         if exclude is not None:
             rows = np.flatnonzero(exclude >= 0)
-            c[rows, exclude[rows]] = -np.inf
+            if groups is None:
+                c[rows, exclude[rows]] = -np.inf
+            else:
+                c[rows] = np.where(
+                    groups[None, :] == groups[exclude[rows]][:, None], -np.inf, c[rows]
+                )
         within = (
             np.count_nonzero(c >= self.radius_, axis=1)
             if self.radius_ is not None
@@ -597,6 +689,8 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         if counts:
             return within, finite
         k = min(self.k if k is None else k, c.shape[1])
+        if groups is not None:
+            c = _closest_per_group(c, groups)
         if self.statistic == "centroid":
             order = np.argsort(-c, axis=1, kind="stable")[:, :k]
             top = np.take_along_axis(c, order, axis=1)
@@ -639,7 +733,9 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         elif self.calibration == "real" and self.statistic == "count":
             # Monte-Carlo density ratio: the share of generated images within the radius over
             # the share of real images within it (each count + 1: no log of zero)
-            n_in, n_all = self._stat_against(q, self.reference_, loo, counts=True)
+            n_in, n_all = self._stat_against(
+                q, self.reference_, loo, counts=True, groups=self.reference_groups_
+            )
             s = np.log((top.counts + 1.0) / (top.finite + 1.0)) - np.log(
                 (n_in + 1.0) / (n_all + 1.0)
             )
@@ -649,7 +745,14 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             # Other slices of the same patient are near-copies among the real images; the
             # clause would let one of them set d_real (docs/similarity.md, slices per patient)
             d_real = self._distance(
-                self._stat_against(q, self.reference_, loo, k=self.k_real_, nearest=False)
+                self._stat_against(
+                    q,
+                    self.reference_,
+                    loo,
+                    k=self.k_real_,
+                    nearest=False,
+                    groups=self.reference_groups_,
+                )
             )
             s = np.log(d_real) - np.log(self._distance(s))
         return s
