@@ -701,23 +701,17 @@ def _jsonable(v: Any) -> Any:
 #: the same development ROC-AUC with one, three and five slices per patient among the real
 #: images (benches/slices_per_patient.py, docs/slices_per_patient.md): 10 won with one slice and
 #: fell 0.06-0.09 with more, 30 held for every family.
+_CENTROID = {
+    "measure": "pixel",
+    "image_size": 64,
+    "statistic": "centroid",
+    "k": 10,
+    "k_real": 30,
+    "calibration": "real",
+}
 SIMILARITY_PRESETS: dict[str, dict] = {
-    "SSIM to the mean of 10 closest, density ratio": {
-        "measure": "ssim",
-        "image_size": 64,
-        "statistic": "centroid",
-        "k": 10,
-        "k_real": 30,
-        "calibration": "real",
-    },
-    "Pixel to the mean of 10 closest, density ratio": {
-        "measure": "pixel",
-        "image_size": 64,
-        "statistic": "centroid",
-        "k": 10,
-        "k_real": 30,
-        "calibration": "real",
-    },
+    "SSIM to the mean of 10 closest, density ratio": {**_CENTROID, "measure": "ssim"},
+    "Pixel to the mean of 10 closest, density ratio": dict(_CENTROID),
     "Pixel k-NN count, density ratio": {
         "measure": "pixel",
         "image_size": 64,
@@ -734,26 +728,9 @@ SIMILARITY_PRESETS: dict[str, dict] = {
         "calibration": "real",
         "query_transforms": "small",
     },
-    "Fused similarity": {
+    "Fused similarity": {  # the pixel and SSIM presets above, combined
         "estimator": "fused",
-        "members": [
-            {
-                "measure": "pixel",
-                "image_size": 64,
-                "statistic": "centroid",
-                "k": 10,
-                "k_real": 30,
-                "calibration": "real",
-            },
-            {
-                "measure": "ssim",
-                "image_size": 64,
-                "statistic": "centroid",
-                "k": 10,
-                "k_real": 30,
-                "calibration": "real",
-            },
-        ],
+        "members": [dict(_CENTROID), {**_CENTROID, "measure": "ssim"}],
     },
     "GAN-Leaks (baseline)": {"estimator": "ganleaks", "image_size": 64},
     "VCMI SSIM (baseline)": {"estimator": "vcmi", "decision": "threshold:0"},
@@ -818,12 +795,12 @@ def _similarity_scorer(
         real_all = info.get("_real_all")
         fit_params: dict[str, Any] = {}
         takes = inspect.signature(est.fit).parameters
+        found = None if groups is None else _groups_of(real_all or real_train, groups)
         if real_all and "reference" in takes:
             fit_params["reference"] = real_all
-            if groups is not None and "reference_groups" in takes:
-                fit_params["reference_groups"] = _groups_of(real_all, groups)
-        if groups is not None and not info.get("refit_for_test"):
-            found = _groups_of(real_all or real_train, groups)
+            if found is not None and "reference_groups" in takes:
+                fit_params["reference_groups"] = found
+        if found is not None and not info.get("refit_for_test"):
             named = [g for g in found if g is not None]
             if not named:
                 raise LabelsError(
