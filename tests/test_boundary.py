@@ -1,5 +1,5 @@
-"""The Python <-> Rust boundary: configs cross by attribute name, ``fill_value`` (with its
-deprecated ``cval`` alias), and concurrent callers that run at the same time."""
+"""The Python <-> Rust boundary: configs cross by attribute name, ``fill_value``, and concurrent
+callers that run at the same time."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import io
 import threading
 import time
 import types
-import warnings
 
 import numpy as np
 import pytest
@@ -88,7 +87,7 @@ def test_bad_limits_name_the_field():
 
 
 # --------------------------------------------------------------------------------------------------
-# fill_value, and cval as its deprecated alias
+# fill_value
 
 
 def _ramp(h: int = 6, w: int = 5) -> np.ndarray:
@@ -116,30 +115,16 @@ def test_fill_value_pads_constant_fill_in_transform_augment_and_load_batch():
     assert up[0, 0, 0, 0] > 0 and up[0, 0, 4, 4] == 0
 
 
-def test_cval_is_a_deprecated_alias_of_fill_value():
+def test_cval_is_not_accepted_before_the_first_release():
+    # 0.1.0 was never released: the pre-release alias ``cval`` is gone, not deprecated
     img = _ramp()
-    kw = {"angle_deg": 30.0, "size": (9, 8), "fill": "constant"}
-    with pytest.warns(DeprecationWarning, match="'cval' is deprecated.*'fill_value'"):
-        old = ctfp.transform(img, **kw, cval=90.0)
-    np.testing.assert_array_equal(old, ctfp.transform(img, **kw, fill_value=90.0))
-    with pytest.warns(DeprecationWarning, match="Augment: 'cval' is deprecated"):
-        aug = ctfp.Augment(fill="constant", cval=90.0)
-    assert aug == ctfp.Augment(fill="constant", fill_value=90.0)
-    with pytest.warns(DeprecationWarning, match="'cval' is deprecated"):
-        assert aug.cval == 90.0
-    small = np.zeros((4, 4), np.uint8)
-    with pytest.warns(DeprecationWarning, match="load_batch: 'cval' is deprecated"):
-        old_batch = ctfp.load_batch([small], size=8, fill="constant", cval=90.0)
-    new_batch = ctfp.load_batch([small], size=8, fill="constant", fill_value=90.0)
-    np.testing.assert_array_equal(old_batch, new_batch)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        with pytest.raises(TypeError, match="'fill_value' only"):
-            ctfp.transform(img, **kw, fill_value=1.0, cval=2.0)
-        with pytest.raises(TypeError, match="'fill_value' only"):
-            ctfp.Augment(fill_value=1.0, cval=2.0)
-        with pytest.raises(ValueError, match="fill_value"):
-            ctfp.Augment(cval=300.0)
+    with pytest.raises(TypeError, match="cval"):
+        ctfp.transform(img, angle_deg=30.0, fill="constant", cval=90.0)
+    with pytest.raises(TypeError, match="cval"):
+        ctfp.Augment(fill="constant", cval=90.0)
+    with pytest.raises(TypeError, match="cval"):
+        ctfp.load_batch([np.zeros((4, 4), np.uint8)], size=8, cval=90.0)
+    assert not hasattr(ctfp.Augment(), "cval")
 
 
 # --------------------------------------------------------------------------------------------------

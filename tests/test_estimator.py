@@ -174,12 +174,11 @@ def test_rgb_arrays(images, labels) -> None:
         assert torch.equal(value, clf.model_.state_dict()[key]), key
 
 
-def test_sample_augment_and_its_deprecated_name(images, labels) -> None:
+def test_sample_augment(images, labels) -> None:
     flip = ctfp.Augment(hflip=1.0, max_angle_deg=0.0, zoom=(1.0, 1.0), shift_frac=0.0)
     configs = [flip if k % 2 else None for k in range(N)]
     a = FingerprintClassifier(**TINY).fit(images, labels, sample_augment=configs)
-    with pytest.warns(DeprecationWarning, match="sample_augment"):
-        b = FingerprintClassifier(**TINY).fit(images, labels, augment=configs)
+    b = FingerprintClassifier(**TINY).fit(images, labels, sample_augment=configs)
     assert _same_weights(a, b)
     c = FingerprintClassifier(**dict(TINY, augment=None)).fit(images, labels)
     assert not _same_weights(a, c)
@@ -192,9 +191,9 @@ def test_sample_augment_and_its_deprecated_name(images, labels) -> None:
         FingerprintClassifier(**TINY).fit(images, labels, sample_augment=configs[:3])
     with pytest.raises(TypeError, match=r"sample_augment\[1\]: expected a ctfp.Augment"):
         FingerprintClassifier(**TINY).fit(images, labels, sample_augment=[None, "flip"] * 6)
-    with pytest.raises(TypeError, match="sample_augment only"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        FingerprintClassifier(**TINY).fit(images, labels, sample_augment=configs, augment=configs)
+    # the pre-release name of sample_augment is gone (0.1.0 was never released)
+    with pytest.raises(TypeError, match="augment"):
+        FingerprintClassifier(**TINY).fit(images, labels, augment=configs)
 
 
 def test_fit_leaves_torch_thread_count_alone(images, labels) -> None:

@@ -115,12 +115,10 @@ def test_metadata_holds_the_preprocessing(exported, fitted) -> None:
 def test_loaded_attributes_end_in_underscore(exported) -> None:
     model = OnnxFingerprintModel(exported, batch_size=5, n_jobs=-1)
     assert (model.path, model.providers, model.batch_size, model.n_jobs) == (exported, None, 5, -1)
-    with pytest.warns(DeprecationWarning, match="threshold_"):
-        assert model.threshold == model.threshold_
-    with pytest.warns(DeprecationWarning, match="image_size_"):
-        assert model.image_size == model.image_size_
-    with pytest.raises(AttributeError):
-        model.nothing  # noqa: B018
+    # the pre-release names without the trailing underscore are gone (0.1.0 was never released)
+    for name in ("threshold", "image_size", "nothing"):
+        with pytest.raises(AttributeError):
+            getattr(model, name)
     with pytest.raises(ValueError, match="OnnxFingerprintModel: batch_size: expected an integer"):
         OnnxFingerprintModel(exported, batch_size=0)
     with pytest.raises(ValueError, match="OnnxFingerprintModel: n_jobs"):

@@ -31,10 +31,8 @@ outputs are computed from the unrounded sample.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import numbers
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -179,8 +177,7 @@ class Augment:
     fill : {"nearest", "constant", "reflect"}
         Border rule for samples outside the image ("nearest" repeats the edge, Keras' default).
     fill_value : float
-        Grey level in ``[0, 255]`` that ``fill="constant"`` pads with. ``cval=`` is a deprecated
-        alias.
+        Grey level in ``[0, 255]`` that ``fill="constant"`` pads with.
     interpolation : {"bilinear", "nearest"}
 
     Each sample's parameters are drawn from ``(seed, epoch, sample_id)`` only, in a fixed order
@@ -212,12 +209,6 @@ class Augment:
         _check_choice("interpolation", self.interpolation, INTERPOLATIONS)
         set_(self, "fill_value", _check_real("fill_value", self.fill_value, 0.0, 255.0))
 
-    @property
-    def cval(self) -> float:
-        """Deprecated alias of :attr:`fill_value`."""
-        warnings.warn(_CVAL_DEPRECATED.format(where="Augment"), DeprecationWarning, stacklevel=2)
-        return self.fill_value
-
     def sample_params(self, sample_id: int, *, seed: int = 0, epoch: int = 0) -> AugmentParams:
         """The parameters :func:`load_batch` draws for ``sample_id`` (for debugging or replay)."""
         flip, angle, zoom, shift = _core.sample_params(
@@ -227,34 +218,6 @@ class Augment:
             sample_id=_check_int("sample_id", sample_id),
         )
         return AugmentParams(flip, angle, zoom, shift)
-
-
-_CVAL_DEPRECATED = "{where}: 'cval' is deprecated and will be removed; use 'fill_value'"
-
-
-def _fill_value(fill_value: object, cval: object, where: str) -> float:
-    """``fill_value``, or the deprecated ``cval`` alias (with a warning) when that was given."""
-    if cval is not None:
-        warnings.warn(_CVAL_DEPRECATED.format(where=where), DeprecationWarning, stacklevel=3)
-        if fill_value is not None and fill_value != 0.0:
-            raise TypeError(f"{where}: pass 'fill_value' only ('cval' is its deprecated alias)")
-        fill_value = cval
-    return _check_real("fill_value", 0.0 if fill_value is None else fill_value, 0.0, 255.0)
-
-
-_augment_init = Augment.__init__
-
-
-@functools.wraps(_augment_init)
-def _augment_init_with_cval(self: Augment, *args: Any, cval: Any = None, **kwargs: Any) -> None:
-    # ``Augment(cval=...)`` keeps working, with a DeprecationWarning, while callers move to
-    # ``fill_value``.
-    if cval is not None:
-        kwargs["fill_value"] = _fill_value(kwargs.get("fill_value"), cval, "Augment")
-    _augment_init(self, *args, **kwargs)
-
-
-Augment.__init__ = _augment_init_with_cval  # type: ignore[method-assign]
 
 
 def _limits(limits: DecodeLimits | None) -> DecodeLimits:
@@ -299,7 +262,6 @@ def transform(
     fill: str = "nearest",
     interpolation: str = "bilinear",
     fill_value: float = 0.0,
-    cval: float | None = None,
 ) -> np.ndarray:
     """Apply explicit augmentation parameters to one uint8 ``(H, W)`` grey image.
 
@@ -316,10 +278,9 @@ def transform(
     size : int or (height, width), optional
         Output size; the input's size by default.
     fill_value : float
-        Grey level in ``[0, 255]`` that ``fill="constant"`` pads with. ``cval=`` is a deprecated
-        alias.
+        Grey level in ``[0, 255]`` that ``fill="constant"`` pads with.
     """
-    fill_value = _fill_value(fill_value, cval, "transform")
+    fill_value = _check_real("fill_value", fill_value, 0.0, 255.0)
     if not isinstance(image, np.ndarray):
         raise TypeError(f"image: expected a numpy uint8 array, found {type(image).__name__}")
     if image.dtype != np.uint8 or image.ndim != 2:
@@ -434,7 +395,6 @@ def load_batch(
     cache: ImageCache | None = None,
     limits: DecodeLimits | None = None,
     n_threads: int | None = None,
-    cval: float | None = None,
 ) -> np.ndarray:
     """Decode, augment and assemble a batch into one channels-first array.
 
@@ -470,8 +430,8 @@ def load_batch(
     interpolation, fill, fill_value
         How sources without an augmentation config are resampled to ``size``: interpolation
         ``"bilinear"``/``"nearest"``, border rule ``"nearest"``/``"constant"``/``"reflect"``, and
-        the grey level in ``[0, 255]`` that ``fill="constant"`` pads with (``cval=`` is a
-        deprecated alias). A ``ctfp.Augment`` carries its own three.
+        the grey level in ``[0, 255]`` that ``fill="constant"`` pads with. A ``ctfp.Augment``
+        carries its own three.
     cache : ctfp.ImageCache, optional
         Keep decoded images of path sources in memory (checked against each file's size and
         modification time), so later epochs only augment.
@@ -507,7 +467,7 @@ def load_batch(
     if n_threads is not None:
         _check_int("n_threads", n_threads, 1, 1024)
     mean, std = _normalize(normalize, dtype, layout)
-    fill_value = _fill_value(fill_value, cval, "load_batch")
+    fill_value = _check_real("fill_value", fill_value, 0.0, 255.0)
     channels = 3 if layout == "rgb" else 1
     out = _core.load_batch(
         [bytes(s) if isinstance(s, (bytearray, memoryview)) else s for s in sources],

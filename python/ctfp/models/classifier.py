@@ -269,7 +269,6 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         y: Any,
         *,
         sample_augment: Sequence[Augment | None] | None = None,
-        augment: Sequence[Augment | None] | None = None,
     ) -> FingerprintClassifier:
         """Train a fresh model on images ``X`` with labels ``y`` (any two distinct labels).
 
@@ -283,14 +282,11 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
             parameter for all: how the paper's training set augments real images only, each copy
             its own way (:func:`ctfp.data.expansion.paper_training_set`). A path may appear many
             times in ``X``; it is decoded once.
-        augment : deprecated
-            The old name of ``sample_augment`` (``DeprecationWarning``).
 
         Returns
         -------
         self
         """
-        sample_augment = inputs.renamed_sample_augment(sample_augment, augment)
         owner = type(self).__name__
         validate_params(self.get_params(deep=False), self._parameter_constraints, owner)
         validation_fraction = float(self.validation_fraction or 0.0)

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,7 +22,6 @@ __all__ = [
     "check_image_contract",
     "check_labels",
     "check_sample_augment",
-    "renamed_sample_augment",
     "validate_images",
 ]
 
@@ -229,21 +227,6 @@ def check_labels(y: Any, n_images: int, owner: str) -> tuple[np.ndarray, np.ndar
             f"(e.g. real vs generated images)"
         )
     return classes, y_idx
-
-
-def renamed_sample_augment(sample_augment: Any, augment: Any) -> Any:
-    """``fit``'s ``sample_augment``, also when given by its deprecated name ``augment``."""
-    if augment is None:
-        return sample_augment
-    warnings.warn(
-        "fit(X, y, augment=[...]) is deprecated; the per-image configs are now "
-        "fit(X, y, sample_augment=[...]) (the constructor's augment= is for all images)",
-        DeprecationWarning,
-        stacklevel=3,
-    )
-    if sample_augment is not None:
-        raise TypeError("fit: pass sample_augment only (augment is its deprecated name)")
-    return augment
 
 
 def check_sample_augment(

@@ -208,17 +208,6 @@ class OnnxFingerprintModel:
         "batch_size": [Interval(int, 1, None)],
         "n_jobs": N_JOBS,
     }
-    # the names these attributes had before they took the trailing "_"
-    _RENAMED = (
-        "session",
-        "metadata",
-        "threshold",
-        "image_size",
-        "normalize",
-        "image_shape",
-        "image_channels",
-        "backbone",
-    )
 
     def __init__(
         self,
@@ -264,18 +253,6 @@ class OnnxFingerprintModel:
         self.image_shape_ = None if meta["image_shape"] is None else tuple(meta["image_shape"])
         self.image_channels_ = meta["image_channels"]
         self.backbone_ = meta.get("backbone")
-
-    def __getattr__(self, name: str) -> Any:
-        # only reached for names the instance lacks: the pre-rename attribute names
-        if name in OnnxFingerprintModel._RENAMED:
-            warnings.warn(
-                f"OnnxFingerprintModel.{name} is deprecated; use {name}_ (what was read from the "
-                f"file ends in '_')",
-                DeprecationWarning,
-                stacklevel=2,
-            )
-            return getattr(self, name + "_")
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
         return (
