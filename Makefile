@@ -40,8 +40,10 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check python tests benches
 	$(PY) -m mypy.stubtest ctfp._core
 
+# The suite, then the docstring examples of the package run as doctests.
 test-python: $(STAMP)
 	$(PY) -m pytest -q
+	$(PY) -m pytest -q -p no:cacheprovider --doctest-modules python/ctfp
 
 bench: $(STAMP)
 	$(PIP) install --quiet -e ".[test,dev,bench]"

@@ -62,11 +62,19 @@ class BatchStream:
 
     Examples
     --------
-    >>> stream = BatchStream(paths, labels=y, batch_size=32, augment=ctfp.Augment(),
-    ...                      dtype="float32", normalize="imagenet", cache=True)
-    >>> for epoch in range(50):
-    ...     for xb, yb in stream:        # epoch 0, 1, ... in turn
-    ...         loss = step(torch.from_numpy(xb).to(device), torch.from_numpy(yb))
+    Five synthetic slices in batches of two, augmented and normalised for an ImageNet backbone;
+    each ``for`` loop is the next epoch (a training step would take ``torch.from_numpy(xb)``):
+
+    >>> import numpy as np, ctfp
+    >>> images = list(ctfp.synthetic.make_slices(5, size=64))
+    >>> stream = BatchStream(images, labels=np.arange(5), batch_size=2, size=32,
+    ...                      augment=ctfp.Augment(), dtype="float32", normalize="imagenet")
+    >>> for epoch in range(2):
+    ...     print([(xb.shape, yb.tolist()) for xb, yb in stream][0][0])
+    (2, 3, 32, 32)
+    (2, 3, 32, 32)
+    >>> len(stream)
+    3
     """
 
     def __init__(

@@ -16,7 +16,7 @@ Everything is drawn from ``numpy.random.Generator(numpy.random.PCG64(...))`` see
 
 Examples
 --------
->>> from ctfp.synthetic import make_slice, make_slices
+>>> from ctfp.data.synthetic import make_slice, make_slices
 >>> img = make_slice(3, slice_index=5)
 >>> img.shape, img.dtype
 ((256, 256), dtype('uint8'))

@@ -117,11 +117,18 @@ class UpscaleCache:
 
     Examples
     --------
-    >>> cache = UpscaleCache("~/.cache/ctfp/esrgan", "realesrgan-x4plus", device="cuda")
-    >>> big = cache.upscale_paths(pngs, progress=True)      # upscales the misses only
-    >>> xb = ctfp.load_batch(big, size=(896, 896), augment=ctfp.Augment(), epoch=e)
+    Two small PNGs upscaled once, then read from the cache (``device="cuda"`` on a GPU):
+
+    >>> import tempfile, ctfp
+    >>> folder = tempfile.mkdtemp()
+    >>> pngs = ctfp.synthetic.write_pngs(folder + "/real", 2, seed=1, size=32)
+    >>> cache = UpscaleCache(folder + "/esrgan", "realesrgan-x4plus", device="cpu")
+    >>> big = cache.upscale_paths(pngs)                     # upscales the misses only
+    >>> big = cache.upscale_paths(pngs)                     # now all hits
+    >>> ctfp.load_batch(big, size=(128, 128), augment=ctfp.Augment(), epoch=0).shape
+    (2, 3, 128, 128)
     >>> cache.stats
-    CacheStats(hits=..., misses=...)
+    CacheStats(hits=2, misses=2)
     """
 
     def __init__(

@@ -258,10 +258,16 @@ class Upscaler:
 
     Examples
     --------
-    >>> up = Upscaler()                        # Real-ESRGAN x4plus, GPU when there is one
-    >>> big = up.upscale(grey_224)             # (896, 896) uint8
-    >>> for out in up.upscale_iter(images):    # streams; holds batch_size images at a time
-    ...     save(out)
+    Real-ESRGAN x4plus (its weights ship in ``ctfp[weights]``), on the GPU when there is one; a
+    small image keeps the example quick on a CPU:
+
+    >>> import numpy as np
+    >>> up = Upscaler("realesrgan-x4plus", device="cpu")
+    >>> grey = np.full((16, 16), 128, np.uint8)
+    >>> up.upscale(grey).shape, up.upscale(grey).dtype
+    ((64, 64), dtype('uint8'))
+    >>> [out.shape for out in up.upscale_iter([grey, grey])]  # streams batch_size at a time
+    [(64, 64), (64, 64)]
     """
 
     #: The checks of the settings (``device`` goes through :func:`ctfp._util.resolve_device`);
