@@ -1,5 +1,5 @@
 """The paper's training set: every real image appears 50 times so that 200 real images match
-10,000 generated ones 1:1 (DESIGN.md section 2).
+10,000 generated ones 1:1, as the reproduced paper balanced them (README, "The task end to end").
 
 Each real image gives its original, its horizontal flip, 24 random augmentations of the original
 and 24 of the flip (zoom 0.97-1.03, rotation within 10 degrees, shifts within 0.05, edge pixels
