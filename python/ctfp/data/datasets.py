@@ -196,11 +196,12 @@ def find_datasets(root: str | os.PathLike[str], *, require: str | None = None) -
             )
         return [ds for d in subs for ds in find_datasets(d, require=require)]
     shared = groups.pop(None, {})
-    if not groups:
+    numbered = {suffix: kinds for suffix, kinds in groups.items() if suffix is not None}
+    if not numbered:
         named = {root.name: shared}
     else:
         named = {}
-        for suffix, kinds in sorted(groups.items(), key=lambda kv: int(kv[0])):
+        for suffix, kinds in sorted(numbered.items(), key=lambda kv: int(kv[0])):
             merged = {**shared, **kinds}
             named[f"{root.name}/{suffix}"] = merged
     datasets = []

@@ -21,7 +21,7 @@ from ctfp.data.preprocess import Augment
 __all__ = ["FLIP_ONLY", "TrainingSet", "paper_training_set"]
 
 #: The deterministic flip of a real image (no random affine).
-FLIP_ONLY = Augment(hflip=1.0, max_angle_deg=0.0, zoom=(1.0, 1.0), shift_frac=0.0)
+FLIP_ONLY = Augment(hflip=1.0, max_angle_deg=0.0, zoom=(1.0, 1.0), shift_frac=(0.0, 0.0))
 
 
 @dataclass(frozen=True)

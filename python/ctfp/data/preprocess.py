@@ -303,9 +303,10 @@ def transform(
     )
 
 
-def _normalize(
-    normalize: object, dtype: str, layout: str
-) -> tuple[tuple[float, ...], tuple[float, ...]]:
+_Triple = tuple[float, float, float]
+
+
+def _normalize(normalize: object, dtype: str, layout: str) -> tuple[_Triple, _Triple]:
     if normalize is None:
         if dtype == "float32":
             return NORMALIZE_PRESETS["unit"]
@@ -337,7 +338,7 @@ def _normalize(
             f"layout={layout!r} shares one plane between the channels, so normalize needs the same "
             f"mean and std for each channel; found mean={mean}, std={std}. Use layout='rgb'."
         )
-    return tuple(mean), tuple(std)
+    return mean, std
 
 
 def _triple(name: str, value: object) -> tuple[float, float, float]:

@@ -231,17 +231,17 @@ class GlooSyncBatchNorm(_BatchNorm):
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         if self.track_running_stats:
+            tracked, r_mean, r_var = self.num_batches_tracked, self.running_mean, self.running_var
+            assert tracked is not None and r_mean is not None and r_var is not None  # tracked
             with torch.no_grad():
-                self.num_batches_tracked.add_(1)
+                tracked.add_(1)
                 if self.momentum is None:  # cumulative moving average, as torch's BatchNorm
-                    f = 1.0 / float(self.num_batches_tracked)
+                    f = 1.0 / float(tracked)
                 else:
                     f = float(self.momentum)
                 unbiased = var.detach() * (n / (n - 1))
-                self.running_mean.mul_(1 - f).add_(
-                    mean.detach().to(self.running_mean.dtype), alpha=f
-                )
-                self.running_var.mul_(1 - f).add_(unbiased.to(self.running_var.dtype), alpha=f)
+                r_mean.mul_(1 - f).add_(mean.detach().to(r_mean.dtype), alpha=f)
+                r_var.mul_(1 - f).add_(unbiased.to(r_var.dtype), alpha=f)
         return y
 
 
@@ -275,7 +275,7 @@ def sync_batchnorm(
         cls = torch.nn.SyncBatchNorm if device.type == "cuda" else GlooSyncBatchNorm
         new = cls(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
                   process_group=group)  # fmt: skip
-        new._ctfp_batchnorm_class = type(bn)
+        new.__dict__["_ctfp_batchnorm_class"] = type(bn)  # a plain attribute, as Module sets it
         return new
 
     return _replace_batchnorm(module, make)
