@@ -70,7 +70,7 @@ QUICK: dict[str, Any] = {
     "memorisation": {"n_samples": 64, "seed": 12345},
 }
 QUICK_TRAIN = {"few-hundred": 12, "thousand": 20}
-#: memorisation AUC the few-hundred regime aims at (the issue's 0.60-0.70)
+#: memorisation AUC the few-hundred regime aims at (the project's target band, 0.60-0.70)
 TARGET = (0.60, 0.70)
 #: seconds kept back per regime for measuring snapshots and writing files
 RESERVE_S = 20.0
