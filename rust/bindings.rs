@@ -39,6 +39,29 @@ impl From<CtfpError> for PyErr {
     }
 }
 
+/// The elements of `arr` in C (row-major) order, or an error naming `what` (the argument
+/// `arg`) with the hint.
+///
+/// rust-numpy's `as_slice` also accepts a Fortran-ordered array (contiguous, but column-major),
+/// whose memory read as rows would be the image transposed or scrambled: every array argument
+/// goes through this one check, so Fortran order, strides and negative strides are refused alike.
+fn c_order<'a, T: numpy::Element, D: numpy::ndarray::Dimension>(
+    arr: &'a numpy::PyReadonlyArray<'_, T, D>,
+    what: &str,
+    arg: &str,
+) -> PyResult<&'a [T]> {
+    let refuse = || {
+        PyValueError::new_err(format!(
+            "{what}: array is not C-contiguous (Fortran order, strides or a view such as .T); \
+             pass np.ascontiguousarray({arg})"
+        ))
+    };
+    if !arr.is_c_contiguous() {
+        return Err(refuse());
+    }
+    arr.as_slice().map_err(|_| refuse())
+}
+
 /// A source as extracted from Python, kept alive (and borrowed) while the GIL is released.
 enum Held<'py> {
     Path(PathBuf),
@@ -78,11 +101,7 @@ fn as_source<'a>(held: &'a Held<'_>, index: usize) -> PyResult<Source<'a>> {
         Held::Bytes(b) => Source::Bytes(b.as_bytes()),
         Held::Array(a) => {
             let shape = a.shape().to_vec();
-            let data = a.as_slice().map_err(|_| {
-                PyValueError::new_err(format!(
-                    "image {index}: array is not C-contiguous; pass np.ascontiguousarray(image)"
-                ))
-            })?;
+            let data = c_order(a, &format!("image {index}"), "image")?;
             match shape.as_slice() {
                 [h, w] | [h, w, 1] => Source::Grey(GreyView {
                     data,
@@ -257,9 +276,7 @@ fn transform_py<'py>(
     let sampling = sampling_from(interpolation, fill, fill_value)?;
     let kernel = kernel()?;
     let (h, w) = (image.shape()[0], image.shape()[1]);
-    let data = image.as_slice().map_err(|_| {
-        PyValueError::new_err("image: array is not C-contiguous; pass np.ascontiguousarray(image)")
-    })?;
+    let data = c_order(&image, "image", "image")?;
     let params = AugmentParams {
         flip,
         angle_deg,
@@ -502,11 +519,7 @@ fn rgb_to_grey_py<'py>(
             "rgb: expected a uint8 array whose last axis has 3 channels (..., 3), found shape {shape:?}"
         )));
     }
-    let src = rgb.as_slice().map_err(|_| {
-        PyValueError::new_err(
-            "rgb: expected a C-contiguous array; pass np.ascontiguousarray(rgb)".to_string(),
-        )
-    })?;
+    let src = c_order(&rgb, "rgb", "rgb")?;
     let grey: Vec<u8> = py.detach(|| {
         src.chunks_exact(3)
             .map(|p| decode::luma(p[0], p[1], p[2]))
@@ -591,11 +604,7 @@ fn ssim_images<'a>(
     name: &str,
 ) -> PyResult<crate::ssim::Images<'a>> {
     let shape = a.shape();
-    let data = a.as_slice().map_err(|_| {
-        PyValueError::new_err(format!(
-            "{name}: array is not C-contiguous; pass np.ascontiguousarray({name})"
-        ))
-    })?;
+    let data = c_order(a, name, name)?;
     Ok(crate::ssim::Images::new(
         data, shape[0], shape[1], shape[2],
     )?)

@@ -287,8 +287,6 @@ def transform(
         raise ValueError(
             f"image: expected a uint8 array of shape (H, W), found {image.dtype} {image.shape}"
         )
-    if not image.flags.c_contiguous:
-        raise ValueError("image: array is not C-contiguous; pass np.ascontiguousarray(image)")
     out_size = image.shape if size is None else _size(size)
     return _core.transform(
         image,
