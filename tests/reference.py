@@ -179,3 +179,29 @@ def scale_low_bits(v: np.ndarray, bits: int) -> np.ndarray:
 
 def grey_to_rgb(g: np.ndarray) -> np.ndarray:
     return np.repeat(g[None], 3, 0)
+
+
+def organisers_accept(text: str, ids: list[str]) -> bool:
+    """Whether the ImageCLEFmedical GANs 2023 submission validator accepts run-file ``text``,
+    rebuilt from its published rules (not from ctfp): the file read in Python's text mode, each
+    line parsed by the ``csv`` module with a comma delimiter and no quoting, exactly two tokens a
+    line, each token stripped of white space, the id one of ``ids`` and not seen before, the score
+    ``int()`` of 0 or 1, and as many distinct ids as there are test ids."""
+    import csv
+    import io
+
+    expected = set(ids)
+    seen: set[str] = set()
+    for row in csv.reader(io.StringIO(text, newline=None), delimiter=",", quoting=csv.QUOTE_NONE):
+        if len(row) != 2:
+            return False
+        ident, score = row[0].strip(), row[1].strip()
+        if ident not in expected or ident in seen:
+            return False
+        try:
+            if int(score) not in (0, 1):
+                return False
+        except ValueError:
+            return False
+        seen.add(ident)
+    return len(seen) == len(expected)

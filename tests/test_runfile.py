@@ -1,9 +1,11 @@
 """Run files (python/ctfp/runfile.py): the organisers' rules, checked line by line, and the writer
 that refuses to put a bad file on disk.
 
-Decisions tested here: CRLF line endings are accepted (a run file saved on Windows is the same run),
-one final newline is optional, but a second one is an empty line; one space after the comma is
-tolerated, two are not.
+Decisions tested here: the validator accepts exactly what the organisers' validator accepts
+(checked against ``tests/reference.py``'s reading of their published rules, on cases with the
+properties of their example runs and on random files); CRLF line endings are accepted, one final
+newline is optional, but a second one is an empty line; padding around tokens and labels such as
+``+1`` are accepted with a warning, never rejected.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ctfp.data.datasets import DatasetError
 from ctfp.exceptions import CtfpError
@@ -23,6 +27,8 @@ from ctfp.imageclef.runfile import (
     RunFileError,
     SingleClassWarning,
     image_id,
+    run_file_warnings,
+    run_text_warnings,
     validate_run_file,
     validate_run_text,
     write_run_file,
@@ -125,8 +131,7 @@ def edited(at: int, line: str | None, *, insert: bool = False) -> str:
         (edited(2, "real_unknown_0001;0"), [(2, "format"), (0, "missing ids")]),
         (edited(2, "real_unknown_0001 0"), [(2, "format"), (0, "missing ids")]),
         (edited(2, "real_unknown_0001"), [(2, "format"), (0, "missing ids")]),
-        (edited(2, " real_unknown_0001,0"), [(2, "format"), (0, "missing ids")]),
-        (edited(2, ",0"), [(2, "format"), (0, "missing ids")]),
+        (edited(2, ",0"), [(2, "unknown id"), (0, "missing ids")]),  # the id
         (edited(1, "image_id,label", insert=True), [(1, "unknown id"), (1, "non-integer")]),
         (edited(5, "real_unknown_9999,1", insert=True), [(5, "unknown id")]),
         (edited(5, "real_unknown_0000,0", insert=True), [(5, "duplicate id")]),
@@ -134,9 +139,6 @@ def edited(at: int, line: str | None, *, insert: bool = False) -> str:
         (edited(2, "real_unknown_0001,1.0"), [(2, "non-integer")]),
         (edited(2, "real_unknown_0001,yes"), [(2, "non-integer")]),
         (edited(2, "real_unknown_0001,"), [(2, "non-integer")]),
-        (edited(2, "real_unknown_0001,  1"), [(2, "non-integer")]),  # two spaces
-        (edited(2, "real_unknown_0001,1 "), [(2, "non-integer")]),  # trailing space
-        (edited(2, "real_unknown_0001,\u0661"), [(2, "non-integer")]),  # Arabic-Indic one
         (edited(2, "real_unknown_0001,2"), [(2, "above 1")]),
         (edited(2, "real_unknown_0001,10"), [(2, "above 1")]),
         (edited(2, "real_unknown_0001,-1"), [(2, "below 0")]),
@@ -145,6 +147,41 @@ def edited(at: int, line: str | None, *, insert: bool = False) -> str:
 )
 def test_each_failure_class(text: str, expected: list[tuple[int, str]]) -> None:
     assert kinds(validate_run_text(text, IDS)) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (edited(2, " real_unknown_0001,0"), [(2, "padding")]),
+        (edited(2, "real_unknown_0001        ,0"), [(2, "padding")]),
+        (edited(2, "real_unknown_0001,   0"), [(2, "padding")]),
+        (edited(2, "real_unknown_0001,  1"), [(2, "padding")]),
+        (edited(2, "real_unknown_0001,1 "), [(2, "padding")]),
+        (edited(2, "real_unknown_0001,\t1"), [(2, "padding")]),
+        (edited(2, "real_unknown_0001,\u0661"), [(2, "label form")]),  # Arabic-Indic one
+        (edited(2, "real_unknown_0001,+1"), [(2, "label form")]),
+        (edited(2, "real_unknown_0001,00"), [(2, "label form")]),
+        (edited(2, "real_unknown_0001 , +1"), [(2, "padding"), (2, "label form")]),
+        ("\r".join(GOOD), [(0, "line ends")]),
+    ],
+)
+def test_accepted_with_a_warning(text: str, expected: list[tuple[int, str]]) -> None:
+    # what the organisers accept is valid; ctfp only warns about it
+    assert validate_run_text(text, IDS) == []
+    assert kinds(run_text_warnings(text)) == expected
+
+
+def test_canonical_files_have_no_warnings(test_root: Path, tmp_path: Path) -> None:
+    for text in (
+        "\n".join(GOOD) + "\n",
+        "\r\n".join(GOOD),
+        "\n".join(g.replace(",", ", ") for g in GOOD),
+    ):
+        assert run_text_warnings(text) == []
+    run = tmp_path / "run.txt"
+    run.write_bytes("\r".join(GOOD).encode())  # bare CR: read as stored, not translated
+    assert validate_run_file(run, test_root) == []
+    assert kinds(run_file_warnings(run)) == [(0, "line ends")]
 
 
 def test_messages_name_the_problem() -> None:
@@ -167,8 +204,9 @@ def test_many_missing_ids_are_summarised() -> None:
 
 
 def test_empty_file() -> None:
-    assert kinds(validate_run_text("", IDS)) == [(0, "empty"), (0, "missing ids")]
-    assert kinds(validate_run_text("", [])) == [(0, "empty")]
+    assert kinds(validate_run_text("", IDS)) == [(0, "missing ids")]
+    assert kinds(validate_run_text("", [])) == []  # nothing expected, nothing missing
+    assert kinds(run_text_warnings("")) == [(0, "empty")]
 
 
 def test_every_problem_in_line_order() -> None:
@@ -360,3 +398,95 @@ def test_no_warning_for_mixed_predictions(tmp_path: Path) -> None:
 def test_run_file_error_is_a_ctfp_value_error() -> None:
     assert issubclass(RunFileError, CtfpError) and issubclass(RunFileError, ValueError)
     assert RunFileError("x").problems == []
+
+
+# --------------------------------------------------------------------------------------------------
+# the organisers' validator: accept what it accepts, reject what it rejects
+
+TEST_IDS = [f"real_unknown_{k:04d}" for k in range(1, 9)]
+
+
+def _organisers_cases() -> dict[str, tuple[str, bool]]:
+    """Files with the properties of the organisers' ten example runs (two valid, eight invalid),
+    written here: name -> (text, whether their validator accepts it)."""
+    rows = [f"{i},{k % 2}" for k, i in enumerate(TEST_IDS)]
+    padded = [f"{TEST_IDS[0]}        ,0", f"{TEST_IDS[1]},   0", *rows[2:]]
+    return {
+        "ok": ("\n".join(rows) + "\n", True),
+        "ok, padded tokens, no final newline": ("\n".join(padded), True),
+        "empty line": ("\n".join([*rows[:3], "", *rows[3:]]) + "\n", False),
+        "wrong format": ("\n".join([rows[0].replace(",", ";"), *rows[1:]]) + "\n", False),
+        "wrong image id": ("\n".join(["real_unknown_9999,1", *rows[1:]]) + "\n", False),
+        "same id twice": ("\n".join([*rows, rows[3]]) + "\n", False),
+        "score not an integer": ("\n".join([f"{TEST_IDS[0]},0.7", *rows[1:]]) + "\n", False),
+        "score above 1": ("\n".join([f"{TEST_IDS[0]},2", *rows[1:]]) + "\n", False),
+        "score below 0": ("\n".join([f"{TEST_IDS[0]},-1", *rows[1:]]) + "\n", False),
+        "not every id": ("\n".join(rows[:-2]) + "\n", False),
+    }
+
+
+@pytest.mark.parametrize("name", list(_organisers_cases()))
+def test_the_organisers_example_classes(name: str) -> None:
+    import reference
+
+    text, accepted = _organisers_cases()[name]
+    assert reference.organisers_accept(text, TEST_IDS) is accepted  # the reference reads it so
+    assert (validate_run_text(text, TEST_IDS) == []) is accepted
+
+
+def test_the_organisers_valid_examples_warn_about_padding_only() -> None:
+    text, _ = _organisers_cases()["ok, padded tokens, no final newline"]
+    assert kinds(run_text_warnings(text)) == [(1, "padding"), (2, "padding")]
+
+
+# fmt: off
+_PIECE_LIST = [
+    *TEST_IDS, "real_unknown_0009", "x", "", " ", "  ", "\t", ",", "0", "1", "2", "-1", "+1",
+    "00", "0.5", "\u0661", "1_0", "0_1", '"', "\n", "\r\n", "\r", "\u00a0",
+]
+# fmt: on
+_PIECES = st.sampled_from(_PIECE_LIST)
+
+
+def _spliced(order: list[str], labels: list[str], noise: list[tuple[int, int, str]]) -> list[str]:
+    """Well-formed lines with pieces spliced in at (line, position) places."""
+    lines = [f"{i},{lab}" for i, lab in zip(order, labels, strict=False)]
+    for at, pos, piece in noise:
+        if lines:
+            k = at % len(lines)
+            cut = pos % (len(lines[k]) + 1)
+            lines[k] = lines[k][:cut] + piece + lines[k][cut:]
+    return lines
+
+
+@settings(max_examples=500, deadline=None, derandomize=True)
+@given(
+    order=st.permutations(TEST_IDS).flatmap(lambda p: st.integers(7, 9).map(lambda n: p[:n])),
+    labels=st.lists(st.sampled_from(["0", "1"]), min_size=9, max_size=9),
+    noise=st.lists(st.tuples(st.integers(0, 9), st.integers(0, 30), _PIECES), max_size=2),
+    ending=st.sampled_from(["", "\n", "\r\n", "\n\n"]),
+)
+def test_accepts_exactly_what_the_organisers_accept(order, labels, noise, ending) -> None:
+    import reference
+
+    # a permutation of the ids (sometimes short of one), with 0-2 random pieces spliced in, so
+    # that both answers occur often (the test below measures how often)
+    text = "\n".join(_spliced(order, labels, noise)) + ending
+    assert (validate_run_text(text, TEST_IDS) == []) is reference.organisers_accept(text, TEST_IDS)
+
+
+def test_the_random_files_above_are_accepted_and_rejected_alike() -> None:
+    import reference
+
+    # the generator of the test above produces both answers (else it would test nothing)
+    rng = np.random.default_rng(0)
+    answers = []
+    for _ in range(300):
+        n = int(rng.integers(7, 10))
+        order = [TEST_IDS[k] for k in rng.permutation(8)][:n]
+        labels = [str(v) for v in rng.integers(0, 2, 9)]
+        noise = [(int(rng.integers(0, 10)), int(rng.integers(0, 31)), str(rng.choice(_PIECE_LIST)))
+                 for _ in range(int(rng.integers(0, 3)))]  # fmt: skip
+        text = "\n".join(_spliced(order, labels, noise))
+        answers.append(reference.organisers_accept(text, TEST_IDS))
+    assert 0.2 < np.mean(answers) < 0.8

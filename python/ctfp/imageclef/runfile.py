@@ -11,6 +11,14 @@ A file is rejected for an empty line, a wrong format, an unknown id, a duplicate
 label, a value below 0 or above 1, or missing ids. The 2024 paper lost three of four runs to a
 malformed file, so ctfp writes run files only through :func:`write_run_file`, which applies the same
 checks before anything touches the disk and warns loudly when every prediction is one class.
+
+:func:`validate_run_text` accepts exactly the files the organisers' validator accepts: lines as
+Python's text mode reads them (``\n``, ``\r\n`` or ``\r``; the last line may lack one), each
+split at every comma into exactly two tokens, each token stripped of white space, the id one of the
+test ids, the label what ``int()`` reads as 0 or 1. ctfp is stricter on purpose only in what it
+*warns* about (:func:`run_text_warnings`, never a rejection): padding around a token beyond the one
+space after the comma, labels written other than ``0``/``1`` (``+1``, ``00``, other scripts'
+digits), bare ``\r`` line ends, and an empty file.
 """
 
 from __future__ import annotations
@@ -32,13 +40,13 @@ __all__ = [
     "Problem",
     "SingleClassWarning",
     "image_id",
+    "run_file_warnings",
+    "run_text_warnings",
     "test_ids",
     "validate_run_file",
     "validate_run_text",
     "write_run_file",
 ]
-
-_LINE = re.compile(r"^(?P<id>[^,\s][^,]*?),(?P<space> ?)(?P<label>.*)$")
 
 
 class RunFileError(CtfpError, ValueError):
@@ -93,28 +101,42 @@ def test_ids(test_dir: str | os.PathLike[str], *, strip_extension: bool = True) 
     return [image_id(p, strip_extension=strip_extension) for p in files]
 
 
+def _run_lines(text: str) -> list[str]:
+    """The lines of a run file as Python's text mode reads them (universal newlines: ``\n``,
+    ``\r\n`` and a bare ``\r`` each end a line); a line end after the last line adds no line."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    if lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def _label_value(token: str) -> int | None:
+    """The integer ``int()`` reads from ``token`` (as the organisers' validator does: signs, digits
+    of any script, underscores between digits), or None."""
+    try:
+        return int(token)
+    except ValueError:
+        return None
+
+
 def validate_run_text(text: str, ids: Iterable[str]) -> list[Problem]:
-    """Every problem of run-file ``text`` against the expected ``ids``, in line order."""
+    """Every problem of run-file ``text`` against the expected ``ids``, in line order: the
+    organisers' rejections, nothing more (see the module docstring; :func:`run_text_warnings`
+    lists what ctfp finds dubious but the organisers accept)."""
     expected = set(ids)
     problems: list[Problem] = []
     seen: dict[str, int] = {}
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()  # the newline that ends the last line
-    if not lines:
-        problems.append(Problem(0, "empty", "the file is empty"))
-    for no, raw in enumerate(lines, 1):
-        line = raw[:-1] if raw.endswith("\r") else raw
+    for no, line in enumerate(_run_lines(text), 1):
         if line.strip() == "":
             problems.append(Problem(no, "empty line", "empty line"))
             continue
-        m = _LINE.match(line)
-        if m is None:
+        tokens = line.split(",")
+        if len(tokens) != 2:
             problems.append(
                 Problem(no, "format", f"wrong format {line!r}; expected '<image_id>,<label>'")
             )
             continue
-        ident, label = m.group("id"), m.group("label")
+        ident, label = tokens[0].strip(), tokens[1].strip()
         if ident not in expected:
             problems.append(Problem(no, "unknown id", f"unknown image id {ident!r}"))
         elif ident in seen:
@@ -127,11 +149,12 @@ def validate_run_text(text: str, ids: Iterable[str]) -> list[Problem]:
             )
         else:
             seen[ident] = no
-        if not re.fullmatch(r"[+-]?[0-9]+", label):  # ASCII digits only, not any Unicode digit
+        value = _label_value(label)
+        if value is None:
             problems.append(Problem(no, "non-integer", f"label {label!r} is not an integer"))
-        elif int(label) < 0:
+        elif value < 0:
             problems.append(Problem(no, "below 0", f"label {label} is below 0"))
-        elif int(label) > 1:
+        elif value > 1:
             problems.append(Problem(no, "above 1", f"label {label} is above 1"))
     missing = sorted(expected - set(seen))
     if missing:
@@ -142,15 +165,60 @@ def validate_run_text(text: str, ids: Iterable[str]) -> list[Problem]:
     return problems
 
 
+def run_text_warnings(text: str) -> list[Problem]:
+    """What ctfp finds dubious in run-file ``text`` although the organisers accept it, in line
+    order: never a reason to reject (:func:`validate_run_text` decides that)."""
+    warns: list[Problem] = []
+    if not _run_lines(text):
+        warns.append(Problem(0, "empty", "the file is empty"))
+    if re.search(r"\r(?!\n)", text):
+        warns.append(Problem(0, "line ends", "bare '\\r' line ends (old Mac style)"))
+    for no, line in enumerate(_run_lines(text), 1):
+        tokens = line.split(",")
+        if len(tokens) != 2:
+            continue  # an error, reported by validate_run_text
+        ident, label = tokens[0].strip(), tokens[1].strip()
+        if tokens[0] != ident or tokens[1] not in (label, " " + label):
+            warns.append(
+                Problem(
+                    no,
+                    "padding",
+                    f"white space around a token in {line!r}; expected '<image_id>,<label>' "
+                    "(one space after the comma at most)",
+                )
+            )
+        if _label_value(label) in (0, 1) and label not in ("0", "1"):
+            warns.append(
+                Problem(no, "label form", f"label {label!r} read as {_label_value(label)}")
+            )
+    return warns
+
+
+def _read_run_text(path: str | os.PathLike[str]) -> str:
+    """A run file's text as stored (``newline=""``: line ends untranslated, for the warnings)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        return f.read()
+
+
 def validate_run_file(
     path: str | os.PathLike[str], test_dir: str | os.PathLike[str], *, strip_extension: bool = True
 ) -> list[Problem]:
     """Every problem of the run file at ``path`` against the test images in ``test_dir``."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = _read_run_text(path)
     except UnicodeDecodeError as exc:
         return [Problem(0, "encoding", f"not UTF-8 text: {exc}")]
     return validate_run_text(text, test_ids(test_dir, strip_extension=strip_extension))
+
+
+def run_file_warnings(path: str | os.PathLike[str]) -> list[Problem]:
+    """:func:`run_text_warnings` of the run file at ``path`` (none for a file that is not UTF-8:
+    :func:`validate_run_file` reports that)."""
+    try:
+        text = _read_run_text(path)
+    except UnicodeDecodeError:
+        return []
+    return run_text_warnings(text)
 
 
 def write_run_file(
@@ -170,6 +238,8 @@ def write_run_file(
     :class:`SingleClassWarning` when all labels are equal.
     """
     ids = [image_id(p, strip_extension=strip_extension) for p in images]
+    if not ids:
+        raise RunFileError(f"run file {path} not written: no images; the run file is empty")
     labels = np.asarray(labels)
     if labels.shape != (len(ids),):
         raise RunFileError(
