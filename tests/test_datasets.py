@@ -4,6 +4,7 @@ from tiny synthetic PNGs in ``tmp_path``."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -138,10 +139,40 @@ def test_scan_images_counts_sizes_and_unreadable(messy: Path) -> None:
     assert [p.name for p in scan.images] == ["gen_0000.png", "gen_0001.png", "gen_0002.png"]
     assert scan.sizes == {(32, 32): 3}
     bad = {p.name: why for p, why in scan.unreadable}
-    assert set(bad) == {"broken.png", "notes.txt", "truncated.png"}  # hidden file, folder skipped
+    assert set(bad) == {"broken.png", "notes.txt", "sub", "truncated.png"}  # hidden file skipped
     assert "not a .png" in bad["notes.txt"]
+    assert "a folder" in bad["sub"]
     assert "PNG" in bad["broken.png"]
     assert "truncated" in bad["truncated.png"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs symbolic links and FIFOs (POSIX)")
+def test_entries_that_are_not_regular_files_are_listed_not_skipped(tmp_path: Path) -> None:
+    root = dev_layout(tmp_path / "odd", gen=2)
+    gen = root / "generated"
+    (gen / "dangling.png").symlink_to(gen / "missing.png")
+    (gen / "loop_a.png").symlink_to(gen / "loop_b.png")
+    (gen / "loop_b.png").symlink_to(gen / "loop_a.png")
+    os.mkfifo(gen / "pipe.png")  # opening it would block: scan_images must not
+    (gen / "folder.png").mkdir()
+    (gen / "nested").mkdir()
+    (gen / "nested" / "gen_9999.png").write_bytes((gen / "gen_0000.png").read_bytes())
+    (gen / "link.png").symlink_to(gen / "gen_0001.png")  # a link to an image is an image
+    scan = scan_images(gen)
+    assert [p.name for p in scan.images] == ["gen_0000.png", "gen_0001.png", "link.png"]
+    bad = {p.name: why for p, why in scan.unreadable}
+    assert bad == {
+        "dangling.png": "a broken symbolic link",
+        "folder.png": bad["folder.png"],
+        "loop_a.png": "a symbolic link loop",
+        "loop_b.png": "a symbolic link loop",
+        "nested": bad["nested"],
+        "pipe.png": "not a regular file (a FIFO)",
+    }
+    assert bad["folder.png"].startswith("a folder") and bad["nested"].startswith("a folder")
+    text = find_datasets(root, require="development")[0].describe()
+    for name in ("dangling.png", "folder.png", "nested"):  # the first five are listed
+        assert f"unreadable: {name}: " in text
 
 
 def test_unreadable_files_in_summary_and_describe(messy: Path) -> None:
@@ -155,6 +186,7 @@ def test_unreadable_files_in_summary_and_describe(messy: Path) -> None:
     assert [u.split(":")[0] for u in gen["unreadable"]] == [
         "broken.png",
         "notes.txt",
+        "sub",
         "truncated.png",
     ]
     assert s["folders"]["real_used"]["unreadable"] == []

@@ -10,8 +10,10 @@ use, in :meth:`Dataset.summary`.
 
 from __future__ import annotations
 
+import errno
 import os
 import re
+import stat
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,11 +70,40 @@ class FolderScan:
         self.unreadable = sorted([*self.unreadable, *bad.items()])
 
 
+def _not_a_file(p: Path) -> str | None:
+    """Why the folder entry ``p`` is not a regular file (following symbolic links), or None.
+
+    Checked with ``stat`` before anything opens it: opening a FIFO would block."""
+    try:
+        st = p.stat()
+    except FileNotFoundError:
+        return "a broken symbolic link" if p.is_symlink() else "gone while the folder was read"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        return f"cannot be examined: {exc.strerror or exc}"
+    if stat.S_ISDIR(st.st_mode):
+        return "a folder, not an image file (folders inside an image folder are not searched)"
+    if not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a socket or device"
+        return f"not a regular file ({kind})"
+    return None
+
+
 def scan_images(folder: Path) -> FolderScan:
-    """Read the PNG header of every file in ``folder`` (not the pixels): sizes and bad files."""
+    """Read the PNG header of every file in ``folder`` (not the pixels): sizes and bad files.
+
+    Every entry but hidden ones (``.name``, e.g. macOS ``._name.png`` resource forks) is
+    accounted for: readable PNGs in ``images``; in ``unreadable`` with the reason, PNGs whose
+    header does not read, files that are not ``.png``, and entries that are not regular files
+    (folders, broken symbolic links, link loops, FIFOs)."""
     scan = FolderScan(folder)
     for p in sorted(folder.iterdir()):
-        if not p.is_file() or p.name.startswith("."):
+        if p.name.startswith("."):
+            continue
+        why = _not_a_file(p)
+        if why is not None:
+            scan.unreadable.append((p, why))
             continue
         if p.suffix.lower() != ".png":
             scan.unreadable.append((p, "not a .png file"))
