@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctfp._util import write_text_atomic
+from ctfp._util import check_binary_labels, write_text_atomic
 
 __all__ = ["COLUMNS", "evaluate", "markdown_table", "write_tables"]
 
@@ -48,11 +48,8 @@ def evaluate(
     if len(y_true) == 0:
         raise ValueError("y_true and y_pred: expected at least one image, found none")
     # Checked before the cast to int: scores passed as labels (0.7) must not become 0 silently.
-    for name, arr in (("y_true", y_true), ("y_pred", y_pred)):
-        if not np.isin(arr, (0, 1)).all():
-            raise ValueError(f"{name}: expected labels 0 (not used) and 1 (used)")
-    y_true = y_true.astype(int)
-    y_pred = y_pred.astype(int)
+    y_true = check_binary_labels(y_true, "y_true")
+    y_pred = check_binary_labels(y_pred, "y_pred")
     out = {
         "n": int(len(y_true)),
         "accuracy": float(m.accuracy_score(y_true, y_pred)),
