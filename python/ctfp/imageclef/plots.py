@@ -38,26 +38,39 @@ def plot_roc(
     *,
     title: str = "ROC: used (1) vs not used (0)",
 ) -> Path:
-    """One ROC curve per method: ``{name: (y_true, scores)}``; the legend gives each AUC."""
+    """One ROC curve per method: ``{name: (y_true, scores)}``; the legend gives each AUC (first).
+
+    The legend sits below the axes, in the figure (never over the curves or the axis labels,
+    never cut off: long names wrap and the figure grows with the legend), and the axes reach a
+    little beyond [0, 1], so a perfect curve (AUC 1.0) is drawn inside the frame, not on it."""
+    import textwrap
+
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    drawn = []
     for name, (y, s) in curves.items():
         y = np.asarray(y)
         if len(set(y.tolist())) < 2:
             continue
         fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
+        label = f"AUC {roc_auc_score(y, s):.3f}  {name}"  # the AUC first: one column of them
+        drawn.append((fpr, tpr, textwrap.fill(label, 76, subsequent_indent="    ")))
+    lines = 1 + sum(label.count("\n") + 1 for _, _, label in drawn)
+    fig, ax = plt.subplots(figsize=(6, 5 + 0.17 * lines), layout="constrained")
+    for fpr, tpr, label in drawn:
+        ax.plot(fpr, tpr, label=label, clip_on=False)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    margin = 0.02
     ax.set(
         xlabel="false positive rate",
         ylabel="true positive rate",
         title=title,
-        xlim=(0, 1),
-        ylim=(0, 1.01),
+        xlim=(-margin, 1 + margin),
+        ylim=(-margin, 1 + margin),
+        aspect="equal",
     )
-    ax.legend(loc="lower right", fontsize=8)
+    fig.legend(loc="outside lower center", fontsize=8, frameon=False)
     return _save(fig, path)
 
 
@@ -230,14 +243,15 @@ def plot_gallery(
 
 
 def _save(fig, path: str | Path) -> Path:
-    from ctfp._util import atomic_write
+    from ctfp._util import write_png_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.tight_layout()
-        with atomic_write(path) as f:  # a reader (the report) never sees half a PNG
-            fig.savefig(f, format="png", dpi=120)
+        if fig.get_layout_engine() is None:  # a figure laid out by its own engine keeps it
+            fig.tight_layout()
+        # atomic: a reader (the report) never sees half a PNG
+        write_png_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
     finally:
         _pyplot().close(fig)
     return path
