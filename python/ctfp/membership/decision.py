@@ -19,6 +19,7 @@ call no image used at all).
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
 
@@ -220,6 +221,15 @@ class ThresholdDecisionMixin:
     (X)`` (scores and threshold in one pass, default ``score_samples(X)`` and ``threshold_``),
     ``_decide(X)`` (decision values and predictions, for rules that are not one threshold).
     """
+
+    def __sklearn_tags__(self) -> Any:
+        """Images in, not feature tables: scikit-learn's tabular checks do not apply (its API
+        checks do: ``tests/test_sklearn_api.py``); two classes, 1 used and 0 not used."""
+        tags = super().__sklearn_tags__()  # type: ignore[misc]
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.classifier_tags.multi_class = False
+        return tags
 
     def _decision_name(self) -> str:
         rule = getattr(self, "rule", "")
