@@ -239,6 +239,10 @@ def test_stratified_folds_cover_each_item_once_and_keep_groups_whole(groups):
     assert [t.tolist() for _, t in folds] == [
         t.tolist() for _, t in stratified_folds(y, 3, random_state=0, groups=groups)
     ]
+    # random_state=None is ctfp's default seed, not fresh entropy
+    assert [t.tolist() for _, t in stratified_folds(y, 3, None, groups=groups)] == [
+        t.tolist() for _, t in stratified_folds(y, 3, DEFAULT_SEED, groups=groups)
+    ]
 
 
 # ------------------------------------------------------------------------------------------ files

@@ -465,13 +465,15 @@ def require_fitted(est: object, attribute: str) -> None:
 
 
 def stratified_folds(
-    y: object, n_splits: int, random_state: int, groups: object = None
+    y: object, n_splits: int, random_state: object, groups: object = None
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(train, test)`` index pairs of ``n_splits`` shuffled stratified folds of the labels
     ``y``: scikit-learn's ``StratifiedKFold``, or with ``groups`` (one id per item)
-    ``StratifiedGroupKFold``, which keeps each group whole in one fold."""
+    ``StratifiedGroupKFold``, which keeps each group whole in one fold. ``random_state``:
+    anything :func:`seed_from` takes (``None``: :data:`DEFAULT_SEED`)."""
     from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
+    random_state = seed_from(random_state) % 2**32
     lab = np.asarray(y)
     if groups is None:
         cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from ctfp._util import check_binary_labels, stratified_folds
+from ctfp._util import check_binary_labels, seed_from, stratified_folds
 
 __all__ = [
     "VERDICTS",
@@ -188,7 +188,7 @@ def shuffled_standin(
         raise ValueError(f"kind: expected one of {', '.join(map(repr, CONTROLS))}, found {kind!r}")
     src = _sources(generated)
     items = src if _is_image_stack(src) else list(src)
-    rng = np.random.default_rng(random_state)
+    rng = np.random.default_rng(seed_from(random_state))
     n = len(items)
     m = n if max_images is None else min(n, int(max_images))
     pick = np.sort(rng.choice(n, m, replace=False))
