@@ -50,11 +50,11 @@ def plot_roc(
     plt = _pyplot()
     drawn = []
     for name, (y, s) in curves.items():
-        y = np.asarray(y)
-        if len(set(y.tolist())) < 2:
+        labels = np.asarray(y)
+        if len(set(labels.tolist())) < 2:
             continue
-        fpr, tpr, _ = roc_curve(y, s)
-        label = f"AUC {roc_auc_score(y, s):.3f}  {name}"  # the AUC first: one column of them
+        fpr, tpr, _ = roc_curve(labels, s)
+        label = f"AUC {roc_auc_score(labels, s):.3f}  {name}"  # the AUC first: one column of them
         drawn.append((fpr, tpr, textwrap.fill(label, 76, subsequent_indent="    ")))
     lines = 1 + sum(label.count("\n") + 1 for _, _, label in drawn)
     fig, ax = plt.subplots(figsize=(6, 5 + 0.17 * lines), layout="constrained")
@@ -209,7 +209,9 @@ def plot_gallery(
         len(rows), n_cols, figsize=(1.75 * n_cols, 2.25 * len(rows) + 0.4), squeeze=False
     )
     for r, row in enumerate(rows):
-        cells = [(row.real, "gray", 255, row.title, row.caption)]
+        cells: list[tuple[np.ndarray | None, str, int, str, str]] = [
+            (row.real, "gray", 255, row.title, row.caption)
+        ]
         for j, (img, cap) in enumerate(row.neighbours):
             cells.append((img, "gray", 255, f"nearest {j + 1}" if r == 0 else "", cap))
         while len(cells) < k + 1:
@@ -227,13 +229,13 @@ def plot_gallery(
             )
         else:
             cells.append((None, "gray", 255, "", "no neighbours"))
-        for ax, (img, cmap, vmax, head, cap) in zip(axes[r], cells, strict=True):
-            if img is not None:
-                ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+        for ax, (picture, cmap, vmax, head, cap) in zip(axes[r], cells, strict=True):
+            if picture is not None:
+                ax.imshow(picture, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
-                spine.set_visible(img is not None)
+                spine.set_visible(picture is not None)
                 spine.set_linewidth(0.5)
             if head:
                 ax.set_title(head, fontsize=7.5)

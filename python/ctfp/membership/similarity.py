@@ -118,6 +118,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 
 from ctfp._util import (
     IMAGE_SIZE,
+    Constraint,
     InstanceOf,
     Interval,
     Options,
@@ -282,7 +283,7 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
         ``rule="calibrated"``: the development images' scores the threshold was chosen on.
     """
 
-    _parameter_constraints = {
+    _parameter_constraints: dict[str, list[Constraint]] = {
         **INDEX_CONSTRAINTS,
         "image_size": [None, *IMAGE_SIZE],
         "statistic": [Options(*STATISTICS)],
