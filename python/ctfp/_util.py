@@ -299,11 +299,18 @@ RANDOM_STATE: list[Constraint] = [
     Interval(int, 0, 2**32 - 1),
     InstanceOf((np.random.RandomState,), "a numpy RandomState"),
 ]
+
+
+def _is_device(value: object) -> bool:
+    check_device(value)  # raises when it is not a device's form
+    return True
+
+
 #: ``device``: checked for its form at ``fit`` (with :func:`check_device`'s own message);
 #: :func:`resolve_device` checks availability.
 DEVICE: list[Constraint] = [
     Check(
-        lambda v: check_device(v) is None,
+        _is_device,
         "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device",
         explain=check_device,
     )
@@ -501,7 +508,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with open(fd, mode, **({"encoding": "utf-8", "newline": ""} if mode == "w" else {})) as f:
+        f: IO[Any] = open(fd, "w", encoding="utf-8", newline="") if mode == "w" else open(fd, "wb")
+        with f:
             yield f
         os.replace(tmp, path)
     except BaseException:
