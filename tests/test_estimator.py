@@ -558,22 +558,41 @@ def test_weights_file_for_another_architecture(images, labels, tmp_path) -> None
         ("augment", "keras", "augment: expected .*'paper'"),
         ("image_size", (32, 0), "image_size"),
         ("threshold", 1.5, "threshold"),
-        ("max_epochs", 1.0, "max_epochs"),
         ("class_weight", "even", "class_weight"),
         ("random_state", -1, "random_state"),
-        ("verbose", "loud", "verbose"),
         ("validation_fraction", 1.5, "validation_fraction"),
         ("patience", 2, "needs validation images"),
         ("device", "tpu", "device: expected one of 'auto'"),
         ("mixed_precision", "yes", "mixed_precision"),
         ("n_jobs", 0, "n_jobs"),
-        ("callbacks", "print", "callbacks"),
     ],
 )
 def test_bad_parameters_are_reported_by_fit(param, value, match, images, labels) -> None:
+    """A value of the right type that the parameter does not take: ValueError at fit."""
     clf = FingerprintClassifier(**dict(TINY, **{param: value}))  # __init__ never raises
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as info:
         clf.fit(images, labels)
+    assert not isinstance(info.value, TypeError)
+
+
+@pytest.mark.parametrize(
+    ("param", "value", "match"),
+    [
+        ("max_epochs", 1.0, "max_epochs: expected an integer >= 1, found 1.0"),
+        ("verbose", "loud", "verbose"),
+        ("callbacks", "print", "callbacks"),
+        ("image_size", "224", "image_size: expected an int or a"),
+        ("random_state", "seed", "random_state"),
+        ("device", 0, "device: expected one of 'auto'"),
+    ],
+)
+def test_bad_parameter_types_are_type_errors(param, value, match, images, labels) -> None:
+    """A value of a type the parameter never takes: TypeError at fit (one exception per kind of
+    mistake, as in every ctfp estimator)."""
+    clf = FingerprintClassifier(**dict(TINY, **{param: value}))
+    with pytest.raises(TypeError, match=match) as info:
+        clf.fit(images, labels)
+    assert not isinstance(info.value, ValueError)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

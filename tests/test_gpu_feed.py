@@ -236,11 +236,11 @@ def test_feed_closes_its_source_when_the_consumer_stops(images):
 def test_compile_and_cache_bytes_parameters(images, labels):
     p = FingerprintClassifier().get_params()
     assert p["compile"] is False and p["cache_bytes"] == "auto"
-    for bad in ("yes", 1, None):
-        with pytest.raises(ValueError, match="compile: expected one of False, True"):
+    for bad in ("yes", 1, None):  # not a bool: a type mistake
+        with pytest.raises(TypeError, match="compile: expected one of False, True"):
             FingerprintClassifier(**TINY, compile=bad).fit(images, labels)
-    for bad in (-1, "all", 1.5):
-        with pytest.raises(ValueError, match="cache_bytes: expected None or one of 'auto'"):
+    for bad, error in ((-1, ValueError), ("all", ValueError), (1.5, TypeError)):
+        with pytest.raises(error, match="cache_bytes: expected None or one of 'auto'"):
             FingerprintClassifier(**TINY, cache_bytes=bad).fit(images, labels)
     assert 0 < feed.auto_cache_bytes() <= feed.AUTO_CACHE_MAX_BYTES
     assert feed.decode_cache("auto").stats()["max_bytes"] == feed.auto_cache_bytes()

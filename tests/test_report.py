@@ -351,3 +351,89 @@ def test_report_in_a_browser(browser, run_dir, tmp_path):
     if target:
         Path(target).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(shot, target)
+
+
+# the runs-compared table and the ROC of every run: fit the page, legend clear of the curves
+
+LONG_FOLDERS = (
+    "out_realistic_thousand_seed1_sim_ssim_to_the_mean_of_10_closest",
+    "out_realistic_thousand_seed1_sim_ssim_density_ratio_k_real_30",
+    "out_realistic_thousand_seed2_sim_ssim_query_transforms_flips",
+    "out_realistic_thousand_seed3_sim_ssim_index_cache_reused",
+)
+
+
+def test_roc_legend_lies_outside_the_axes_and_inside_the_figure(tmp_path, monkeypatch):
+    """The ROC of every run as matplotlib saves it: the legend (long names, a perfect curve)
+    overlaps neither the axes nor their labels and lies inside the saved figure; a curve at
+    AUC 1.0 is drawn inside the frame, not on it."""
+    from ctfp.imageclef import plots
+
+    figures = []
+    save = plots._save
+    monkeypatch.setattr(plots, "_save", lambda fig, path: (figures.append(fig), save(fig, path))[1])
+    y = np.r_[np.ones(50), np.zeros(50)].astype(int)
+    rng = np.random.default_rng(0)
+    curves = {f"{name}, test": (y, y * 0.5 * i + rng.normal(size=100)) for i, name in
+              enumerate(LONG_FOLDERS)}  # fmt: skip
+    curves["a perfect method, test"] = (y, y.astype(float))
+    path = plots.plot_roc(curves, tmp_path / "roc.png", title="ROC of every run")
+    (fig,) = figures
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    canvas = FigureCanvasAgg(fig)  # pyplot let go of the saved figure: lay it out again
+    canvas.draw()
+    r = canvas.get_renderer()
+    (ax,) = fig.axes
+    legends = fig.legends + ([ax.get_legend()] if ax.get_legend() else [])
+    (legend,) = legends
+    box = legend.get_window_extent(r)
+    assert not box.overlaps(ax.get_window_extent(r)), "the legend covers the curves"
+    for label in (ax.xaxis.label, ax.yaxis.label):
+        assert not box.overlaps(label.get_window_extent(r)), label.get_text()
+    assert not box.overlaps(ax.get_tightbbox(r)), "the legend covers the tick or axis labels"
+    whole = fig.bbox  # what savefig writes (the PNG's pixels: checked below)
+    assert whole.x0 <= box.x0 and box.x1 <= whole.x1 and whole.y0 <= box.y0, "legend cut off"
+    png = plots._pyplot().imread(path)  # the whole figure was saved, nothing cropped
+    w, h = fig.get_size_inches() * 120
+    assert abs(png.shape[1] - w) < 1 and abs(png.shape[0] - h) < 1, (png.shape, w, h)
+    lo, hi = ax.get_xlim()
+    assert lo < 0 and hi > 1 and ax.get_ylim()[0] < 0 and ax.get_ylim()[1] > 1
+
+
+def test_compare_page_fits_a_1280px_window(browser, run_dir, tmp_path):
+    """report_compare.html of four runs with long folder names: at 1280 px the runs-compared
+    table needs no horizontal scroll bar (its last column, the confusion matrix, is on
+    screen), and the ROC figure fits its column."""
+    folders = []
+    for name in LONG_FOLDERS:
+        shutil.copytree(run_dir, tmp_path / name)
+        folders.append(str(tmp_path / name))
+    assert main(["report", *folders, "--out", str(tmp_path / "cmp")]) == 0
+    browser.set_window_size(1280, 1400)
+    browser.get((tmp_path / "cmp" / "report_compare.html").resolve().as_uri())
+    geo = browser.execute_script(
+        """
+        const sec = document.getElementById('compare');
+        const table = sec.querySelector('table');
+        const wrap = table.parentElement;
+        const heads = Array.from(table.querySelectorAll('thead th'), h => h.textContent);
+        const last = table.querySelector('tbody tr').lastElementChild.getBoundingClientRect();
+        const img = sec.querySelector('img').getBoundingClientRect();
+        sec.scrollIntoView();
+        return {scroll: wrap.scrollWidth, client: wrap.clientWidth, heads: heads,
+                lastRight: last.right, view: document.documentElement.clientWidth,
+                pageScroll: document.documentElement.scrollWidth,
+                imgRight: img.right, secRight: sec.getBoundingClientRect().right};
+        """
+    )
+    assert geo["heads"][-1] == "confusion"
+    assert geo["scroll"] <= geo["client"], geo  # no horizontal scroll bar in the table
+    assert geo["lastRight"] <= geo["view"], geo  # the confusion column is on screen
+    assert geo["pageScroll"] <= geo["view"], geo
+    assert geo["imgRight"] <= geo["secRight"] + 1, geo
+    shot = tmp_path / "compare.png"
+    assert browser.save_screenshot(str(shot))
+    target = os.environ.get("CTFP_COMPARE_SCREENSHOT")
+    if target:
+        shutil.copy(shot, target)

@@ -772,7 +772,7 @@ def test_n_jobs_minus_one_and_random_state_objects():
     b = Sim(random_state=np.random.RandomState(3), **params)
     assert a.fit(generated=gen).radius_ == b.fit(generated=gen).radius_
     Sim(random_state=7, **params).fit(generated=gen)
-    with pytest.raises(ValueError, match="random_state: expected None or an integer"):
+    with pytest.raises(TypeError, match="random_state: expected None or an integer"):
         Sim(random_state="seed", **params).fit(generated=gen)
 
 

@@ -603,7 +603,7 @@ def test_speed_setting_defaults_and_checks(tmp_path, tiny_weights):
     modes = "False, True, 'default', 'max-autotune-no-cudagraphs'"
     with pytest.raises(ValueError, match=f"Upscaler: compile: expected one of {modes}, found 'f"):
         Upscaler(tiny_model(), compile="fast")
-    with pytest.raises(ValueError, match="Upscaler: channels_last: expected one of True, False"):
+    with pytest.raises(TypeError, match="Upscaler: channels_last: expected one of True, False"):
         Upscaler(tiny_model(), channels_last=1)
     with pytest.raises(ValueError, match="UpscaleCache: compile"):
         UpscaleCache(tmp_path, tiny_weights, compile="reduce-overhead")

@@ -10,16 +10,23 @@ import numpy as np
 import pytest
 
 from ctfp._util import (
+    DEFAULT_SEED,
+    IMAGE_SIZE,
     N_JOBS,
     Interval,
     Options,
     atomic_write,
+    check_binary_labels,
     check_device,
+    check_random_state,
     n_jobs_to_threads,
+    require_fitted,
     resolve_device,
     seed_from,
     state_dict_mismatch,
+    stratified_folds,
     validate_params,
+    write_png_atomic,
     write_text_atomic,
 )
 
@@ -38,9 +45,14 @@ def _mode(path) -> int:
 # ---------------------------------------------------------------------------------------- devices
 
 
-@pytest.mark.parametrize("bad", ["gpu", "cuda:x", "CPU", "", 0, None])
-def test_check_device_refuses_with_the_accepted_forms(bad):
-    with pytest.raises(ValueError, match=r"device: expected one of 'auto', 'cpu', 'cuda'"):
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [("gpu", ValueError), ("cuda:x", ValueError), ("CPU", ValueError), ("", ValueError),
+     (0, TypeError), (None, TypeError)],
+)  # fmt: skip
+def test_check_device_refuses_with_the_accepted_forms(bad, error):
+    """A device name that is not one: ValueError; not a name at all: TypeError."""
+    with pytest.raises(error, match=r"device: expected one of 'auto', 'cpu', 'cuda'"):
         check_device(bad)
 
 
@@ -78,21 +90,33 @@ def test_validate_params_accepts_valid_values():
 
 
 @pytest.mark.parametrize(
-    ("name", "value", "expected"),
+    ("name", "value", "error", "expected"),
     [
-        ("k", 0, "E: k: expected an integer >= 1, found 0"),
-        ("k", True, "E: k: expected an integer >= 1, found True"),
-        ("k", 2.0, "E: k: expected an integer >= 1, found 2.0"),
-        ("frac", 0.0, "E: frac: expected a number in (0, 1], found 0.0"),
-        ("frac", float("nan"), "E: frac: expected a number in (0, 1], found nan"),
-        ("mode", "c", "E: mode: expected one of 'a', 'b' or None, found 'c'"),
-        ("n_jobs", 0, "E: n_jobs: expected None or an integer >= 1 or an integer <= -1, found 0"),
+        ("k", 0, ValueError, "E: k: expected an integer >= 1, found 0"),
+        ("k", True, TypeError, "E: k: expected an integer >= 1, found True"),
+        ("k", 2.0, TypeError, "E: k: expected an integer >= 1, found 2.0"),
+        ("frac", 0.0, ValueError, "E: frac: expected a number in (0, 1], found 0.0"),
+        ("frac", float("nan"), ValueError, "E: frac: expected a number in (0, 1], found nan"),
+        ("frac", "0.5", TypeError, "E: frac: expected a number in (0, 1], found '0.5'"),
+        ("mode", "c", ValueError, "E: mode: expected one of 'a', 'b' or None, found 'c'"),
+        ("mode", 3, TypeError, "E: mode: expected one of 'a', 'b' or None, found 3"),
+        (
+            "n_jobs",
+            0,
+            ValueError,
+            "E: n_jobs: expected None or an integer >= 1 or an integer <= -1, found 0",
+        ),
     ],
 )
-def test_validate_params_names_owner_parameter_forms_and_value(name, value, expected):
-    with pytest.raises(ValueError) as info:
+def test_validate_params_names_owner_parameter_forms_and_value(name, value, error, expected):
+    """One message; one exception per kind of mistake: a value of a type no constraint takes
+    is a TypeError (and not a ValueError), a value of the right type out of range a ValueError
+    (and not a TypeError)."""
+    with pytest.raises(error) as info:
         validate_params({name: value}, TABLE, "E")
     assert str(info.value) == expected
+    other = TypeError if error is ValueError else ValueError
+    assert not isinstance(info.value, other)
 
 
 def test_n_jobs_minus_one_is_every_core():
@@ -111,12 +135,137 @@ def test_seed_from_every_random_state_form():
     a = seed_from(np.random.RandomState(3))
     b = seed_from(np.random.RandomState(3))
     assert a == b and a >= 0
-    assert isinstance(seed_from(None), int)
-    with pytest.raises(ValueError, match="random_state"):
+    assert seed_from(None) == DEFAULT_SEED == 0  # ctfp's one policy: None repeats
+    with pytest.raises(TypeError, match="random_state"):
         seed_from("seven")
+    with pytest.raises(ValueError, match="random_state"):
+        seed_from(-1)
+
+
+def test_check_random_state_policy():
+    a = check_random_state(None).randint(0, 10**9, size=4)
+    b = np.random.RandomState(DEFAULT_SEED).randint(0, 10**9, size=4)
+    assert (a == b).all()
+    assert (
+        check_random_state(5).randint(0, 10**9, 3) == np.random.RandomState(5).randint(0, 10**9, 3)
+    ).all()
+    rs = np.random.RandomState(1)
+    assert check_random_state(rs) is rs
+
+
+# -------------------------------------------------------------------------- labels, images, folds
+
+
+@pytest.mark.parametrize(
+    ("y", "expected"),
+    [
+        ([0, 1, 2, 1], "y: expected labels 0 (not used) and 1 (used), found 2 at position 2"),
+        (
+            [0.7, 1, 0, 3, 4, 5],
+            "y: expected labels 0 (not used) and 1 (used), found 0.7 at position 0, 3.0 at "
+            "position 3, 4.0 at position 4 (+1 more)",
+        ),
+        (["0", "1"], "y: expected labels 0 (not used) and 1 (used), found '0' at position 0, "
+         "'1' at position 1"),
+    ],
+)  # fmt: skip
+def test_check_binary_labels_names_the_argument_and_the_first_offending_values(y, expected):
+    with pytest.raises(ValueError) as info:
+        check_binary_labels(y, "y")
+    assert str(info.value) == expected
+
+
+def test_check_binary_labels_shape_and_dtype():
+    out = check_binary_labels(np.array([True, False, True]), "labels", 3)
+    assert out.dtype == np.int64 and out.tolist() == [1, 0, 1]
+    assert check_binary_labels([0.0, 1.0], "y").tolist() == [0, 1]
+    with pytest.raises(
+        ValueError, match=r"y_true: expected 3 labels \(one per image\), found shape \(2,\)"
+    ):
+        check_binary_labels([0, 1], "y_true", 3)
+    with pytest.raises(
+        ValueError, match=r"y: expected a 1-D array of labels, found shape \(1, 2\)"
+    ):
+        check_binary_labels([[0, 1]], "y")
+
+
+@pytest.mark.parametrize("ok", [8, 64, 8192, (8, 16), [256, 256], np.int64(32)])
+def test_image_size_accepts_ints_and_pairs_in_range(ok):
+    validate_params({"image_size": ok}, {"image_size": IMAGE_SIZE}, "E")
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [(7, ValueError), (0, ValueError), (8193, ValueError), ((8, 4), ValueError),
+     ((8, 8, 8), ValueError), ("64", TypeError), (64.0, TypeError), (True, TypeError)],
+)  # fmt: skip
+def test_image_size_refuses_with_one_range(bad, error):
+    with pytest.raises(
+        error,
+        match=r"E: image_size: expected an int or a \(height, width\) pair of ints in \[8, 8192\]",
+    ):
+        validate_params({"image_size": bad}, {"image_size": IMAGE_SIZE}, "E")
+
+
+def test_require_fitted_raises_ctfps_and_sklearns_not_fitted_error():
+    from sklearn.exceptions import NotFittedError as SkNotFitted
+
+    from ctfp.exceptions import NotFittedError
+
+    class Est:
+        pass
+
+    est = Est()
+    with pytest.raises(NotFittedError, match="This Est instance is not fitted yet") as info:
+        require_fitted(est, "model_")
+    assert isinstance(info.value, SkNotFitted)
+    est.model_ = 1
+    require_fitted(est, "model_")
+
+
+@pytest.mark.parametrize("groups", [None, [0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5]])
+def test_stratified_folds_cover_each_item_once_and_keep_groups_whole(groups):
+    y = np.array([0, 1] * 6)
+    folds = stratified_folds(y, 3, random_state=0, groups=groups)
+    assert len(folds) == 3
+    tests = np.concatenate([t for _, t in folds])
+    assert sorted(tests.tolist()) == list(range(12))
+    for train, test in folds:
+        assert set(train.tolist()).isdisjoint(test.tolist())
+        assert set(y[test]) == {0, 1}
+        if groups is not None:
+            g = np.asarray(groups)
+            assert set(g[train]).isdisjoint(g[test])
+    assert [t.tolist() for _, t in folds] == [
+        t.tolist() for _, t in stratified_folds(y, 3, random_state=0, groups=groups)
+    ]
+    # random_state=None is ctfp's default seed, not fresh entropy
+    assert [t.tolist() for _, t in stratified_folds(y, 3, None, groups=groups)] == [
+        t.tolist() for _, t in stratified_folds(y, 3, DEFAULT_SEED, groups=groups)
+    ]
 
 
 # ------------------------------------------------------------------------------------------ files
+
+
+def test_write_png_atomic_from_bytes_or_a_writer(tmp_path, umask_022):
+    from PIL import Image
+
+    img = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8))
+    p = tmp_path / "a.png"
+    write_png_atomic(p, lambda f: img.save(f, format="PNG"))
+    assert (np.asarray(Image.open(p)) == np.asarray(img)).all()
+    assert _mode(p) == 0o644
+    q = tmp_path / "b.png"
+    write_png_atomic(q, p.read_bytes())
+    assert q.read_bytes() == p.read_bytes()
+    # not PNG data: refused, the old file left as it was, no temporary left behind
+    with pytest.raises(ValueError, match=r"b.png: expected PNG data"):
+        write_png_atomic(q, b"GIF89a....")
+    assert q.read_bytes() == p.read_bytes()
+    with pytest.raises(ValueError, match="expected PNG data"):
+        write_png_atomic(q, lambda f: img.save(f, format="BMP"))
+    assert sorted(x.name for x in tmp_path.iterdir()) == ["a.png", "b.png"]
 
 
 def test_atomic_write_gives_umask_permissions(tmp_path, umask_022):

@@ -7,10 +7,19 @@
   (``_parameter_constraints``) and checks it in one place at ``fit``.
 - :func:`n_jobs_to_threads`: scikit-learn's ``n_jobs`` (``None``, ``k > 0``, ``-1`` = all cores,
   ``-2`` = all but one, ...) to the ``n_threads`` the Rust functions take.
-- :func:`seed_from`: any ``random_state`` scikit-learn accepts to an integer seed.
+- :func:`seed_from` / :func:`check_random_state`: any ``random_state`` scikit-learn accepts to
+  an integer seed / a ``RandomState``, with ctfp's one policy for ``None``
+  (:data:`DEFAULT_SEED`: the same results on every run).
+- :func:`check_binary_labels`: the 0/1 label rule (0 not used, 1 used), one message.
+- :func:`require_fitted`: ctfp's ``NotFittedError`` for an estimator used before ``fit``.
+- :func:`stratified_folds`: the shuffled stratified (optionally grouped) folds every
+  cross-fitting uses.
+- :data:`IMAGE_SIZE`: the one range of a comparison / input size.
 - :func:`torch_threads`: torch's thread count for a block of work (restored after), and the one
   warning when torch would oversubscribe the free cores.
 - :func:`cudnn_autotune`: cuDNN's autotuning for a block of work, the caller's setting after.
+- :func:`write_png_atomic`: a PNG (bytes, or whatever a writer puts in a file object: a
+  matplotlib figure, a Pillow image) written through :func:`atomic_write`.
 - :func:`atomic_write`: write a file through a temporary beside it and ``os.replace``, so a
   reader never sees half a file; the result gets the usual permissions (``0o666 & ~umask``),
   never ``mkstemp``'s owner-only 0600.
@@ -21,6 +30,7 @@ Nothing here imports torch at module level.
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import numbers
 import os
@@ -47,7 +57,8 @@ def check_device(device: object, name: str = "device") -> None:
     if type(device).__name__ == "device" and type(device).__module__.startswith("torch"):
         return
     accepted = ", ".join(repr(d) for d in DEVICES)
-    raise ValueError(f"{name}: expected one of {accepted} or a torch.device, found {device!r}")
+    error = ValueError if isinstance(device, str) else TypeError  # a wrong type, or a wrong name
+    raise error(f"{name}: expected one of {accepted} or a torch.device, found {device!r}")
 
 
 def resolve_device(device: object = "auto", name: str = "device") -> Any:
@@ -179,11 +190,13 @@ class Interval:
     hi: float | None
     closed: str = "both"
 
-    def accepts(self, value: object) -> bool:
-        if isinstance(value, bool):
-            return False
+    def accepts_type(self, value: object) -> bool:
+        """Whether ``value`` is a number of this kind at all (bools are not)."""
         want = numbers.Integral if self.kind is int else numbers.Real
-        if not isinstance(value, want):
+        return isinstance(value, want) and not isinstance(value, bool)
+
+    def accepts(self, value: object) -> bool:
+        if not self.accepts_type(value):
             return False
         v = float(value)  # type: ignore[arg-type]
         if math.isnan(v):
@@ -220,6 +233,9 @@ class Options:
     def __init__(self, *values: Any) -> None:
         object.__setattr__(self, "values", tuple(values))
 
+    def accepts_type(self, value: object) -> bool:
+        return any(type(value) is type(v) for v in self.values)
+
     def accepts(self, value: object) -> bool:
         return any(type(value) is type(v) and value == v for v in self.values)
 
@@ -234,6 +250,9 @@ class InstanceOf:
     types: tuple[type, ...]
     label: str
 
+    def accepts_type(self, value: object) -> bool:
+        return isinstance(value, self.types)
+
     def accepts(self, value: object) -> bool:
         return isinstance(value, self.types)
 
@@ -245,11 +264,18 @@ class InstanceOf:
 class Check:
     """A value ``test`` accepts (for the rare rule a table cannot say); ``label`` names it.
     ``explain``, when given, raises the rule's own message for a refused value (so a rule with
-    one home, like the device's, reads the same from every entry point)."""
+    one home, like the device's, reads the same from every entry point). ``types``: the types
+    the rule is about (a value of none of them is a type mistake, ``TypeError``)."""
 
     test: Callable[[object], bool]
     label: str
     explain: Callable[[object, str], None] | None = None
+    types: tuple[type, ...] = (object,)
+
+    def accepts_type(self, value: object) -> bool:
+        if isinstance(value, bool) and bool not in self.types:
+            return False  # a bool is an int to Python, never a count or a size to ctfp
+        return isinstance(value, self.types)
 
     def accepts(self, value: object) -> bool:
         try:
@@ -273,11 +299,18 @@ RANDOM_STATE: list[Constraint] = [
     Interval(int, 0, 2**32 - 1),
     InstanceOf((np.random.RandomState,), "a numpy RandomState"),
 ]
+
+
+def _is_device(value: object) -> bool:
+    check_device(value)  # raises when it is not a device's form
+    return True
+
+
 #: ``device``: checked for its form at ``fit`` (with :func:`check_device`'s own message);
 #: :func:`resolve_device` checks availability.
 DEVICE: list[Constraint] = [
     Check(
-        lambda v: check_device(v) is None,
+        _is_device,
         "'auto', 'cpu', 'cuda', 'cuda:N', 'mps' or a torch.device",
         explain=check_device,
     )
@@ -292,14 +325,22 @@ def _accepts(c: Constraint, value: object) -> bool:
     return value is None if c is None else c.accepts(value)
 
 
+def _accepts_type(c: Constraint, value: object) -> bool:
+    return value is None if c is None else c.accepts_type(value)
+
+
 def validate_params(
     params: Mapping[str, object], constraints: Mapping[str, Sequence[Constraint]], owner: str
 ) -> None:
     """Check each of ``params`` against its constraints (a value passes if any accepts it).
 
-    ``ValueError`` names the owner, the parameter, every accepted form and the value found::
+    One message names the owner, the parameter, every accepted form and the value found::
 
         SimilarityMembership: k: expected None or an integer >= 1, found 0
+
+    One exception per kind of mistake: ``TypeError`` when the value is of a type no constraint
+    takes (``k=2.0``, ``k=True``, ``rule=3``), ``ValueError`` when its type is right but its value
+    is not (``k=0``, ``rule='best'``).
     """
     for name, value in params.items():
         allowed = constraints.get(name)
@@ -311,7 +352,8 @@ def validate_params(
             if isinstance(c, Check) and c.explain is not None:
                 c.explain(value, name)  # raises the rule's own message
         forms = ["None" if c is None else c.describe() for c in allowed]
-        raise ValueError(f"{owner}: {name}: expected {' or '.join(forms)}, found {value!r}")
+        error = ValueError if any(_accepts_type(c, value) for c in allowed) else TypeError
+        raise error(f"{owner}: {name}: expected {' or '.join(forms)}, found {value!r}")
 
 
 def n_jobs_to_threads(n_jobs: object, name: str = "n_jobs") -> int | None:
@@ -328,18 +370,123 @@ def n_jobs_to_threads(n_jobs: object, name: str = "n_jobs") -> int | None:
     return max(1, int(default_threads()) + 1 + n)
 
 
+#: What ``random_state=None`` means everywhere in ctfp: this seed. A ctfp result is a number in
+#: a table; run twice with the default settings, it must be the same number (scikit-learn's
+#: ``None``, fresh entropy, would make every default run a different draw). An int gives that
+#: seed; a ``RandomState`` is drawn from (scikit-learn's meaning).
+DEFAULT_SEED = 0
+
+
 def seed_from(random_state: object, name: str = "random_state") -> int:
-    """A 63-bit integer seed from any ``random_state`` scikit-learn accepts: an int is used as
-    it is (the same int, the same seed), a ``RandomState`` is drawn from, None draws fresh."""
+    """An integer seed from any ``random_state`` scikit-learn accepts: an int is used as it is
+    (the same int, the same seed), a ``RandomState`` is drawn from (63 bits), ``None`` is
+    :data:`DEFAULT_SEED` (ctfp's one policy for ``None``)."""
     validate_params({name: random_state}, {name: RANDOM_STATE}, "ctfp")
+    if random_state is None:
+        return DEFAULT_SEED
     if isinstance(random_state, numbers.Integral):
         return int(random_state)
-    rs = (
-        random_state if isinstance(random_state, np.random.RandomState) else np.random.RandomState()
-    )
+    rs = random_state
+    assert isinstance(rs, np.random.RandomState)
     return int(rs.randint(0, 2**31 - 1, dtype=np.int64)) << 32 | int(
         rs.randint(0, 2**31 - 1, dtype=np.int64)
     )
+
+
+def check_random_state(random_state: object, name: str = "random_state") -> np.random.RandomState:
+    """A ``RandomState`` for ``random_state`` under ctfp's policy: ``None`` is
+    ``RandomState(DEFAULT_SEED)``, an int ``RandomState(int)``, a ``RandomState`` itself (drawn
+    from, as scikit-learn's ``check_random_state`` does)."""
+    validate_params({name: random_state}, {name: RANDOM_STATE}, "ctfp")
+    if isinstance(random_state, np.random.RandomState):
+        return random_state
+    return np.random.RandomState(DEFAULT_SEED if random_state is None else int(random_state))  # type: ignore[call-overload]
+
+
+# --------------------------------------------------------------------------------------------
+# images, labels, estimators
+
+#: Smallest and largest side of an image size (a comparison size, a network's input size): 8
+#: is the smallest a 7x7 SSIM window and the networks' strided stems take; 8192 bounds memory.
+IMAGE_SIDE = (8, 8192)
+
+
+def _is_side(v: object) -> bool:
+    return (
+        isinstance(v, numbers.Integral)
+        and not isinstance(v, bool)
+        and IMAGE_SIDE[0] <= int(v) <= IMAGE_SIDE[1]
+    )
+
+
+def is_image_size(value: object) -> bool:
+    """Whether ``value`` is an image size: an int, or a (height, width) pair of ints, each in
+    :data:`IMAGE_SIDE`."""
+    if isinstance(value, (tuple, list)):
+        return len(value) == 2 and all(_is_side(v) for v in value)
+    return _is_side(value)
+
+
+#: ``image_size`` as every ctfp estimator takes it (add ``None`` where a default size applies).
+IMAGE_SIZE: list[Constraint] = [
+    Check(
+        is_image_size,
+        f"an int or a (height, width) pair of ints in [{IMAGE_SIDE[0]}, {IMAGE_SIDE[1]}]",
+        types=(numbers.Integral, tuple, list),
+    )
+]
+
+
+def check_binary_labels(y: object, name: str = "y", n: int | None = None) -> np.ndarray:
+    """``y`` as int64 labels 1 (used) and 0 (not used): the one label rule of ctfp.
+
+    ``n``: the number of labels expected (one per image). The values are checked before any
+    cast to int, so a score passed as a label (0.7) is refused, never read as 0. The message
+    names the argument, the rule and the first offending values with their positions::
+
+        y: expected labels 0 (not used) and 1 (used), found 2 at position 3, 0.7 at position 5
+    """
+    a = np.asarray(y)
+    if a.ndim != 1 or (n is not None and len(a) != n):
+        want = f"{n} labels (one per image)" if n is not None else "a 1-D array of labels"
+        raise ValueError(f"{name}: expected {want}, found shape {a.shape}")
+    if a.dtype.kind not in "biuf":
+        bad = np.arange(len(a))
+    else:
+        bad = np.flatnonzero(~np.isin(a, (0, 1)))
+    if bad.size:
+        shown = ", ".join(f"{a[i].item()!r} at position {int(i)}" for i in bad[:3])
+        more = f" (+{bad.size - 3} more)" if bad.size > 3 else ""
+        raise ValueError(f"{name}: expected labels 0 (not used) and 1 (used), found {shown}{more}")
+    return a.astype(np.int64)
+
+
+def require_fitted(est: object, attribute: str) -> None:
+    """ctfp's ``NotFittedError`` (a scikit-learn one too) when ``est`` lacks ``attribute``."""
+    if not hasattr(est, attribute):
+        from ctfp.exceptions import NotFittedError
+
+        raise NotFittedError(
+            f"This {type(est).__name__} instance is not fitted yet: call fit(...) first"
+        )
+
+
+def stratified_folds(
+    y: object, n_splits: int, random_state: object, groups: object = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(train, test)`` index pairs of ``n_splits`` shuffled stratified folds of the labels
+    ``y``: scikit-learn's ``StratifiedKFold``, or with ``groups`` (one id per item)
+    ``StratifiedGroupKFold``, which keeps each group whole in one fold. ``random_state``:
+    anything :func:`seed_from` takes (``None``: :data:`DEFAULT_SEED`)."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
+
+    random_state = seed_from(random_state) % 2**32
+    lab = np.asarray(y)
+    if groups is None:
+        cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+        return list(cv.split(np.zeros(len(lab)), lab))
+    cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
+    return list(cv.split(np.zeros(len(lab)), lab, np.asarray(groups)))
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,7 +508,8 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
     tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with open(fd, mode, **({"encoding": "utf-8", "newline": ""} if mode == "w" else {})) as f:
+        f: IO[Any] = open(fd, "w", encoding="utf-8", newline="") if mode == "w" else open(fd, "wb")
+        with f:
             yield f
         os.replace(tmp, path)
     except BaseException:
@@ -380,6 +528,31 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
     """``path.write_text(text)`` (UTF-8, newlines as given) through :func:`atomic_write`."""
     with atomic_write(path, "w") as f:
         f.write(text)
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_png_atomic(
+    path: str | os.PathLike[str], png: bytes | Callable[[IO[bytes]], object]
+) -> None:
+    """Write a PNG file through :func:`atomic_write` (a reader never sees half an image).
+
+    ``png``: the file's bytes, or a function that writes them to the file object it is given
+    (``lambda f: fig.savefig(f, format="png")``, ``lambda f: image.save(f, format="PNG")``).
+    What was written must start with the PNG signature (``ValueError`` otherwise, and ``path``
+    is left as it was)."""
+    if isinstance(png, (bytes, bytearray, memoryview)):
+        data = bytes(png)
+    else:
+        buf = io.BytesIO()
+        png(buf)
+        data = buf.getvalue()
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError(
+            f"{path}: expected PNG data (signature {PNG_SIGNATURE!r}), found {data[:8]!r}"
+        )
+    write_bytes_atomic(path, data)
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,26 +38,39 @@ def plot_roc(
     *,
     title: str = "ROC: used (1) vs not used (0)",
 ) -> Path:
-    """One ROC curve per method: ``{name: (y_true, scores)}``; the legend gives each AUC."""
+    """One ROC curve per method: ``{name: (y_true, scores)}``; the legend gives each AUC (first).
+
+    The legend sits below the axes, in the figure (never over the curves or the axis labels,
+    never cut off: long names wrap and the figure grows with the legend), and the axes reach a
+    little beyond [0, 1], so a perfect curve (AUC 1.0) is drawn inside the frame, not on it."""
+    import textwrap
+
     from sklearn.metrics import roc_auc_score, roc_curve
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 5))
+    drawn = []
     for name, (y, s) in curves.items():
-        y = np.asarray(y)
-        if len(set(y.tolist())) < 2:
+        labels = np.asarray(y)
+        if len(set(labels.tolist())) < 2:
             continue
-        fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, label=f"{name} (AUC {roc_auc_score(y, s):.3f})")
+        fpr, tpr, _ = roc_curve(labels, s)
+        label = f"AUC {roc_auc_score(labels, s):.3f}  {name}"  # the AUC first: one column of them
+        drawn.append((fpr, tpr, textwrap.fill(label, 76, subsequent_indent="    ")))
+    lines = 1 + sum(label.count("\n") + 1 for _, _, label in drawn)
+    fig, ax = plt.subplots(figsize=(6, 5 + 0.17 * lines), layout="constrained")
+    for fpr, tpr, label in drawn:
+        ax.plot(fpr, tpr, label=label, clip_on=False)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8, label="chance")
+    margin = 0.02
     ax.set(
         xlabel="false positive rate",
         ylabel="true positive rate",
         title=title,
-        xlim=(0, 1),
-        ylim=(0, 1.01),
+        xlim=(-margin, 1 + margin),
+        ylim=(-margin, 1 + margin),
+        aspect="equal",
     )
-    ax.legend(loc="lower right", fontsize=8)
+    fig.legend(loc="outside lower center", fontsize=8, frameon=False)
     return _save(fig, path)
 
 
@@ -196,7 +209,9 @@ def plot_gallery(
         len(rows), n_cols, figsize=(1.75 * n_cols, 2.25 * len(rows) + 0.4), squeeze=False
     )
     for r, row in enumerate(rows):
-        cells = [(row.real, "gray", 255, row.title, row.caption)]
+        cells: list[tuple[np.ndarray | None, str, int, str, str]] = [
+            (row.real, "gray", 255, row.title, row.caption)
+        ]
         for j, (img, cap) in enumerate(row.neighbours):
             cells.append((img, "gray", 255, f"nearest {j + 1}" if r == 0 else "", cap))
         while len(cells) < k + 1:
@@ -214,13 +229,13 @@ def plot_gallery(
             )
         else:
             cells.append((None, "gray", 255, "", "no neighbours"))
-        for ax, (img, cmap, vmax, head, cap) in zip(axes[r], cells, strict=True):
-            if img is not None:
-                ax.imshow(img, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
+        for ax, (picture, cmap, vmax, head, cap) in zip(axes[r], cells, strict=True):
+            if picture is not None:
+                ax.imshow(picture, cmap=cmap, vmin=0, vmax=vmax, interpolation="nearest")
             ax.set_xticks([])
             ax.set_yticks([])
             for spine in ax.spines.values():
-                spine.set_visible(img is not None)
+                spine.set_visible(picture is not None)
                 spine.set_linewidth(0.5)
             if head:
                 ax.set_title(head, fontsize=7.5)
@@ -230,14 +245,15 @@ def plot_gallery(
 
 
 def _save(fig, path: str | Path) -> Path:
-    from ctfp._util import atomic_write
+    from ctfp._util import write_png_atomic
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
-        fig.tight_layout()
-        with atomic_write(path) as f:  # a reader (the report) never sees half a PNG
-            fig.savefig(f, format="png", dpi=120)
+        if fig.get_layout_engine() is None:  # a figure laid out by its own engine keeps it
+            fig.tight_layout()
+        # atomic: a reader (the report) never sees half a PNG
+        write_png_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120))
     finally:
         _pyplot().close(fig)
     return path

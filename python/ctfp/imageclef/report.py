@@ -451,6 +451,10 @@ th, td { border-bottom: 1px solid var(--line); padding: .3rem .6rem; text-align:
 th { background: var(--card); font-weight: 600; }
 td.num, th.num { text-align: right; }
 .wide { display: block; overflow-x: auto; max-width: 100%; }
+.fit table { width: 100%; }
+.fit th, .fit td { padding: .3rem .4rem; }
+.fit td:nth-child(-n+2) { overflow-wrap: anywhere; min-width: 9rem; }
+.fit td.num, .fit th { white-space: nowrap; }
 figure { margin: .8rem 0 1.4rem; }
 figure img { display: block; max-width: 100%; height: auto; background: #fff;
   border: 1px solid var(--line); border-radius: 4px; }
@@ -1054,9 +1058,10 @@ def _compare_section(runs: Sequence[Run], roc_path: Path) -> str:
             continue
         for r in tables[title]:
             rows.append([link, _e(str(r.get("method", ""))), _e(title)] + _metric_cells(r))
-    parts = [
-        _table(["run", "rows", "split", *_METRIC_HEADERS, "confusion"], rows, num=range(3, 10))
-    ]
+    # .fit: the table takes the page's width and the run and row names wrap (anywhere: a folder
+    # name has no spaces), so no horizontal scroll bar hides the last column, the confusion
+    table = _table(["run", "rows", "split", *_METRIC_HEADERS, "confusion"], rows, num=range(3, 10))
+    parts = [f'<div class="fit">{table}</div>']
     curves = {}
     for run in runs:
         c = _curve(run)

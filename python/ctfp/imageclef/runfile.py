@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ctfp._util import write_text_atomic
+from ctfp._util import check_binary_labels, write_text_atomic
 from ctfp.exceptions import CtfpError
 
 __all__ = [
@@ -251,9 +251,10 @@ def write_run_file(
         raise RunFileError(
             f"labels: expected integers 0 or 1, found {labels.dtype} labels ({shown}, ...)"
         )
-    if not np.isin(labels, (0, 1)).all():
-        bad = [str(v) for v in labels.tolist() if v not in (0, 1)][:5]
-        raise RunFileError(f"labels: expected integers 0 or 1, found {', '.join(bad)}")
+    try:
+        check_binary_labels(labels, "labels")
+    except ValueError as exc:
+        raise RunFileError(str(exc)) from None
     text = "".join(f"{i},{int(v)}\n" for i, v in zip(ids, labels, strict=True))
     expected = test_ids(test_dir, strip_extension=strip_extension) if test_dir is not None else ids
     problems = validate_run_text(text, expected)

@@ -5,20 +5,34 @@ results it produced, so a table says which threshold made it. Threshold calibrat
 :func:`best_threshold` (one candidate set, one tie-break: the median of the equally good
 candidates); :class:`CalibratedThreshold` wraps it, and every part of ctfp that calibrates
 (:class:`~ctfp.membership.similarity.SimilarityMembership`, the experiment runner) uses that.
+
+One tie rule, :func:`at_or_above`: an image is used when its score **reaches** the threshold
+(``score >= threshold``), for every threshold in ctfp: the rules here, the estimators'
+``predict`` (:class:`ThresholdDecisionMixin`, shared by the four membership estimators) and the
+CLI's ``decision=``. VCMI's real-real ``threshold_max`` follows it too: an image whose best
+SSIM with a generated image equals the largest SSIM between two real images is as close to the
+generated set as the closest real pair, which is the rule's evidence of a copy (ties are rare
+with real SSIMs; with exact copies among the real images both sides are 1.0 and ``>`` would
+call no image used at all).
 """
 
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import numpy as np
+
+from ctfp._util import Interval, Options, check_binary_labels, validate_params
 
 __all__ = [
     "METRICS",
     "CalibratedThreshold",
     "SingleClassRuleWarning",
     "Threshold",
+    "ThresholdDecisionMixin",
     "TopFraction",
+    "at_or_above",
     "best_threshold",
     "make_rule",
     "warn_single_class",
@@ -56,19 +70,25 @@ def _scores(scores: object) -> np.ndarray:
     return s
 
 
+def at_or_above(scores: object, threshold: float) -> np.ndarray:
+    """ctfp's one tie rule: 1 (used) where ``score >= threshold``, else 0 (int64)."""
+    return (np.asarray(scores, dtype=float) >= threshold).astype(np.int64)
+
+
 class Threshold:
     """Used when ``score >= threshold`` (the paper's rule: 0.5 on the classifier's probability)."""
 
     def __init__(self, threshold: float = 0.5) -> None:
+        validate_params(
+            {"threshold": threshold}, {"threshold": [Interval(float, None, None)]}, "Threshold"
+        )
         self.threshold = float(threshold)
-        if np.isnan(self.threshold):
-            raise ValueError(f"threshold: expected a number, found {threshold!r}")
 
     def fit(self, scores: object = None, y: object = None) -> Threshold:
         return self
 
     def predict(self, scores: object) -> np.ndarray:
-        return (_scores(scores) >= self.threshold).astype(int)
+        return at_or_above(_scores(scores), self.threshold)
 
     def describe(self) -> dict:
         return {"rule": "threshold", "threshold": self.threshold}
@@ -100,18 +120,12 @@ def best_threshold(scores: object, y: object, metric: str = "accuracy") -> tuple
     metric : {"accuracy", "f1", "kappa"}
         Accuracy, F1 of the used class (0 where undefined) or Cohen's kappa (0 where undefined).
     """
-    if metric not in METRICS:
-        raise ValueError(
-            f"metric: expected one of {', '.join(map(repr, METRICS))}, found {metric!r}"
-        )
+    validate_params({"metric": metric}, {"metric": [Options(*METRICS)]}, "best_threshold")
     s = _scores(scores)
     y = np.asarray(y)
     if y.shape != s.shape:
         raise ValueError(f"y: expected one label per score, shape {s.shape}, found shape {y.shape}")
-    # Checked before the cast to int, so that 0.7 or 2 is refused rather than read as 0 or 1.
-    if not np.isin(y, (0, 1)).all():
-        raise ValueError("y: expected labels 0 (not used) and 1 (used)")
-    pos = y.astype(int) == 1
+    pos = check_binary_labels(y, "y") == 1
     if pos.all() or not pos.any():
         raise ValueError("calibration needs development scores with both labels (0 and 1)")
     u, inv = np.unique(s, return_inverse=True)
@@ -143,10 +157,9 @@ class CalibratedThreshold:
     METRICS = METRICS
 
     def __init__(self, metric: str = "accuracy") -> None:
-        if metric not in self.METRICS:
-            raise ValueError(
-                f"metric: expected one of {', '.join(map(repr, self.METRICS))}, found {metric!r}"
-            )
+        validate_params(
+            {"metric": metric}, {"metric": [Options(*self.METRICS)]}, "CalibratedThreshold"
+        )
         self.metric = metric
         self.threshold_: float | None = None
 
@@ -155,7 +168,7 @@ class CalibratedThreshold:
         development image one class (the scores do not separate the labels better than that)."""
         self.threshold_, self.dev_value_ = best_threshold(scores, y, self.metric)
         warn_single_class(
-            _scores(scores) >= self.threshold_,
+            at_or_above(_scores(scores), self.threshold_),
             f"CalibratedThreshold({self.metric!r}) on {len(_scores(scores))} development scores",
         )
         return self
@@ -163,7 +176,7 @@ class CalibratedThreshold:
     def predict(self, scores: object) -> np.ndarray:
         if self.threshold_ is None:
             raise ValueError("CalibratedThreshold: call fit() with development scores first")
-        return (_scores(scores) >= self.threshold_).astype(int)
+        return at_or_above(_scores(scores), self.threshold_)
 
     def describe(self) -> dict:
         return {
@@ -178,8 +191,9 @@ class TopFraction:
     """The ``fraction`` of images with the highest scores are used (ties broken by position)."""
 
     def __init__(self, fraction: float = 0.5) -> None:
-        if not 0.0 <= float(fraction) <= 1.0:
-            raise ValueError(f"fraction: expected a number in [0, 1], found {fraction!r}")
+        validate_params(
+            {"fraction": fraction}, {"fraction": [Interval(float, 0, 1)]}, "TopFraction"
+        )
         self.fraction = float(fraction)
 
     def fit(self, scores: object = None, y: object = None) -> TopFraction:
@@ -196,6 +210,60 @@ class TopFraction:
         return {"rule": "top_fraction", "fraction": self.fraction}
 
 
+class ThresholdDecisionMixin:
+    """``decision_function`` and ``predict`` of a membership estimator that compares each score
+    with a threshold: the four membership estimators' one copy of "refuse without a rule, score
+    minus threshold, used at or above it (:func:`at_or_above`), warn when every image is one
+    class".
+
+    The estimator provides ``score_samples`` and a fitted ``threshold_``; one whose ``rule`` is
+    ``None`` only scores (``decision_function``/``predict`` refuse). Hooks: ``_scores_and_threshold
+    (X)`` (scores and threshold in one pass, default ``score_samples(X)`` and ``threshold_``),
+    ``_decide(X)`` (decision values and predictions, for rules that are not one threshold).
+    """
+
+    def __sklearn_tags__(self) -> Any:
+        """Images in, not feature tables: scikit-learn's tabular checks do not apply (its API
+        checks do: ``tests/test_sklearn_api.py``); two classes, 1 used and 0 not used."""
+        tags = super().__sklearn_tags__()  # type: ignore[misc]
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.classifier_tags.multi_class = False
+        return tags
+
+    def _decision_name(self) -> str:
+        rule = getattr(self, "rule", "")
+        return type(self).__name__ + ("" if rule == "" else f"(rule={rule!r})")
+
+    def _require_rule(self) -> None:
+        if getattr(self, "rule", "") is None:
+            raise ValueError(
+                f"{type(self).__name__}(rule=None) only scores: use score_samples and decide "
+                f"with a rule from ctfp.membership.decision, or set a rule"
+            )
+
+    def _scores_and_threshold(self, X: object) -> tuple[np.ndarray, float]:
+        scores = self.score_samples(X)  # type: ignore[attr-defined]
+        return np.asarray(scores, dtype=np.float64), float(self.threshold_)  # type: ignore[attr-defined]
+
+    def _decide(self, X: object) -> tuple[np.ndarray, np.ndarray]:
+        """(decision values, predictions): score minus threshold, used at or above it."""
+        self._require_rule()
+        s, t = self._scores_and_threshold(X)
+        return s - t, at_or_above(s, t)
+
+    def decision_function(self, X: object) -> np.ndarray:
+        """Score minus the decision threshold: images at or above 0 are predicted used."""
+        return self._decide(X)[0]
+
+    def predict(self, X: object) -> np.ndarray:
+        """1 (used to train the generator) or 0 (not used) per image; warns
+        (:class:`SingleClassRuleWarning`) when every image is predicted one class."""
+        pred = self._decide(X)[1]
+        warn_single_class(pred, self._decision_name(), stacklevel=3)
+        return pred
+
+
 def make_rule(spec: str) -> Threshold | CalibratedThreshold | TopFraction:
     """``"threshold:0.5"``, ``"calibrated:f1"`` (or accuracy, kappa), ``"top:0.5"``."""
     name, _, arg = spec.partition(":")
@@ -206,7 +274,7 @@ def make_rule(spec: str) -> Threshold | CalibratedThreshold | TopFraction:
             return CalibratedThreshold(arg or "accuracy")
         if name == "top":
             return TopFraction(float(arg or 0.5))
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise ValueError(f"decision rule {spec!r}: {exc}") from None
     raise ValueError(
         f"decision rule {spec!r}: expected 'threshold:T', 'calibrated:METRIC' or 'top:FRACTION'"

@@ -35,6 +35,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, clone
 
 from ctfp._util import (
     DEVICE,
+    IMAGE_SIZE,
     N_JOBS,
     RANDOM_STATE,
     Check,
@@ -42,11 +43,14 @@ from ctfp._util import (
     InstanceOf,
     Interval,
     Options,
+    check_binary_labels,
+    require_fitted,
     seed_from,
+    stratified_folds,
     validate_params,
 )
-from ctfp.membership.decision import METRICS, CalibratedThreshold, warn_single_class
-from ctfp.membership.index import GeneratedIndex, require_fitted
+from ctfp.membership.decision import METRICS, CalibratedThreshold, ThresholdDecisionMixin
+from ctfp.membership.index import GeneratedIndex
 
 __all__ = ["DEFAULT_MEMBERS", "FusedGenerated", "FusedMembership"]
 
@@ -82,7 +86,7 @@ class FusedGenerated:
         self.sources = sources
 
 
-class FusedMembership(ClassifierMixin, BaseEstimator):
+class FusedMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimator):
     """Several similarity scores fused by a cross-validated model of the development labels.
 
     Parameters
@@ -120,10 +124,17 @@ class FusedMembership(ClassifierMixin, BaseEstimator):
     """
 
     _parameter_constraints: dict[str, list[Constraint]] = {
-        "members": [None, Check(_is_members, "a non-empty list of dicts of settings, no 'rule'")],
+        "members": [
+            None,
+            Check(
+                _is_members,
+                "a non-empty list of dicts of settings, no 'rule'",
+                types=(list, tuple),
+            ),
+        ],
         "combiner": [Options("logistic", "hgb")],
         "C": [Interval(float, 0, None, closed="neither")],
-        "image_size": [None, Interval(int, 1, None)],
+        "image_size": [None, *IMAGE_SIZE],
         "cv": [Interval(int, 2, None)],
         "rule": [None, Options("calibrated")],
         "metric": [Options(*METRICS)],
@@ -203,8 +214,6 @@ class FusedMembership(ClassifierMixin, BaseEstimator):
         real images for the members with ``calibration="real"``; ``groups`` /
         ``reference_groups``: group labels (the patient) of ``X`` / ``reference`` for them
         (:meth:`SimilarityMembership.fit <ctfp.membership.similarity.SimilarityMembership.fit>`)."""
-        from sklearn.model_selection import StratifiedKFold
-
         from ctfp.membership.leaktest import cross_fit_scores
 
         validate_params(self.get_params(), self._parameter_constraints, type(self).__name__)
@@ -212,20 +221,15 @@ class FusedMembership(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 "generated: expected the generator's images (fit(X, y, generated=...)), found None"
             )
-        lab = np.asarray(y)
-        if lab.ndim != 1 or not np.isin(lab, (0, 1)).all():
-            raise ValueError("y: expected labels 1 (used) and 0 (not used)")
-        lab = lab.astype(np.int64)
         items = X if isinstance(X, np.ndarray) else list(X)
-        if len(items) != len(lab):
-            raise ValueError(f"y: expected {len(items)} labels, found {len(lab)}")
+        lab = check_binary_labels(y, "y", len(items))
         folds = int(min(self.cv, (lab == 1).sum(), (lab == 0).sum()))
         if folds < 2:
             raise ValueError(
                 "FusedMembership needs at least 2 used and 2 not-used development images for "
                 "its cross-validation"
             )
-        seed = seed_from(self.random_state) % (2**32) if self.random_state is not None else 0
+        seed = seed_from(self.random_state) % (2**32)
         settings = list(self.members or DEFAULT_MEMBERS)
         given = generated.indexes if isinstance(generated, FusedGenerated) else None
         if given is not None and len(given) != len(settings):
@@ -233,8 +237,7 @@ class FusedMembership(ClassifierMixin, BaseEstimator):
                 f"generated: a fitted set of {len(given)} member indexes for "
                 f"{len(settings)} members"
             )
-        cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-        splits = list(cv.split(np.zeros(len(lab)), lab))
+        splits = stratified_folds(lab, folds, seed)
         self.estimators_, indexes = [], []
         oof = np.empty((len(lab), len(settings)), np.float64)
         for j, m in enumerate(settings):
@@ -280,16 +283,6 @@ class FusedMembership(ClassifierMixin, BaseEstimator):
         """The fused score (the combiner's log-odds of "used"; higher = more likely used)."""
         require_fitted(self, "combiner_")
         return self._log_odds(self.combiner_, self.base_scores(X))
-
-    def decision_function(self, X: Any) -> np.ndarray:
-        if self.rule is None:
-            raise ValueError("FusedMembership(rule=None) only scores: use score_samples")
-        return self.score_samples(X) - float(self.threshold_)  # type: ignore[arg-type]
-
-    def predict(self, X: Any) -> np.ndarray:
-        pred = (self.decision_function(X) >= 0).astype(np.int64)
-        warn_single_class(pred, "FusedMembership")
-        return pred
 
     def describe(self) -> dict[str, Any]:
         require_fitted(self, "combiner_")

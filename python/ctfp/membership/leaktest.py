@@ -39,6 +39,8 @@ from typing import Any
 
 import numpy as np
 
+from ctfp._util import check_binary_labels, seed_from, stratified_folds
+
 __all__ = [
     "VERDICTS",
     "auc_difference",
@@ -98,13 +100,6 @@ def reusable_generated(estimator: Any) -> Any:
     raise ValueError(f"{type(estimator).__name__}: not fitted (no index_ or generated_)")
 
 
-def _splits(y: np.ndarray, n_splits: int, random_state: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    from sklearn.model_selection import StratifiedKFold
-
-    cv = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=random_state)
-    return list(cv.split(np.zeros(len(y)), y))
-
-
 def cross_fit_scores(
     estimator: Any,
     X: Any,
@@ -129,9 +124,11 @@ def cross_fit_scores(
     from sklearn.base import clone
 
     items = X if isinstance(X, np.ndarray) else list(X)
-    lab = np.asarray(y).astype(np.int64)
+    lab = check_binary_labels(y, "y")
     out = np.full(len(lab), np.nan)
-    for train, test in splits if splits is not None else _splits(lab, n_splits, random_state):
+    for train, test in (
+        splits if splits is not None else stratified_folds(lab, n_splits, random_state)
+    ):
         est = clone(estimator)
         _scores_only(est)
         params = {
@@ -191,7 +188,7 @@ def shuffled_standin(
         raise ValueError(f"kind: expected one of {', '.join(map(repr, CONTROLS))}, found {kind!r}")
     src = _sources(generated)
     items = src if _is_image_stack(src) else list(src)
-    rng = np.random.default_rng(random_state)
+    rng = np.random.default_rng(seed_from(random_state))
     n = len(items)
     m = n if max_images is None else min(n, int(max_images))
     pick = np.sort(rng.choice(n, m, replace=False))
@@ -340,9 +337,8 @@ def run_leak_test(
         are backed by evidence of a leak) and a one-line ``message``.
     """
     from sklearn.base import clone
-    from sklearn.model_selection import StratifiedGroupKFold
 
-    lab = np.asarray(y).astype(np.int64)
+    lab = check_binary_labels(y, "y")
     items = X if isinstance(X, np.ndarray) else list(X)
     grp = None if groups is None else np.asarray(groups)
     if grp is not None and grp.shape != lab.shape:
@@ -374,11 +370,7 @@ def run_leak_test(
             ),
         )
         return out
-    if grp is None:
-        splits = _splits(lab, k, random_state)
-    else:
-        cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=random_state)
-        splits = list(cv.split(np.zeros(len(lab)), lab, grp))
+    splits = stratified_folds(lab, k, random_state, groups=grp)
 
     def fitted_set(g: Any) -> Any:
         full = clone(estimator)

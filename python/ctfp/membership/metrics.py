@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-from ctfp._util import write_text_atomic
+from ctfp._util import check_binary_labels, write_text_atomic
 
 __all__ = ["COLUMNS", "evaluate", "markdown_table", "write_tables"]
 
@@ -30,50 +31,43 @@ _HEADERS = {
 }
 
 
-def evaluate(
-    y_true: Sequence[int], y_pred: Sequence[int], scores: Sequence[float] | None = None
-) -> dict:
+def evaluate(y_true: ArrayLike, y_pred: ArrayLike, scores: ArrayLike | None = None) -> dict:
     """Accuracy, precision, recall and F1 of the used class (1), Cohen's kappa, ROC-AUC (when
     ``scores`` are given and both classes occur) and the confusion matrix
     ``[[tn, fp], [fn, tp]]``."""
     from sklearn import metrics as m
 
-    y_true = np.asarray(y_true)
-    y_pred = np.asarray(y_pred)
-    if y_true.shape != y_pred.shape or y_true.ndim != 1:
+    yt = np.asarray(y_true)
+    yp = np.asarray(y_pred)
+    if yt.shape != yp.shape or yt.ndim != 1:
         raise ValueError(
             "y_true and y_pred: expected two 1-D arrays of one length, "
-            f"found {y_true.shape} and {y_pred.shape}"
+            f"found {yt.shape} and {yp.shape}"
         )
-    if len(y_true) == 0:
+    if len(yt) == 0:
         raise ValueError("y_true and y_pred: expected at least one image, found none")
     # Checked before the cast to int: scores passed as labels (0.7) must not become 0 silently.
-    for name, arr in (("y_true", y_true), ("y_pred", y_pred)):
-        if not np.isin(arr, (0, 1)).all():
-            raise ValueError(f"{name}: expected labels 0 (not used) and 1 (used)")
-    y_true = y_true.astype(int)
-    y_pred = y_pred.astype(int)
+    yt = check_binary_labels(yt, "y_true")
+    yp = check_binary_labels(yp, "y_pred")
     out = {
-        "n": int(len(y_true)),
-        "accuracy": float(m.accuracy_score(y_true, y_pred)),
-        "precision": float(m.precision_score(y_true, y_pred, pos_label=1, zero_division=0)),
-        "recall": float(m.recall_score(y_true, y_pred, pos_label=1, zero_division=0)),
-        "f1": float(m.f1_score(y_true, y_pred, pos_label=1, zero_division=0)),
-        "kappa": float(m.cohen_kappa_score(y_true, y_pred))
-        if len(set(y_true) | set(y_pred)) > 1
-        else 0.0,
+        "n": int(len(yt)),
+        "accuracy": float(m.accuracy_score(yt, yp)),
+        "precision": float(m.precision_score(yt, yp, pos_label=1, zero_division=0)),
+        "recall": float(m.recall_score(yt, yp, pos_label=1, zero_division=0)),
+        "f1": float(m.f1_score(yt, yp, pos_label=1, zero_division=0)),
+        "kappa": float(m.cohen_kappa_score(yt, yp)) if len(set(yt) | set(yp)) > 1 else 0.0,
         "roc_auc": None,
-        "confusion": m.confusion_matrix(y_true, y_pred, labels=[0, 1]).tolist(),
-        "predicted_used": int(y_pred.sum()),
+        "confusion": m.confusion_matrix(yt, yp, labels=[0, 1]).tolist(),
+        "predicted_used": int(yp.sum()),
     }
     if math.isnan(out["kappa"]):
         out["kappa"] = 0.0
     if scores is not None:
         s = np.asarray(scores, dtype=float)
-        if s.shape != y_true.shape:
-            raise ValueError(f"scores: expected {y_true.shape}, found {s.shape}")
-        if len(set(y_true.tolist())) == 2:
-            out["roc_auc"] = float(m.roc_auc_score(y_true, s))
+        if s.shape != yt.shape:
+            raise ValueError(f"scores: expected {yt.shape}, found {s.shape}")
+        if len(set(yt.tolist())) == 2:
+            out["roc_auc"] = float(m.roc_auc_score(yt, s))
     return out
 
 

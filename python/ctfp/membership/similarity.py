@@ -116,8 +116,24 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
 
-from ctfp._util import InstanceOf, Interval, Options, seed_from, validate_params
-from ctfp.membership.decision import METRICS, CalibratedThreshold, TopFraction, warn_single_class
+from ctfp._util import (
+    IMAGE_SIZE,
+    Constraint,
+    InstanceOf,
+    Interval,
+    Options,
+    check_binary_labels,
+    require_fitted,
+    seed_from,
+    validate_params,
+)
+from ctfp.membership.decision import (
+    METRICS,
+    CalibratedThreshold,
+    ThresholdDecisionMixin,
+    TopFraction,
+    at_or_above,
+)
 from ctfp.membership.index import (
     INDEX_CONSTRAINTS,
     MEASURES,
@@ -125,7 +141,6 @@ from ctfp.membership.index import (
     fit_or_load,
     load_images,
     nearest_neighbours,
-    require_fitted,
     sq_dist_block,
     ssim_matrix,
 )
@@ -147,15 +162,6 @@ STATISTICS = ("max", "mean_k", "count", "centroid")
 CALIBRATIONS = (None, "real", "reference", "density")
 RULES = (None, "calibrated", "real_real", "retrieval", "top")
 _INDEX_PARAMS = tuple(INDEX_CONSTRAINTS)
-
-
-def _labels(y: object, n: int) -> np.ndarray:
-    a = np.asarray(y)
-    if a.shape != (n,):
-        raise ValueError(f"y: expected {n} labels (one per real image), found shape {a.shape}")
-    if not np.isin(a, (0, 1)).all():
-        raise ValueError("y: expected labels 1 (used) and 0 (not used)")
-    return a.astype(np.int64)
 
 
 def _group_labels(labels: Any, n: int | None, name: str, of: str) -> list | None:
@@ -193,7 +199,7 @@ def _closest_per_group(c: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return out
 
 
-class SimilarityMembership(ClassifierMixin, BaseEstimator):
+class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimator):
     """Predict which real images trained a generator from their similarity to its outputs.
 
     See the module docstring for the measures, statistics, calibrations and rules.
@@ -251,8 +257,8 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         always runs on the CPU cores and with ``"auto"`` imports no torch); ``n_jobs=-1`` means
         all cores for image loading and SSIM; ``torch_threads`` sets torch's for embeddings.
     random_state : int, RandomState or None
-        Seeds the subsamples (radius, PCA) and a randomly initialised backbone (seed 0 when
-        None, so embeddings repeat).
+        Seeds the subsamples (radius, PCA) and a randomly initialised backbone; ``None`` is
+        ctfp's default seed (:data:`ctfp._util.DEFAULT_SEED`), so results repeat.
 
     Attributes
     ----------
@@ -277,8 +283,9 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         ``rule="calibrated"``: the development images' scores the threshold was chosen on.
     """
 
-    _parameter_constraints = {
+    _parameter_constraints: dict[str, list[Constraint]] = {
         **INDEX_CONSTRAINTS,
+        "image_size": [None, *IMAGE_SIZE],
         "statistic": [Options(*STATISTICS)],
         "k": [Interval(int, 1, None)],
         "k_real": [None, Interval(int, 1, None)],
@@ -472,7 +479,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
             self._fit_real_reference(r, r_keys, reference, g_x, reference_groups)
         if r is not None:
             if has_labels:
-                yy = _labels(y, len(r))
+                yy = check_binary_labels(y, "y", len(r))
                 if self.calibration in ("reference", "density"):
                     if not (yy == 0).any():
                         raise ValueError(
@@ -790,12 +797,7 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
     def _decide(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
         """(decision values, predictions) for ``X``: one pass over the generated set."""
         require_fitted(self, "index_")
-        if self.rule is None:
-            raise ValueError(
-                "rule=None: this SimilarityMembership only scores (score_samples); decide with "
-                "a rule from ctfp.membership.decision, or set rule='calibrated', 'real_real', "
-                "'retrieval' or 'top'"
-            )
+        self._require_rule()
         X = X if isinstance(X, np.ndarray) else list(X)  # read twice for embeddings' keys
         q = self.index_.transform(X)
         if self.rule == "retrieval":
@@ -804,12 +806,12 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         s = self._scores(q, loo=self._query_exclusions(X, q))
         if self.rule == "calibrated":
             assert self.threshold_ is not None
-            return s - self.threshold_, (s >= self.threshold_).astype(np.int64)
+            return s - self.threshold_, at_or_above(s, self.threshold_)
         if self.rule == "real_real":
             t = self.real_threshold_
             if t is None:  # no development images at fit: real-real similarities of X itself
                 t = self._real_real_threshold(q)
-            return s - t, (s >= t).astype(np.int64)
+            return s - t, at_or_above(s, t)
         assert self.fraction_ is not None
         pred = TopFraction(self.fraction_).predict(s).astype(np.int64)
         if pred.all() or not pred.any():
@@ -819,17 +821,10 @@ class SimilarityMembership(ClassifierMixin, BaseEstimator):
         return s - cut, pred
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """Score minus the decision threshold: positive values are predicted used (for
+        """Score minus the decision threshold: values at or above 0 are predicted used (for
         ``rule="top"``, the threshold is midway between the last used and first unused score;
         for ``"retrieval"``, ``votes - min_votes + 0.5``)."""
         return self._decide(X)[0]
-
-    def predict(self, X: Any) -> np.ndarray:
-        """1 (used to train the generator) or 0 (not used) for each real image; warns
-        (:class:`~ctfp.membership.decision.SingleClassRuleWarning`) when all are one class."""
-        pred = self._decide(X)[1]
-        warn_single_class(pred, f"SimilarityMembership(rule={self.rule!r})")
-        return pred
 
     def describe(self) -> dict[str, Any]:
         """What made the scores and the decisions, for result tables: the method's settings and
@@ -896,7 +891,7 @@ def evaluate_split(
 
     estimator.fit(X_dev, y_dev, generated=generated)
     scores, pred = estimator._decide(X_test)
-    y_true = _labels(y_test, len(pred))
+    y_true = check_binary_labels(y_test, "y_test", len(pred))
     return {
         "metrics": evaluate(y_true, pred, scores),
         "predictions": pred,

@@ -14,10 +14,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
-from sklearn.utils import check_random_state
 
 from ctfp import exceptions as _exc
 from ctfp._util import (
+    IMAGE_SIZE,
     N_JOBS,
     RANDOM_STATE,
     TORCH_THREADS,
@@ -25,6 +25,7 @@ from ctfp._util import (
     InstanceOf,
     Interval,
     Options,
+    check_random_state,
     n_jobs_to_threads,
     torch_threads,
     validate_params,
@@ -106,7 +107,9 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         times on small machines).
     random_state : int, RandomState or None, default=None
         The one seed (scikit-learn's word): model initialisation, dropout, data order, the
-        validation split, augmentation draws: the same int, the same model on the CPU.
+        validation split, augmentation draws: the same int, the same model on the CPU. ``None``
+        is ctfp's default seed (:data:`ctfp._util.DEFAULT_SEED`), not fresh entropy: a default
+        run repeats.
     callbacks : list or None, default=None
         Objects with any of ``on_train_begin(est, **logs)``, ``on_epoch_end(est, **logs)``
         (``logs`` is the epoch's ``history_`` row; return ``True`` to stop training) and
@@ -143,9 +146,7 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
             Check(registry.is_weights_path, "a path to a state-dict file"),
         ],
         "dropout": [Interval(float, 0, 1, closed="left")],
-        "image_size": [
-            Check(registry.is_image_size, "an int or a (height, width) pair of ints in [8, 8192]")
-        ],
+        "image_size": IMAGE_SIZE,
         "augment": [None, Options("paper"), InstanceOf((Augment,), "a ctfp.Augment")],
         "batch_size": [Interval(int, 1, None)],
         "max_epochs": [Interval(int, 1, None)],
