@@ -3,10 +3,11 @@
 1. Make a small ImageCLEF-style dataset from synthetic CT-like slices with a generator that leaks
    its training images to a known degree (:mod:`ctfp.leaky`).
 2. Show the Rust pipeline: augmented batches (a grid PNG) and loader throughput.
-3. Run the paper's Method 1 (MobileNetV2 on the 50x training set, 0.5 threshold) and ctfp's
-   similarity methods, evaluate them on the test images (whose truth the demo knows), write
-   validated run files, tables (Markdown, JSON) and plots (ROC of all methods, score histograms,
-   confusion matrices).
+3. Run the paper's Method 1 (MobileNetV2 on the 50x training set, 0.5 threshold), ctfp's
+   similarity methods and the baselines, each into its own folder ``OUT/<key>/``
+   (:func:`ctfp.imageclef.layout.method_dir`: ``OUT/1``, ``OUT/sim-pixel``, ...), evaluate them
+   on the test images (whose truth the demo knows), write validated run files, tables
+   (Markdown, JSON) and plots (ROC of all methods, score histograms, confusion matrices).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def run_demo(
     with ``quick``) instead of the fast near-copy generator.
     """
     from ctfp.imageclef.experiments import run_method
+    from ctfp.imageclef.layout import method_dir
     from ctfp.imageclef.leaky import LeakyDataSpec, make_leaky_dataset
     from ctfp.imageclef.plots import plot_roc
     from ctfp.membership.metrics import markdown_table, write_tables
@@ -168,7 +170,7 @@ def run_demo(
     results["Method 1"] = run_method(
         "1",
         data / "development",
-        out / "method1",
+        method_dir(out, "1"),
         decision="threshold:0.5",
         epochs=epochs,
         image_size=image_size,
@@ -187,7 +189,8 @@ def run_demo(
     )
 
     t0 = time.perf_counter()
-    for name, rec in _similarity_runs(data, out, common, verbose).items():
+    machine = dict(device=device, threads=threads, torch_threads=torch_threads)
+    for name, rec in _similarity_runs(data, out, common, machine, verbose).items():
         results[name] = rec
     say(f"[4/4] similarity methods ({time.perf_counter() - t0:.0f} s)")
 
@@ -228,15 +231,22 @@ def run_demo(
     return summary
 
 
-def _similarity_runs(data: Path, out: Path, common: dict, verbose: int) -> dict[str, dict]:
-    """ctfp's similarity methods (:mod:`ctfp.membership.similarity`) through the same runner."""
-    try:
-        from ctfp.imageclef.experiments import SIMILARITY_PRESETS, run_similarity
-    except ImportError:
-        return {}
-    return {
-        name: run_similarity(
-            name, data / "development", out / name.replace(" ", "_"), verbose=verbose, **common
+def _similarity_runs(
+    data: Path, out: Path, common: dict, machine: dict, verbose: int
+) -> dict[str, dict]:
+    """ctfp's similarity methods (:mod:`ctfp.membership.similarity`) and the baselines through
+    the same runner, each in ``OUT/<key>``. ``machine`` (``device``, ``threads``,
+    ``torch_threads``) reaches every method that takes the setting: ``threads`` all of them,
+    ``device`` and ``torch_threads`` those that run torch (the baselines run on the CPU)."""
+    from ctfp.imageclef.experiments import SIMILARITY_KEYS, SIMILARITY_PRESETS, run_similarity
+    from ctfp.imageclef.layout import method_dir
+    from ctfp.imageclef.methods import estimator_takes
+
+    runs = {}
+    for key, name in SIMILARITY_KEYS.items():
+        options = SIMILARITY_PRESETS[name]
+        taken = {k: v for k, v in machine.items() if k == "threads" or estimator_takes(options, k)}
+        runs[name] = run_similarity(
+            key, data / "development", method_dir(out, key), verbose=verbose, **taken, **common
         )
-        for name in SIMILARITY_PRESETS
-    }
+    return runs
