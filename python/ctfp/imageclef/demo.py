@@ -157,7 +157,9 @@ def run_demo(
         + " (epoch 0 decodes PNGs, epoch 1 reads the decode cache)"
     )
 
-    common = dict(test=data / "test", test_labels=data / "test_labels.csv", seed=seed, holdout=0.25)
+    common: dict[str, Any] = dict(
+        test=data / "test", test_labels=data / "test_labels.csv", seed=seed, holdout=0.25
+    )
     results: dict[str, dict] = {}
     n_train_real = round(n_dev_real * 0.75)
     copies = max(2, 2 * round(n_generated / n_train_real / 2))
@@ -203,7 +205,7 @@ def run_demo(
         ss = [v for ds in rec["datasets"] for v in ds.get("test_scores", [])]
         if ys:
             curves[name] = (ys, ss)
-    tables = {"Test images (truth known to the demo)": rows}
+    tables: dict[str, Any] = {"Test images (truth known to the demo)": rows}
     md, js = write_tables(tables, out, stem="results")
     roc = None
     if curves:

@@ -176,7 +176,7 @@ def split_holdout(
 class _Results:
     """The metric tables and the pooled scores of every dataset (for the plots)."""
 
-    rows: dict[str, list[dict]] = field(default_factory=dict)
+    rows: dict[str, Any] = field(default_factory=dict)  # title -> list of row dicts
     pooled: dict[str, list] = field(
         default_factory=lambda: {f"{s}_{k}": [] for s in ("dev", "test") for k in "ysp"}
     )
@@ -469,7 +469,8 @@ def _plots(out: Path, m: Method, results: _Results, record: dict) -> None:
     split = "test" if pooled["test_y"] else "dev"
     if not pooled[f"{split}_y"]:
         return
-    y, s, p = (np.asarray(pooled[f"{split}_{k}"]) for k in ("y", "s", "p"))
+    # (the plots and metrics take arrays as well as the sequences they are typed for)
+    y, s, p = (np.asarray(pooled[f"{split}_{k}"]) for k in ("y", "s", "p"))  # type: Any, Any, Any
     plot_roc(
         results.curves or {split: (y, s)},
         layout.roc_plot(out),
@@ -480,7 +481,9 @@ def _plots(out: Path, m: Method, results: _Results, record: dict) -> None:
         y, s, layout.histogram_plot(out), title=f"{m.title} ({split})", threshold=thr
     )
     plot_confusion(
-        evaluate(y, p)["confusion"], layout.confusion_plot(out), title=f"{m.title} ({split})"
+        evaluate(y, p)["confusion"],
+        layout.confusion_plot(out),
+        title=f"{m.title} ({split})",
     )
 
 
