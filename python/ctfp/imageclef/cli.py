@@ -82,7 +82,7 @@ def _run(args: argparse.Namespace) -> int:
     validated run files (run_<split>.txt), scores (scores_<split>.csv), record.json and
     report.html into OUT. OUT belongs to one method: write each method to its own folder."""
     from ctfp.imageclef.experiments import run_method, run_similarity
-    from ctfp.imageclef.layout import record_path
+    from ctfp.imageclef.layout import REPORT, record_path
 
     common = dict(
         test=args.test,
@@ -155,8 +155,9 @@ def _run(args: argparse.Namespace) -> int:
         if "run_file" in ds:
             print(f"run file: {ds['run_file']} ({ds['test_predicted_used']} predicted used)")
     print(f"record: {record_path(args.out)} ({record['seconds']} s)")
-    if (Path(args.out) / "report.html").is_file():
-        print(f"report: {Path(args.out) / 'report.html'} (open it in a browser)")
+    report = Path(args.out) / REPORT
+    if report.is_file():
+        print(f"report: {report} (open it in a browser)")
     return 0
 
 
