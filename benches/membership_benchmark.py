@@ -31,7 +31,9 @@ from typing import Any
 
 from ctfp.imageclef.experiments import SIMILARITY_KEYS
 
-METHODS = tuple(SIMILARITY_KEYS)  # every `ctfp run` similarity method and baseline
+#: every `ctfp run` similarity method and baseline (sim-count, below GAN-Leaks on every
+#: generator here, is no longer one: its rows in docs/benchmark.md are from earlier runs)
+METHODS = tuple(SIMILARITY_KEYS)
 #: regimes, ``REGIME@ITERATION`` for another snapshot of a committed generator (the few-hundred
 #: asset holds 3000, its default, and 5000, which memorises more: the two bracket the issue's
 #: reference generator, memorisation AUC 0.675)
@@ -274,7 +276,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--out", default="docs/benchmark_results.md", help="Markdown table; JSON beside"
     )
-    ap.add_argument("--runs", default=None, help="run folders (default: <root>/runs)")
+    ap.add_argument(
+        "--runs",
+        default=None,
+        help="run folders, one per regime and method: <runs>/<regime>/<method>/record.json, "
+        "run_test.txt, scores_test.csv, report.html (default: <root>/runs)",
+    )
     ap.add_argument("--regimes", default=",".join(REGIMES))
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--n-generated", type=int, default=10_000, help="generated images per split")

@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from ctfp import decode_png
+from ctfp.imageclef import layout
 from ctfp.imageclef.experiments import METHODS, Method, run_method
 from ctfp.imageclef.leaky import LeakyDataSpec, make_leaky_dataset
 from ctfp.imageclef.runfile import validate_run_file
+from ctfp.imageclef.scorers import Fitted, Fold
 
 SPEC = LeakyDataSpec.small(leak=0.6, seed=2)
 
@@ -26,15 +28,28 @@ def demo(tmp_path_factory):
     return root
 
 
-def nearest_scorer(ds, real_train, real_labels, generated, info):
-    """Score = minus the mean absolute difference to the closest generated image."""
-    bank = np.stack([decode_png(p).astype(np.float32) for p in generated])
-    info["fit_seconds"] = 0.0
+class NearestScorer:
+    """A :class:`~ctfp.imageclef.scorers.Scorer`: score = minus the mean absolute difference to
+    the closest generated image."""
 
-    def score(paths):
-        return np.array([-np.abs(bank - decode_png(p)).mean(axis=(1, 2)).min() for p in paths])
+    refits = False
 
-    return score, info
+    def config(self) -> dict:
+        return {}
+
+    def fit(self, fold: Fold) -> Fitted:
+        bank = np.stack([decode_png(p).astype(np.float32) for p in fold.generated])
+
+        def score(paths):
+            return np.array([-np.abs(bank - decode_png(p)).mean(axis=(1, 2)).min() for p in paths])
+
+        return Fitted(score, {"fit_seconds": 0.0})
+
+    def refit(self, fold: Fold) -> Fitted:
+        raise AssertionError("refits is False: the runner never asks")
+
+
+nearest_scorer = NearestScorer()
 
 
 METHOD = Method("nn", "nearest generated image", kind="similarity")
@@ -61,15 +76,18 @@ def test_run_writes_valid_run_files_tables_plots_and_record(demo, tmp_path):
     assert ds["decision"]["rule"] == "calibrated" and ds["decision"]["threshold"] is not None
     assert ds["holdout_images"] == 8
     for name in (
-        "results_methodnn.md",
-        "results_methodnn.json",
-        "roc_methodnn.png",
-        "scores_methodnn.png",
-        "confusion_methodnn.png",
-        "record_methodnn.json",
+        "results.md",
+        "results.json",
+        "roc.png",
+        "histograms.png",
+        "confusion.png",
+        "record.json",
+        "run_test.txt",
+        "scores_test.csv",
+        "report.html",
     ):
         assert (tmp_path / name).stat().st_size > 0, name
-    saved = json.loads((tmp_path / "record_methodnn.json").read_text())
+    saved = json.loads((tmp_path / "record.json").read_text())
     assert saved["config"]["decision"] == "calibrated:accuracy"
     assert "numpy" in saved["versions"] and "git_commit" in saved
     # the leak is strong: the nearest-copy scorer separates used from not used on the test set
@@ -87,8 +105,8 @@ def test_test_labels_never_reach_the_threshold(demo, tmp_path):
         for name, labels in (("a", demo / "test_labels.csv"), ("b", flipped))
     )
     assert a["datasets"][0]["decision"] == b["datasets"][0]["decision"]
-    ra = (tmp_path / "a" / "run_methodnn_test.txt").read_text()
-    rb = (tmp_path / "b" / "run_methodnn_test.txt").read_text()
+    ra = (tmp_path / "a" / "run_test.txt").read_text()
+    rb = (tmp_path / "b" / "run_test.txt").read_text()
     assert ra == rb
     assert a["datasets"][0]["test"]["accuracy"] == pytest.approx(
         1 - b["datasets"][0]["test"]["accuracy"]
@@ -158,6 +176,14 @@ def test_method1_end_to_end_tiny(demo, tmp_path):
     assert validate_run_file(ds["run_file"], demo / "test") == []
     assert 0.0 <= ds["test"]["accuracy"] <= 1.0
     assert rec["config"]["weights"] is None
+    # the record tells the truth: trained from random weights, titled so, and only the
+    # fields that apply to Method 1 (no ESRGAN cache, no similarity settings)
+    assert rec["method"]["weights"] is None
+    assert rec["method"]["title"] == "Method 1: MobileNetV2, not pretrained"
+    assert "ImageNet" not in json.dumps(rec["tables"])
+    assert "sr_cache" not in rec["config"] and "test_generated" not in rec["config"]
+    assert "options" not in rec["method"] and "test_generated" not in ds
+    assert ds["run_file"] == str(layout.run_file_path(tmp_path, "test"))
 
 
 def test_fit_takes_one_augmentation_per_image():
@@ -186,7 +212,7 @@ def test_cli_runs_a_similarity_preset(demo, tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert "SSIM to the mean of 10 closest" in done.stdout and "run file:" in done.stdout
-    rec = json.loads(next(tmp_path.glob("record_*.json")).read_text())
+    rec = json.loads((tmp_path / "record.json").read_text())
     assert rec["config"]["decision"] == "calibrated:accuracy" and rec["config"]["holdout"] == 0.25
     assert validate_run_file(rec["datasets"][0]["run_file"], demo / "test") == []
 
@@ -203,7 +229,7 @@ def _thresholds(node, path=()):
             yield from _thresholds(v, (*path, i))
 
 
-@pytest.mark.parametrize("preset", ["sim-ssim", "sim-pixel", "sim-count"])
+@pytest.mark.parametrize("preset", ["sim-ssim", "sim-pixel"])
 def test_a_similarity_run_has_one_threshold_and_applies_it(demo, tmp_path, preset):
     """The estimator only scores; the runner's calibrated rule decides. The record shows that
     one threshold, and the run file's labels are exactly the test scores at or above it."""
@@ -234,7 +260,7 @@ def test_a_similarity_run_has_one_threshold_and_applies_it(demo, tmp_path, prese
     lines = Path(ds["run_file"]).read_text().splitlines()
     labels = [int(line.split(",")[1]) for line in lines]
     assert labels == [int(s >= t) for s in ds["test_scores"]]
-    saved = json.loads(next(tmp_path.glob("record_*.json")).read_text())
+    saved = json.loads((tmp_path / "record.json").read_text())
     assert [p for p, _ in _thresholds(saved)] == [("datasets", 0, "decision", "threshold")]
 
 
@@ -258,7 +284,8 @@ def test_method4_trains_on_esrgan_upscaled_images(demo, tmp_path, monkeypatch):
     n_dev = 16 + 40
     assert len(cached) >= n_dev  # every development image upscaled once
     assert {decode_png(p).shape for p in cached[:5]} == {(896, 896)}
-    assert rec["config"]["weights"] == "default" and rec["method"]["weights"] is None
+    assert rec["config"]["weights"] is None and rec["method"]["weights"] is None
+    assert rec["config"]["sr_cache"] == str(tmp_path / "esrgan_cache")
     assert validate_run_file(rec["datasets"][0]["run_file"], demo / "test") == []
 
 
@@ -288,8 +315,8 @@ def test_two_datasets_give_both_and_each_tables(tmp_path):
 def test_test_split_files_are_named_for_it_and_scores_carry_ids(demo, tmp_path):
     rec = run_nn(demo / "development", tmp_path / "out", test=demo / "test")
     ds = rec["datasets"][0]
-    assert Path(ds["run_file"]).name == "run_methodnn_test.txt"
-    rows = (tmp_path / "out" / "scores_methodnn_test.csv").read_text().splitlines()
+    assert Path(ds["run_file"]).name == "run_test.txt"
+    rows = (tmp_path / "out" / "scores_test.csv").read_text().splitlines()
     assert rows[0] == "id,score,predicted"
     ids = [r.split(",")[0] for r in rows[1:]]
     assert ids == [p.stem for p in sorted((demo / "test" / "real_unknown").glob("*.png"))]
@@ -311,7 +338,7 @@ def test_cli_honours_or_refuses_every_option_for_similarity(demo, tmp_path, caps
         [*base, "--out", str(out), "--image-size", "32", "--decision", "top:0.5", "--n-jobs", "1"]
     )
     assert rc == 0
-    rec = json.loads(next(out.glob("record_method*.json")).read_text())
+    rec = json.loads((out / "record.json").read_text())
     assert rec["config"]["decision"] == "top:0.5"
     assert rec["datasets"][0]["similarity"]["image_size"] == [32, 32]
     assert rec["config"]["threads"] == 1
@@ -332,7 +359,7 @@ def test_groups_reach_the_density_ratio_and_the_leak_test(demo, tmp_path, capsys
     base += ["--test", str(demo / "test")]
     out = tmp_path / "a"
     assert main([*base, "--out", str(out), "--groups", str(demo / "patients.csv")]) == 0
-    ds = json.loads(next(out.glob("record_method*.json")).read_text())["datasets"][0]
+    ds = json.loads((out / "record.json").read_text())["datasets"][0]
     assert ds["groups"] == {"images_grouped": n_real, "groups": len(set(groups.values()))}
     assert ds["leak_test"]["groups"] is True
 
@@ -390,7 +417,7 @@ def test_skip_drops_development_images_but_not_test_images(broken_demo, tmp_path
     assert main([*args, "--on-unreadable", "skip", "--out", str(tmp_path / "a")]) == 0
     err = capsys.readouterr().err
     assert "unreadable: " in err and "used_0001.png" in err and "generated_9999.png" in err
-    rec = json.loads(next((tmp_path / "a").glob("record_*.json")).read_text())
+    rec = json.loads((tmp_path / "a" / "record.json").read_text())
     assert {f["action"] for f in rec["unreadable"]} == {"left out"}
     assert main([*args, "--test", str(root / "test"), "--on-unreadable", "skip",
                  "--out", str(tmp_path / "b")]) == 2  # fmt: skip
@@ -427,3 +454,82 @@ def test_method1_records_a_holdout_curve_per_epoch(demo, tmp_path):
     ds = rec["datasets"][0]
     assert [0.0 <= row["val_roc_auc"] <= 1.0 for row in ds["history"]] == [True, True]
     assert "held-out development" in ds["validation"] and "_holdout" not in ds
+
+
+def test_titles_follow_the_weights_a_method_is_trained_from():
+    m1 = METHODS["1"]
+    assert m1.with_weights("default") is m1 and m1.with_weights("imagenet") is m1
+    none = m1.with_weights(None)
+    assert (none.weights, none.title) == (None, "Method 1: MobileNetV2, not pretrained")
+    own = METHODS["4"].with_weights("/w/chest.pt")
+    assert own.title == "Method 4: MobileNetV2 on ESRGAN x4 images, weights from chest.pt"
+    assert METHODS["4"].with_weights("imagenet").title.endswith(", ImageNet-pretrained")
+    assert set(METHODS["2"].record()) == {"key", "title", "backbone", "weights",
+                                          "super_resolution", "kind"}  # fmt: skip
+
+
+def test_each_scorer_records_only_the_settings_that_apply():
+    from ctfp.imageclef.methods import similarity_method
+    from ctfp.imageclef.scorers import ClassifierScorer, SimilarityScorer
+
+    m1 = ClassifierScorer(METHODS["1"].with_weights(None), sr_cache="c").config()
+    assert "sr_cache" not in m1 and m1["weights"] is None and m1["image_size"] == 224
+    m4 = ClassifierScorer(METHODS["4"], sr_cache="c").config()
+    assert m4["sr_cache"] == "c" and m4["image_size"] == 896
+    pixel = SimilarityScorer(similarity_method("sim-pixel"), device="cpu").config()
+    assert pixel["device"] == "cpu" and "epochs" not in pixel and "weights" not in pixel
+    vcmi = SimilarityScorer(similarity_method("base-vcmi")).config()
+    assert "device" not in vcmi and "torch_threads" not in vcmi  # it runs on the CPU, no torch
+    with pytest.raises(ValueError, match="runs on the CPU only"):
+        SimilarityScorer(similarity_method("base-ganleaks"), device="cuda")
+    with pytest.raises(ValueError, match="runs no torch"):
+        SimilarityScorer(similarity_method("base-vcmi"), torch_threads=2)
+
+
+def test_a_scorer_of_ones_own_refuses_classifier_settings(demo, tmp_path):
+    with pytest.raises(ValueError, match="epochs: classifier settings"):
+        run_nn(demo / "development", tmp_path, epochs=3)
+
+
+def test_an_output_folder_belongs_to_one_method(demo, tmp_path):
+    """Fixed file names: a second method in the same folder is refused (each method its own
+    folder), the same method again replaces its files."""
+    run_nn(demo / "development", tmp_path, decision="top:0.5")
+    run_nn(demo / "development", tmp_path, decision="top:0.5")
+    other = Method("other", "another method", kind="similarity")
+    with pytest.raises(ValueError, match="holds the run of method nn"):
+        run_method(other, demo / "development", tmp_path, scorer=nearest_scorer)
+    assert json.loads(layout.record_path(tmp_path).read_text())["method"]["key"] == "nn"
+
+
+def test_sim_count_is_no_preset_but_stays_in_the_library():
+    """The neighbour count sat below GAN-Leaks on every generator of the benchmark: no preset,
+    no command-line method; the statistic itself stays (docs/similarity.md)."""
+    from ctfp.imageclef.cli import build_parser
+    from ctfp.imageclef.experiments import SIMILARITY_KEYS, SIMILARITY_PRESETS, run_similarity
+    from ctfp.membership.similarity import SimilarityMembership
+
+    assert "sim-count" not in SIMILARITY_KEYS
+    assert all(p.get("statistic") != "count" for p in SIMILARITY_PRESETS.values())
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--method", "sim-count", "--data", "d", "--out", "o"])
+    with pytest.raises(ValueError, match="similarity preset 'sim-count'"):
+        run_similarity("sim-count", "d", "o")
+    assert SimilarityMembership(statistic="count").get_params()["statistic"] == "count"
+
+
+def test_a_folder_of_several_methods_keeps_one_subfolder_each(demo, tmp_path):
+    """``OUT/<key>/record.json`` per method (as the demo writes); the report of ``OUT`` finds
+    every run one folder down and compares them."""
+    from ctfp.imageclef.report import load_runs, write_report
+
+    other = Method("far", "farthest generated image", kind="similarity")
+    for m in (METHOD, other):
+        run_method(m, demo / "development", layout.method_dir(tmp_path, m.key),
+                   holdout=0.5, decision="top:0.5", scorer=nearest_scorer, verbose=0)  # fmt: skip
+    assert (tmp_path / "nn" / "record.json").is_file() and (
+        tmp_path / "far" / "record.json"
+    ).is_file()
+    assert sorted(r.key for r in load_runs(tmp_path)) == ["far", "nn"]
+    page = write_report(tmp_path).read_text()
+    assert 'id="compare"' in page and "farthest generated image" in page

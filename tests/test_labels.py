@@ -135,7 +135,7 @@ def test_full_disk_while_writing_the_run_file(tiny_dev, tmp_path, capsys, monkey
     monkeypatch.setattr(runfile, "write_text_atomic", full)
     assert _run(tiny_dev, tmp_path / "out", "--test", str(tmp_path / "test")) == 1
     err = capsys.readouterr().err
-    assert "run_method" in err and "No space left on device" in err and "Traceback" not in err
+    assert "run_" in err and "No space left on device" in err and "Traceback" not in err
     assert len(err.strip().splitlines()) == 1
 
 
@@ -143,7 +143,7 @@ def test_ctrl_c_marks_the_output_incomplete(tmp_path, capsys, monkeypatch):
     """Two datasets; Ctrl-C while scoring the second: the first one's run file is removed, the
     record says interrupted, the folder stays marked INCOMPLETE, the CLI exits 130."""
     from ctfp.data.synthetic import write_pngs
-    from ctfp.imageclef import experiments
+    from ctfp.imageclef import scorers
     from ctfp.imageclef.cli import main
 
     for split, kinds in (("dev", ("generated", "real_used", "real_not_used")),
@@ -151,33 +151,28 @@ def test_ctrl_c_marks_the_output_incomplete(tmp_path, capsys, monkeypatch):
         for k in (1, 2):
             for d in kinds:
                 write_pngs(tmp_path / split / f"{d}_{k}", 4, size=32, prefix=d, seed=k)
-    real_scorer = experiments._similarity_scorer
+    real_fit = scorers.SimilarityScorer.fit
     calls = []
 
-    def scorer(*a, **k):
-        fit = real_scorer(*a, **k)
+    def interrupting(self, fold):
+        calls.append(fold.dataset.name)
+        if fold.dataset.name.endswith("2"):  # the second dataset
+            raise KeyboardInterrupt
+        return real_fit(self, fold)
 
-        def interrupting(ds, *fa, **fk):
-            calls.append(ds.name)
-            if ds.name.endswith("2"):  # the second dataset
-                raise KeyboardInterrupt
-            return fit(ds, *fa, **fk)
-
-        return interrupting
-
-    monkeypatch.setattr(experiments, "_similarity_scorer", scorer)
+    monkeypatch.setattr(scorers.SimilarityScorer, "fit", interrupting)
     out = tmp_path / "out"
     args = ["run", "--method", "sim-pixel", "--data", str(tmp_path / "dev"), "--quiet"]
     assert main([*args, "--test", str(tmp_path / "test"), "--out", str(out)]) == 130
     assert "interrupted; the partial output" in capsys.readouterr().err
     assert (out / "INCOMPLETE").is_file()
     assert not list(out.glob("run_*.txt"))  # the first dataset's run file went with the run
-    rec = json.loads(next(out.glob("record_*.json")).read_text())
+    rec = json.loads((out / "record.json").read_text())
     assert rec["status"] == "interrupted" and len(rec["datasets"]) == 1
     assert rec["datasets"][0]["run_file_removed"].endswith(".txt")
     monkeypatch.undo()
     done = tmp_path / "done"
     assert main([*args, "--test", str(tmp_path / "test"), "--out", str(done)]) == 0
     assert not (done / "INCOMPLETE").exists()
-    rec = json.loads(next(done.glob("record_*.json")).read_text())
+    rec = json.loads((done / "record.json").read_text())
     assert rec["status"] == "complete" and len(list(done.glob("run_*.txt"))) == 2

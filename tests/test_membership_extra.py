@@ -281,9 +281,8 @@ def test_fused_run_ignores_test_labels(demo, tmp_path):
     a, b = (r["datasets"][0] for r in recs)
     assert a["test_scores"] == b["test_scores"] and a["decision"] == b["decision"]
     assert [p[3] for p in a["holdout_scores"]] == [p[3] for p in b["holdout_scores"]]
-    key = recs[0]["method"]["key"]
-    assert (tmp_path / "a" / f"run_method{key}_test.txt").read_text() == (
-        tmp_path / "b" / f"run_method{key}_test.txt"
+    assert (tmp_path / "a" / "run_test.txt").read_text() == (
+        tmp_path / "b" / "run_test.txt"
     ).read_text()
 
 

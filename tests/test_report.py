@@ -24,6 +24,7 @@ from ctfp.imageclef.experiments import Method, run_method, run_similarity
 from ctfp.imageclef.leaky import LeakyDataSpec, make_leaky_dataset
 from ctfp.imageclef.report import SECTIONS, load_runs, write_galleries, write_report
 from ctfp.imageclef.runfile import SingleClassWarning
+from ctfp.imageclef.scorers import Fitted
 from ctfp.membership.index import GeneratedIndex
 
 # One slice per patient: a used slice's planted near-copies are the only generated images of its
@@ -64,7 +65,7 @@ def run_dir(leaky, tmp_path_factory) -> Path:
 
 
 def _gallery(out: Path) -> dict:
-    (meta,) = sorted(out.glob("gallery_method*.json"))
+    (meta,) = sorted(out.glob("gallery_*.json"))
     return json.loads(meta.read_text())
 
 
@@ -145,9 +146,16 @@ def test_scorer_without_neighbours_gets_pixel_gallery_and_training_curves(leaky,
         for e in (1, 2, 3)
     ]  # fmt: skip
 
-    def scorer(ds, real_train, real_labels, generated, info):
-        info["history"] = history  # what _classifier_scorer records from clf.history_
-        return (lambda paths: np.arange(len(paths), dtype=float)), info
+    class Scorer:  # a classifier stand-in: scores by position, records a training history
+        refits = False
+
+        def config(self):
+            return {}
+
+        def fit(self, fold):  # what ClassifierScorer records from clf.history_
+            return Fitted(lambda paths: np.arange(len(paths), dtype=float), {"history": history})
+
+    scorer = Scorer()
 
     out = tmp_path / "m"
     with warnings.catch_warnings():
@@ -157,10 +165,10 @@ def test_scorer_without_neighbours_gets_pixel_gallery_and_training_curves(leaky,
     g = _gallery(out)
     assert g["split"] == "development (held out)"
     assert g["neighbours_from"].startswith("pixel nearest neighbours at 64x64")
-    assert (out / "training_methodx_development.png").stat().st_size > 0
+    assert (out / "training_development.png").stat().st_size > 0
     page = (out / "report.html").read_text()
     assert "val_roc_auc" in page and "pixel nearest neighbours at 64x64" in page
-    record = json.loads((out / "record_methodx.json").read_text())
+    record = json.loads((out / "record.json").read_text())
     assert record["datasets"][0]["history"] == history
     assert len(record["datasets"][0]["holdout_scores"]) == 8
 
@@ -199,15 +207,15 @@ def test_ctfp_report_rebuilds_an_old_run(run_dir, tmp_path, capsys):
 
 
 def test_ctfp_report_compares_runs(run_dir, leaky, tmp_path):
-    other = tmp_path / "count"
-    _run(leaky, other, "sim-count")
+    other = tmp_path / "ganleaks"
+    _run(leaky, other, "base-ganleaks")
     assert main(["report", str(run_dir), str(other), "--out", str(tmp_path / "cmp")]) == 0
     page = (tmp_path / "cmp" / "report_compare.html").read_text()
     ids = _ids(page)
     assert "compare" in ids
     assert {f"run{n}-{s}" for n in (1, 2) for s in SECTIONS} <= ids
     assert (tmp_path / "cmp" / "report_compare_roc.png").stat().st_size > 0
-    assert "SSIM to the mean of 10 closest" in page and "Pixel k-NN count" in page
+    assert "SSIM to the mean of 10 closest" in page and "GAN-Leaks (baseline)" in page
     # default place: the first folder
     assert main(["report", str(run_dir), str(other)]) == 0
     assert (run_dir / "report_compare.html").is_file()
@@ -215,12 +223,12 @@ def test_ctfp_report_compares_runs(run_dir, leaky, tmp_path):
 
 def test_ctfp_report_without_a_record_is_bad_usage(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
-    assert "no record_method*.json" in capsys.readouterr().err
+    assert "no record.json here" in capsys.readouterr().err
 
 
 def test_galleries_are_reused_until_asked(run_dir):
     (run,) = load_runs(run_dir)
-    png = next(run_dir.glob("gallery_method*.png"))
+    png = next(run_dir.glob("gallery_*.png"))
     stamp = png.stat().st_mtime_ns
     write_galleries(run)
     assert png.stat().st_mtime_ns == stamp

@@ -50,6 +50,22 @@ def test_image_id() -> None:
     assert image_id("a/b/real_unknown_0001.png") == "real_unknown_0001"
     assert image_id(Path("x/IMG.PNG")) == "IMG"
     assert image_id("a/real_unknown_0001.png", strip_extension=False) == "real_unknown_0001.png"
+
+
+def test_one_image_id_rule_for_run_files_labels_groups_and_scores(tmp_path) -> None:
+    """Run files, the labels and groups CSVs (read and written by the demo's datasets) and the
+    scores files all take an image's id from :func:`ctfp.imageclef.layout.image_id`."""
+    from ctfp.imageclef import layout
+    from ctfp.imageclef.leaky import LeakyDataSpec, make_leaky_dataset
+
+    assert rf.image_id is layout.image_id
+    make_leaky_dataset(tmp_path, LeakyDataSpec.small(seed=3))
+    unknown = sorted((tmp_path / "test" / "real_unknown").glob("*.png"))
+    ids = [layout.image_id(p) for p in unknown]
+    assert sorted(layout.read_test_labels(tmp_path / "test_labels.csv", ids)) == sorted(ids)
+    assert set(ids) <= set(layout.read_groups(tmp_path / "patients.csv"))
+    (tmp_path / "labels.csv").write_text("ID,Label\nA.PNG,1\nb,0\n")
+    assert layout.read_test_labels(tmp_path / "labels.csv", ["a/A.png", "b"]) == {"A": 1, "b": 0}
     assert image_id("a/b.jpg") == "b.jpg"
     assert image_id("a/b.png.png") == "b.png"
 

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success; 1 the job failed (an invalid run file, a failed step); 2 bad usage or
 data that cannot be used (missing folders, unreadable layout); 3 the method needs something this
-installation lacks (e.g. ESRGAN for Method 4).
+installation lacks (e.g. torch for ESRGAN: Method 4, ``ctfp upscale``); 130 interrupted (Ctrl-C).
+A failure prints one line; ``ctfp --debug ...`` (or ``CTFP_DEBUG=1``) prints its traceback too.
 """
 
 from __future__ import annotations
@@ -10,18 +11,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
 from ctfp._util import check_device, n_jobs_to_threads
+from ctfp.imageclef.methods import METHODS, SIMILARITY_KEYS
 
 __all__ = ["main"]
 
 
 def _demo(args: argparse.Namespace) -> int:
     """The whole task on built-in data: a small ImageCLEF-style dataset from synthetic CT-like
-    slices whose generator leaks its training images to a known degree, the paper's Method 1 and
-    ctfp's similarity methods on it, tables, plots and validated run files in OUT."""
+    slices whose generator leaks its training images to a known degree, the paper's Method 1,
+    ctfp's similarity methods and the baselines on it, tables, plots and validated run files in
+    OUT (one subfolder per method). --device reaches Method 1 and the similarity methods (the
+    baselines run on the CPU), --n-jobs every method, --torch-threads Method 1 and the
+    similarity methods that run torch."""
     from ctfp.imageclef.demo import run_demo
 
     weights = None if args.weights.lower() == "none" else args.weights
@@ -31,7 +37,7 @@ def _demo(args: argparse.Namespace) -> int:
         epochs=args.max_epochs,
         image_size=args.image_size,
         weights=weights,
-        device=args.device,
+        device=args.device or "auto",
         seed=args.seed,
         threads=n_jobs_to_threads(args.n_jobs, "--n-jobs"),
         torch_threads=args.torch_threads,
@@ -69,18 +75,21 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Run one of the paper's methods (1-4) or a similarity method (sim-*) on ImageCLEF data:
-    train on the development data (for 1-4: real vs generated, the 50x expanded training set),
-    score the real images, decide, and write tables, plots, validated run files and a record of
-    the run into OUT."""
+    """Run one of the paper's methods (1-4), a similarity method (sim-*) or a published
+    baseline (base-*) on ImageCLEF data: fit on the development data (1-4: a classifier of real
+    vs generated images on the 50x expanded training set; sim-*/base-*: similarity of each real
+    image to the generated set), score the real images, decide, and write tables, plots,
+    validated run files (run_<split>.txt), scores (scores_<split>.csv), record.json and
+    report.html into OUT. OUT belongs to one method: write each method to its own folder."""
     from ctfp.imageclef.experiments import run_method, run_similarity
+    from ctfp.imageclef.layout import REPORT, record_path
 
     common = dict(
         test=args.test,
         test_labels=args.test_labels,
         seed=args.seed,
         verbose=0 if args.quiet else 1,
-        device=args.device,
+        device=args.device or "auto",
         threads=n_jobs_to_threads(args.n_jobs, "--n-jobs"),
         on_unreadable=args.on_unreadable,
     )
@@ -95,6 +104,10 @@ def _run(args: argparse.Namespace) -> int:
             raise ValueError(
                 f"{', '.join(given)}: not used by --method {args.method} (no network is "
                 f"trained); leave them out"
+            )
+        if args.method.startswith("base-") and args.device not in (None, "auto", "cpu"):
+            raise ValueError(
+                f"--device: not used by --method {args.method} (it runs on the CPU); leave it out"
             )
         record = run_similarity(
             args.method,
@@ -141,10 +154,10 @@ def _run(args: argparse.Namespace) -> int:
     for ds in record["datasets"]:
         if "run_file" in ds:
             print(f"run file: {ds['run_file']} ({ds['test_predicted_used']} predicted used)")
-    key = record["method"]["key"]
-    print(f"record: {Path(args.out) / f'record_method{key}.json'} ({record['seconds']} s)")
-    if (Path(args.out) / "report.html").is_file():
-        print(f"report: {Path(args.out) / 'report.html'} (open it in a browser)")
+    print(f"record: {record_path(args.out)} ({record['seconds']} s)")
+    report = Path(args.out) / REPORT
+    if report.is_file():
+        print(f"report: {report} (open it in a browser)")
     return 0
 
 
@@ -202,7 +215,8 @@ def _add_upscale(subparsers: Any) -> argparse.ArgumentParser:
         "--batch-size",
         type=_positive,
         default=None,
-        help="tiles per forward pass (default 8 on CUDA, 4 elsewhere)",
+        help="images read at a time, and at most that many tiles per forward pass (default 16 "
+        "on CUDA, fewer for large images: about 8 of 224x224 a pass; 4 elsewhere)",
     )
     p.add_argument("--fp32", action="store_true", help="float32 on CUDA too (default there: fp16)")
     p.add_argument("--pattern", default="*.png", help="file pattern (default *.png)")
@@ -214,8 +228,16 @@ def _add_upscale(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def _upscale(args: argparse.Namespace) -> int:
-    from ctfp.superres.cli import run_upscale_command
+    try:
+        from ctfp.superres.cli import run_upscale_command
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] != "torch":
+            raise
+        from ctfp.imageclef.methods import MethodUnavailable
 
+        raise MethodUnavailable(
+            "ESRGAN needs torch, which is not installed here (pip install torch)"
+        ) from None
     return run_upscale_command(args)
 
 
@@ -235,14 +257,20 @@ def _positive(text: str) -> int:
 
 def _add_machine_options(p: argparse.ArgumentParser) -> None:
     """--device, --n-jobs, --seed: the same words and checks for every command that trains."""
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="auto (default), cpu, cuda, cuda:N or mps: where networks train and pixel "
+        "distances are computed (the baselines run on the CPU)",
+    )
     p.add_argument(
         "--n-jobs",
         "--threads",
         dest="n_jobs",
         type=_n_jobs,
         default=None,
-        help="loader threads: N, or -1 for all cores (default: all cores)",
+        help="threads that decode, augment and compare images (SSIM, pixels): N, or -1 for "
+        "all cores, -2 all but one (default: all cores)",
     )
     p.add_argument(
         "--torch-threads",
@@ -259,6 +287,12 @@ def build_parser() -> argparse.ArgumentParser:
         prog="ctfp", description="Training-data fingerprints in generated lung CT."
     )
     parser.add_argument("--version", action="version", version=f"ctfp {_version()}")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="on a failure, print its traceback as well as the one-line message (also: "
+        "environment variable CTFP_DEBUG=1)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser(
         "demo",
@@ -314,34 +348,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser(
         "run",
-        help="run one of the paper's methods (1-4) on ImageCLEF data",
+        help="run one of the paper's methods (1-4), a similarity method (sim-*) or a baseline "
+        "(base-*) on ImageCLEF data",
         description=_run.__doc__,
     )
     run.add_argument(
         "--method",
         required=True,
-        choices=[
-            "1",
-            "2",
-            "3",
-            "4",
-            "sim-ssim",
-            "sim-pixel",
-            "sim-count",
-            "sim-shift",
-            "sim-fused",
-            "base-ganleaks",
-            "base-vcmi",
-        ],
+        choices=[*METHODS, *SIMILARITY_KEYS],
         help="1 MobileNetV2, 2 DenseNet-121, 3 ResNet-50 (ImageNet-pretrained), "
-        "4 MobileNetV2 on ESRGAN x4 images; sim-ssim (SSIM), sim-pixel (pixels), "
-        "sim-count (neighbour count), sim-shift (best of small moves of the query), sim-fused "
-        "(cross-validated fusion of pixel and SSIM): similarity to the generated set at 64x64 "
-        "(to the mean of the closest generated images, for sim-ssim, sim-pixel and sim-fused) "
-        "as a density ratio to all the real images (labels unused), threshold calibrated on "
-        "--holdout (default 0.25 for them); "
-        "base-ganleaks, base-vcmi: the published GAN-Leaks and VCMI (2023 winner, SSIM "
-        "real-real threshold_max) methods as baselines",
+        "4 MobileNetV2 on ESRGAN x4 images (not pretrained); sim-ssim (SSIM), sim-pixel "
+        "(pixels), sim-shift (best of small moves of the query), sim-fused (cross-validated "
+        "fusion of pixel and SSIM): similarity to the generated set at 64x64 (to the mean of "
+        "the closest generated images, for sim-ssim, sim-pixel and sim-fused) as a density "
+        "ratio to all the real images (labels unused), threshold calibrated on --holdout "
+        "(default 0.25 for them); base-ganleaks, base-vcmi: the published GAN-Leaks and VCMI "
+        "(2023 winner, SSIM real-real threshold_max) methods as baselines",
     )
     run.add_argument("--data", required=True, help="development data folder")
     run.add_argument("--out", required=True, help="output folder")
@@ -459,10 +481,14 @@ def _check_out(out: str) -> None:
         raise ValueError(f"--out {out}: the folder is not writable")
 
 
+def _debug(args: argparse.Namespace) -> bool:
+    return bool(args.debug) or os.environ.get("CTFP_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:  # options that can be checked now, before any work
-        if hasattr(args, "device"):
+        if getattr(args, "device", None) is not None:
             check_device(args.device)  # the form; availability when the model is built
         if args.command in ("run", "demo"):
             _check_out(args.out)
@@ -471,25 +497,29 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     from ctfp.data.datasets import DatasetError
     from ctfp.exceptions import CtfpError
-    from ctfp.imageclef.experiments import MethodUnavailable
+    from ctfp.imageclef.methods import MethodUnavailable
 
     try:
         return int(args.func(args))
     except MethodUnavailable as exc:
-        print(f"ctfp {args.command}: {exc}", file=sys.stderr)
-        return 3
+        return _fail(args, str(exc), 3)
     except (DatasetError, ValueError) as exc:
-        print(f"ctfp {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args, str(exc), 2)
     except CtfpError as exc:
-        print(f"ctfp {args.command}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(args, str(exc), 1)
     except OSError as exc:  # a full disk, a folder that went away: one line, not a traceback
         where = f"{exc.filename}: " if exc.filename else ""
-        print(f"ctfp {args.command}: {where}{exc.strerror or exc}", file=sys.stderr)
-        return 1
+        return _fail(args, f"{where}{exc.strerror or exc}", 1)
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
         kept = f"; the partial output in {out} is marked INCOMPLETE" if out else ""
-        print(f"ctfp {args.command}: interrupted{kept}", file=sys.stderr)
-        return 130
+        return _fail(args, f"interrupted{kept}", 130)
+
+
+def _fail(args: argparse.Namespace, message: str, code: int) -> int:
+    """The one-line message of a failure (after its traceback with --debug/CTFP_DEBUG=1), and
+    the exit code."""
+    if _debug(args):
+        traceback.print_exc()
+    print(f"ctfp {args.command}: {message}", file=sys.stderr)
+    return code

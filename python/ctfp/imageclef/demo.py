@@ -3,10 +3,11 @@
 1. Make a small ImageCLEF-style dataset from synthetic CT-like slices with a generator that leaks
    its training images to a known degree (:mod:`ctfp.leaky`).
 2. Show the Rust pipeline: augmented batches (a grid PNG) and loader throughput.
-3. Run the paper's Method 1 (MobileNetV2 on the 50x training set, 0.5 threshold) and ctfp's
-   similarity methods, evaluate them on the test images (whose truth the demo knows), write
-   validated run files, tables (Markdown, JSON) and plots (ROC of all methods, score histograms,
-   confusion matrices).
+3. Run the paper's Method 1 (MobileNetV2 on the 50x training set, 0.5 threshold), ctfp's
+   similarity methods and the baselines, each into its own folder ``OUT/<key>/``
+   (:func:`ctfp.imageclef.layout.method_dir`: ``OUT/1``, ``OUT/sim-pixel``, ...), evaluate them
+   on the test images (whose truth the demo knows), write validated run files, tables
+   (Markdown, JSON) and plots (ROC of all methods, score histograms, confusion matrices).
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ def run_demo(
     with ``quick``) instead of the fast near-copy generator.
     """
     from ctfp.imageclef.experiments import run_method
+    from ctfp.imageclef.layout import method_dir
     from ctfp.imageclef.leaky import LeakyDataSpec, make_leaky_dataset
     from ctfp.imageclef.plots import plot_roc
     from ctfp.membership.metrics import markdown_table, write_tables
@@ -155,7 +157,9 @@ def run_demo(
         + " (epoch 0 decodes PNGs, epoch 1 reads the decode cache)"
     )
 
-    common = dict(test=data / "test", test_labels=data / "test_labels.csv", seed=seed, holdout=0.25)
+    common: dict[str, Any] = dict(
+        test=data / "test", test_labels=data / "test_labels.csv", seed=seed, holdout=0.25
+    )
     results: dict[str, dict] = {}
     n_train_real = round(n_dev_real * 0.75)
     copies = max(2, 2 * round(n_generated / n_train_real / 2))
@@ -168,7 +172,7 @@ def run_demo(
     results["Method 1"] = run_method(
         "1",
         data / "development",
-        out / "method1",
+        method_dir(out, "1"),
         decision="threshold:0.5",
         epochs=epochs,
         image_size=image_size,
@@ -187,7 +191,8 @@ def run_demo(
     )
 
     t0 = time.perf_counter()
-    for name, rec in _similarity_runs(data, out, common, verbose).items():
+    machine = dict(device=device, threads=threads, torch_threads=torch_threads)
+    for name, rec in _similarity_runs(data, out, common, machine, verbose).items():
         results[name] = rec
     say(f"[4/4] similarity methods ({time.perf_counter() - t0:.0f} s)")
 
@@ -200,7 +205,7 @@ def run_demo(
         ss = [v for ds in rec["datasets"] for v in ds.get("test_scores", [])]
         if ys:
             curves[name] = (ys, ss)
-    tables = {"Test images (truth known to the demo)": rows}
+    tables: dict[str, Any] = {"Test images (truth known to the demo)": rows}
     md, js = write_tables(tables, out, stem="results")
     roc = None
     if curves:
@@ -228,15 +233,22 @@ def run_demo(
     return summary
 
 
-def _similarity_runs(data: Path, out: Path, common: dict, verbose: int) -> dict[str, dict]:
-    """ctfp's similarity methods (:mod:`ctfp.membership.similarity`) through the same runner."""
-    try:
-        from ctfp.imageclef.experiments import SIMILARITY_PRESETS, run_similarity
-    except ImportError:
-        return {}
-    return {
-        name: run_similarity(
-            name, data / "development", out / name.replace(" ", "_"), verbose=verbose, **common
+def _similarity_runs(
+    data: Path, out: Path, common: dict, machine: dict, verbose: int
+) -> dict[str, dict]:
+    """ctfp's similarity methods (:mod:`ctfp.membership.similarity`) and the baselines through
+    the same runner, each in ``OUT/<key>``. ``machine`` (``device``, ``threads``,
+    ``torch_threads``) reaches every method that takes the setting: ``threads`` all of them,
+    ``device`` and ``torch_threads`` those that run torch (the baselines run on the CPU)."""
+    from ctfp.imageclef.experiments import SIMILARITY_KEYS, SIMILARITY_PRESETS, run_similarity
+    from ctfp.imageclef.layout import method_dir
+    from ctfp.imageclef.methods import estimator_takes
+
+    runs = {}
+    for key, name in SIMILARITY_KEYS.items():
+        options = SIMILARITY_PRESETS[name]
+        taken = {k: v for k, v in machine.items() if k == "threads" or estimator_takes(options, k)}
+        runs[name] = run_similarity(
+            key, data / "development", method_dir(out, key), verbose=verbose, **taken, **common
         )
-        for name in SIMILARITY_PRESETS
-    }
+    return runs

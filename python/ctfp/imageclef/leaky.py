@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from ctfp._util import atomic_write, write_text_atomic
+from ctfp.imageclef.layout import image_id
 
 __all__ = ["LeakyDataSpec", "make_leaky_dataset"]
 
@@ -155,7 +156,7 @@ def make_leaky_dataset(root: str | os.PathLike[str], spec: LeakyDataSpec | None 
     with atomic_write(root / "test_labels.csv", "w") as f:
         w = csv.writer(f)
         for p, i in zip(paths, order, strict=True):
-            w.writerow([p.stem, truth[i]])
+            w.writerow([image_id(p), truth[i]])
     test_patients = patient_of["test_used"] + patient_of["test_not_used"]
     with atomic_write(root / "patients.csv", "w") as f:
         w = csv.writer(f)
@@ -166,7 +167,7 @@ def make_leaky_dataset(root: str | os.PathLike[str], spec: LeakyDataSpec | None 
             (paths, [test_patients[i] for i in order]),
         ):
             for path, pat in zip(ps, pats, strict=True):
-                w.writerow([path.stem, pat])
+                w.writerow([image_id(path), pat])
     # which used image each generated image copies (training index k: the development used
     # images, then the test used ones, which sit at permuted real_unknown positions)
     position = {int(i): pos for pos, i in enumerate(order)}

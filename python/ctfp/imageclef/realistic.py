@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from ctfp._util import atomic_write, write_text_atomic
+from ctfp.imageclef.layout import image_id
 
 __all__ = [
     "REGIMES",
@@ -819,7 +820,7 @@ def write_realistic_dataset(
         say(f"  {split}: {len(images)} generated images ({time.perf_counter() - t:.1f} s)")
         del images
 
-    labels = [(p.stem, truth_of[i]) for p, i in zip(unknown_paths, order, strict=True)]
+    labels = [(image_id(p), truth_of[i]) for p, i in zip(unknown_paths, order, strict=True)]
     with atomic_write(out / "test_labels.csv", "w") as f:
         csv.writer(f, lineterminator="\n").writerows(labels)
 
@@ -844,7 +845,7 @@ def write_realistic_dataset(
             "real_not_used": where("non_member", who["dev_not_used"]),
         },
         "test": [
-            {"id": p.stem, "label": truth_of[i], **shown_test[i]}
+            {"id": image_id(p), "label": truth_of[i], **shown_test[i]}
             for p, i in zip(unknown_paths, order, strict=True)
         ],
         "members": [{"patient": p, "slice_index": s} for p, s in who["members"]],

@@ -6,7 +6,7 @@ What a report shows, per run (the section ids are :data:`SECTIONS`):
 
 - ``record``: the method and its options, the configuration and seed, the data folders with their
   image counts and unreadable files, versions, the git commit and the timings (all from
-  ``record_method*.json``);
+  ``record.json``);
 - ``metrics``: the result tables;
 - ``decision``: the threshold (or rank rule) that decided, and where it came from;
 - ``plots``: ROC curves, score histograms with the threshold, the confusion matrix;
@@ -17,7 +17,7 @@ What a report shows, per run (the section ids are :data:`SECTIONS`):
 - ``training``: for the paper's Methods 1-4, the classifier's training curves (``history_``).
 
 How the galleries pick neighbours: the real images are those the run scored per image (the test
-images when there were any, from ``scores_method*.csv``; otherwise the held-out development
+images when there were any, from ``scores_<split>.csv``; otherwise the held-out development
 images); the :data:`N_TOP` highest scores and a seeded sample of :data:`N_LOW` from the lowest
 quarter. Their :data:`N_NEIGHBOURS` nearest images are searched among the generated images the
 method was fitted on (the development data's), with
@@ -32,7 +32,7 @@ method was fitted on (the development data's), with
   other scorers without neighbours of their own: a classifier scores each image alone, so the
   gallery shows whether the images it ranks highest have near-copies at all, and says so.
 
-Each gallery is saved as ``gallery_method<key>_<dataset>.png`` with a ``.json`` beside it (the
+Each gallery is saved as ``gallery_<dataset>.png`` with a ``.json`` beside it (the
 images, neighbours and values shown), and reused while the record is the same run.
 
 ``ctfp report OUT_DIR`` rebuilds the page of an output folder (so runs made before reports
@@ -58,6 +58,7 @@ import numpy as np
 
 from ctfp._util import write_text_atomic
 from ctfp.exceptions import CtfpError
+from ctfp.imageclef import layout
 
 __all__ = [
     "COMPARE_NAME",
@@ -75,7 +76,7 @@ __all__ = [
     "write_run_report",
 ]
 
-REPORT_NAME = "report.html"
+REPORT_NAME = layout.REPORT
 COMPARE_NAME = "report_compare.html"
 #: The section ids of one run's part of the page (prefixed ``run<N>-`` on a page of several runs,
 #: which also has a ``compare`` section).
@@ -108,7 +109,8 @@ class _Unavailable(Exception):
 
 @dataclass
 class Run:
-    """One run's record (``record_method<key>.json``) and the folder holding its files."""
+    """One run's record (``record.json``) and the folder holding its files (their names:
+    :mod:`ctfp.imageclef.layout`)."""
 
     folder: Path
     record_path: Path
@@ -116,7 +118,7 @@ class Run:
 
     @property
     def key(self) -> str:
-        return str(self.record.get("method", {}).get("key", self.record_path.stem[13:]))
+        return str(self.record.get("method", {}).get("key", self.folder.name))
 
     @property
     def title(self) -> str:
@@ -138,19 +140,22 @@ def _read_run(path: Path) -> Run:
 
 
 def load_runs(folder: str | os.PathLike[str]) -> list[Run]:
-    """The runs of an output folder: its ``record_method*.json`` files, or when it has none, those
-    one folder down (``ctfp demo`` keeps one folder per method)."""
+    """The runs of an output folder: its ``record.json``, or when it has none, those one folder
+    down (a folder of several methods keeps one subfolder per method, ``ctfp demo`` does)."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ReportError(
             f"{folder}: not a folder; expected an output folder of ctfp run or ctfp demo"
         )
-    files = sorted(folder.glob("record_method*.json")) or sorted(
-        folder.glob("*/record_method*.json")
+    here = layout.record_path(folder)
+    files = (
+        [here]
+        if here.is_file()
+        else sorted(p for p in (layout.record_path(d) for d in folder.iterdir()) if p.is_file())
     )
     if not files:
         raise ReportError(
-            f"{folder}: no record_method*.json here or one folder down; expected an output "
+            f"{folder}: no {layout.RECORD} here or one folder down; expected an output "
             f"folder of ctfp run or ctfp demo"
         )
     runs = [_read_run(f) for f in files]
@@ -162,13 +167,9 @@ def load_runs(folder: str | os.PathLike[str]) -> list[Run]:
 # galleries
 
 
-def _tag(name: str) -> str:
-    return name.replace("/", "_")
-
-
 def _gallery_stem(run: Run, i: int) -> Path:
     name = run.datasets[i].get("dataset", {}).get("dataset", str(i))
-    return run.folder / f"gallery_method{run.key}_{_tag(name)}"
+    return layout.gallery_stem(run.folder, name)
 
 
 def _dataset(root: Any, i: int, require: str, expect: str | None = None) -> Any:
@@ -189,15 +190,14 @@ def _scored_images(run: Run, i: int) -> tuple[str, list[Path], np.ndarray, list,
     """(split, real image paths, scores, labels or Nones, predictions) the run scored per image."""
     info = run.datasets[i]
     if "run_file" in info:
-        name = Path(info["run_file"]).stem  # run_method<key>_<test tag>
-        scores_csv = run.folder / f"scores{name[len('run') :]}.csv"
+        ts = _dataset(run.record.get("test"), i, "test")
+        scores_csv = layout.scores_path(run.folder, ts.name)
         try:
             with open(scores_csv, encoding="utf-8", newline="") as f:
                 rows = list(csv.DictReader(f))
         except OSError as exc:
             raise _Unavailable(f"{scores_csv.name}: cannot read the test scores: {exc}") from None
-        ts = _dataset(run.record.get("test"), i, "test")
-        by_id = {p.stem: p for p in ts.unknown}
+        by_id = {layout.image_id(p): p for p in ts.unknown}
         missing = [r["id"] for r in rows if r["id"] not in by_id]
         if missing:
             raise _Unavailable(f"test image {missing[0]} is no longer in {ts.root}")
@@ -324,7 +324,7 @@ def _make_gallery(run: Run, i: int, index: Any, n_top: int, n_low: int, k: int) 
             {
                 "group": group,
                 "rank": counts[group],
-                "id": paths[j].stem,
+                "id": layout.image_id(paths[j]),
                 "path": str(paths[j]),
                 "score": float(scores[j]),
                 "label": label,
@@ -342,7 +342,7 @@ def _make_gallery(run: Run, i: int, index: Any, n_top: int, n_low: int, k: int) 
             GalleryRow(
                 real=real[r],
                 title=head,
-                caption=f"{paths[j].stem}\nscore {scores[j]:.4g}{truth}",
+                caption=f"{layout.image_id(paths[j])}\nscore {scores[j]:.4g}{truth}",
                 neighbours=[
                     (gen[int(n)], f"{nb['name']}\n{nb['shown']}")
                     for n, nb in zip(nbrs[r], neighbours, strict=True)
@@ -381,7 +381,7 @@ def write_galleries(
     n_neighbors: int = N_NEIGHBOURS,
 ) -> list[dict[str, Any]]:
     """The evidence gallery of each dataset of ``run`` (see the module docstring), written as
-    ``gallery_method<key>_<dataset>.png`` and ``.json`` into the run's folder; returns what each
+    ``gallery_<dataset>.png`` and ``.json`` into the run's folder; returns what each
     shows (``rows``: the real images, scores, labels, neighbours with their values), or
     ``{"note": why}`` where none can be made.
 
@@ -726,25 +726,22 @@ def _decision_section(run: Run) -> str:
 
 
 def _plots_section(run: Run) -> str:
-    k = run.key
     split = "test" if any("test" in d for d in run.datasets) else "development (held out)"
     figs = [
         (
-            f"roc_method{k}.png",
+            layout.roc_plot(run.folder),
             "ROC curve",
             f"ROC curve, {split} images: true vs false positive rate.",
         ),
         (
-            f"scores_method{k}.png",
+            layout.histogram_plot(run.folder),
             "score histograms",
             f"Scores of used and not-used images ({split}); dashed: the threshold (of the "
             f"first dataset).",
         ),
-        (f"confusion_method{k}.png", "confusion matrix", f"Confusion matrix ({split})."),
+        (layout.confusion_plot(run.folder), "confusion matrix", f"Confusion matrix ({split})."),
     ]
-    shown = [
-        _figure(run.folder / f, alt, _e(cap)) for f, alt, cap in figs if (run.folder / f).is_file()
-    ]
+    shown = [_figure(f, alt, _e(cap)) for f, alt, cap in figs if f.is_file()]
     if not shown:
         return _note(
             "No plots: the run scored no labelled images (no --holdout, no --test-labels)."
@@ -955,7 +952,7 @@ def _training_section(run: Run) -> str:
         parts.append(f"<h4>Dataset {_e(str(name))}</h4>")
         png = plot_training_curves(
             history,
-            run.folder / f"training_method{run.key}_{_tag(str(name))}.png",
+            layout.training_plot(run.folder, str(name)),
             title=f"{run.title} [{name}]",
         )
         parts.append(

@@ -34,6 +34,7 @@ import numpy as np
 
 from ctfp._util import check_binary_labels, write_text_atomic
 from ctfp.exceptions import CtfpError
+from ctfp.imageclef.layout import image_id  # the one image-id rule (re-exported here)
 
 __all__ = [
     "RunFileError",
@@ -73,14 +74,6 @@ class Problem:
     def __str__(self) -> str:
         where = f"line {self.line}" if self.line else "file"
         return f"{where}: {self.message}"
-
-
-def image_id(path: str | os.PathLike[str], *, strip_extension: bool = True) -> str:
-    """The run-file id of an image: its file name, without ``.png`` when ``strip_extension``."""
-    name = Path(path).name
-    if strip_extension and name.lower().endswith(".png"):
-        name = name[: -len(".png")]
-    return name
 
 
 def test_ids(test_dir: str | os.PathLike[str], *, strip_extension: bool = True) -> list[str]:
