@@ -8,6 +8,7 @@
 - :func:`n_jobs_to_threads`: scikit-learn's ``n_jobs`` (``None``, ``k > 0``, ``-1`` = all cores,
   ``-2`` = all but one, ...) to the ``n_threads`` the Rust functions take.
 - :func:`seed_from`: any ``random_state`` scikit-learn accepts to an integer seed.
+- :func:`require_fitted`: ctfp's ``NotFittedError`` for an estimator used before ``fit``.
 - :func:`torch_threads`: torch's thread count for a block of work (restored after), and the one
   warning when torch would oversubscribe the free cores.
 - :func:`cudnn_autotune`: cuDNN's autotuning for a block of work, the caller's setting after.
@@ -340,6 +341,16 @@ def seed_from(random_state: object, name: str = "random_state") -> int:
     return int(rs.randint(0, 2**31 - 1, dtype=np.int64)) << 32 | int(
         rs.randint(0, 2**31 - 1, dtype=np.int64)
     )
+
+
+def require_fitted(est: object, attribute: str) -> None:
+    """ctfp's ``NotFittedError`` (a scikit-learn one too) when ``est`` lacks ``attribute``."""
+    if not hasattr(est, attribute):
+        from ctfp.exceptions import NotFittedError
+
+        raise NotFittedError(
+            f"This {type(est).__name__} instance is not fitted yet: call fit(...) first"
+        )
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,17 +35,12 @@ from ctfp._util import (
     Interval,
     Options,
     n_jobs_to_threads,
+    require_fitted,
     validate_params,
 )
+from ctfp.data.images import load_images, ssim_matrix
 from ctfp.membership.decision import METRICS, CalibratedThreshold, warn_single_class
-from ctfp.membership.index import (
-    SEARCHES,
-    FeatureSearch,
-    _resolve_search,
-    load_images,
-    require_fitted,
-    ssim_matrix,
-)
+from ctfp.membership.knn import SEARCHES, FeatureSearch, resolve_search
 
 __all__ = ["GANLeaks", "VCMISSIM"]
 
@@ -83,7 +78,7 @@ class GANLeaks(ClassifierMixin, BaseEstimator):
         ``None``: scores only (``predict`` refuses).
     metric : {"accuracy", "f1", "kappa"}
     algorithm : {"auto", "brute", "faiss-flat", "faiss-ivf", "faiss-hnsw"}
-        The nearest-neighbour search (:class:`~ctfp.membership.index.FeatureSearch`).
+        The nearest-neighbour search (:class:`~ctfp.membership.knn.FeatureSearch`).
     n_jobs : int, optional
 
     Attributes
@@ -131,7 +126,7 @@ class GANLeaks(ClassifierMixin, BaseEstimator):
         self.classes_ = np.array([0, 1])
         self.generated_ = _generated(generated, self.image_size, self.n_threads_)
         g = self.generated_.reshape(len(self.generated_), -1).astype(np.float32)
-        self.algorithm_ = _resolve_search(self.algorithm, len(g))
+        self.algorithm_ = resolve_search(self.algorithm, len(g))
         self.search_ = FeatureSearch(self.algorithm_, n_threads=self.n_threads_).fit(g)
         self.threshold_: float | None = None
         if self.rule == "calibrated":
