@@ -925,7 +925,7 @@ class GeneratedIndex(BaseEstimator):
         k = min(int(n_neighbors), self.n_samples_fit_)
         if radius is None and not exhaustive and self._knn is not None:
             return self._search_knn(features, k)
-        top = TopK(len(features), k, radius)
+        top = TopK(len(features), k, radius, votes=exhaustive)
         for start, block in self.blocks():
             lo, hi = self.closeness_bounds(features, block)
             top.add(lo, start, hi)

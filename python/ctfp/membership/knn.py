@@ -70,8 +70,9 @@ SEARCH_DEFAULTS = {"n_lists": None, "n_probe": 16, "hnsw_m": 32, "ef_search": 12
 
 #: Unit roundoff of float32 arithmetic (half its machine epsilon).
 U_FLOAT32 = 2.0**-24
-#: Exact pairs recomputed at a time are capped to about this many float64 values (128 MiB).
-_EXACT_CHUNK = 1 << 24
+#: Exact pairs recomputed at a time are capped to about this many float64 values (4 MiB: the
+#: working set stays in cache).
+_EXACT_CHUNK = 1 << 19
 
 # Pair-index arrays: (query rows, reference columns), int64.
 Pairs = tuple[np.ndarray, np.ndarray]
@@ -163,14 +164,11 @@ def pair_sq_dists(a: np.ndarray, b: np.ndarray, rows: np.ndarray, cols: np.ndarr
     per_pair = int(np.prod(a.shape[1:])) or 1
     step = max(1, _EXACT_CHUNK // per_pair)
     for s in range(0, len(rows), step):
-        qa = a[rows[s : s + step]].astype(np.float64)
-        rb = b[cols[s : s + step]].astype(np.float64)
-        if qa.ndim == 3:
-            diff = qa - rb[:, None, :]
-            out[s : s + step] = np.square(diff).sum(axis=-1).min(axis=1)
-        else:
-            diff = qa - rb
-            out[s : s + step] = np.square(diff).sum(axis=-1)
+        diff = a[rows[s : s + step]].astype(np.float64)
+        rb = b[cols[s : s + step]]
+        diff -= rb[:, None, :] if diff.ndim == 3 else rb  # float32 -> float64: exact
+        sq = np.einsum("...j,...j->...", diff, diff)
+        out[s : s + step] = sq.min(axis=1) if sq.ndim == 2 else sq
     return out
 
 
@@ -247,13 +245,21 @@ class TopK:
     Blocks come with bounds (``add(lower, offset, upper)``) when their values are the fast form's:
     the search keeps every candidate the bounds cannot rule out, and :meth:`finish` recomputes
     those exactly (an ``exact(rows, cols)`` callback) and ranks by the exact values. Blocks of
-    exact values (``upper=None``, e.g. SSIM) need no recomputation.
+    exact values (``upper=None``, e.g. SSIM) need no recomputation. ``votes=False``: no
+    retrieval votes are kept (:meth:`votes` refuses), which saves their recomputation.
     """
 
     def __init__(
-        self, n_queries: int, k: int, radius: float | None = None, dtype: Any = np.float32
+        self,
+        n_queries: int,
+        k: int,
+        radius: float | None = None,
+        dtype: Any = np.float32,
+        *,
+        votes: bool = True,
     ) -> None:
         self.k = k
+        self.track_votes = votes
         self.radius = radius
         self.dtype = dtype
         self.n_queries = n_queries
@@ -293,7 +299,7 @@ class TopK:
                 r, c = np.nonzero(threshold_candidates(lo, hi, self.radius))
                 self._band.append((r, c + offset))
         self.finite += np.count_nonzero(np.isfinite(lo), axis=1)
-        if nq:
+        if nq and self.track_votes:
             best = np.argmax(lo, axis=0)
             if upper is not None:
                 reach = hi >= lo[best, np.arange(nb)][None, :]
@@ -367,6 +373,8 @@ class TopK:
 
     def votes(self, n_queries: int) -> np.ndarray:
         """How many references have each query as their closest one (float64 ``(Q,)``)."""
+        if not self.track_votes:
+            raise ValueError("TopK(votes=False) kept no votes")
         if not self._done:
             self.finish()
         best = np.concatenate(self._best) if self._best else np.zeros(0, np.int64)
@@ -426,7 +434,7 @@ def nearest_neighbours(
     dtype = np.float64 if q.dtype == np.float64 or r.dtype == np.float64 else np.float32
     qf = q.astype(dtype, copy=False)
     q_sq = np.einsum("ij,ij->i", qf, qf)
-    top = TopK(len(q), int(k), dtype=np.float64)
+    top = TopK(len(q), int(k), dtype=np.float64, votes=False)
     for start in range(0, len(r), block_size):
         block = r[start : start + block_size].astype(dtype, copy=False)
         lo, hi = sq_dist_bounds(qf, q_sq, block)
