@@ -235,3 +235,91 @@ def test_ssim_matrix_imports_no_scikit_learn():
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
+
+
+# --------------------------------------------------------------------------------------------
+# the candidate rules, in-process
+
+
+def test_fast_form_stays_within_its_error_bound():
+    from ctfp.membership.knn import pair_sq_dists, sq_dist_bounds
+
+    rng = np.random.default_rng(3)
+    for scale, offset in ((1.0, 0.0), (6.0, 200.0), (1e-3, 1.0)):
+        q = (offset + scale * rng.standard_normal((20, 4096))).astype(np.float32)
+        r = np.concatenate([q[:5], (offset + scale * rng.standard_normal((30, 4096)))])
+        r = r.astype(np.float32)
+        lo, hi = sq_dist_bounds(q, np.einsum("ij,ij->i", q, q), r)
+        rows, cols = np.divmod(np.arange(len(q) * len(r)), len(r))
+        exact = pair_sq_dists(q, r, rows, cols).reshape(len(q), len(r))
+        assert (lo <= exact).all() and (exact <= hi).all()
+        assert (np.diagonal(exact[:5, :5]) == 0.0).all()
+
+
+def test_top_k_with_bounds_equals_the_exact_ranking():
+    from ctfp.membership.knn import TopK, pair_sq_dists, sq_dist_bounds
+
+    rng = np.random.default_rng(4)
+    base = rng.integers(190, 220, (6, 1024)).astype(np.float32)
+    refs = np.repeat(base, 20, axis=0) + rng.integers(-2, 3, (120, 1024)).astype(np.float32)
+    q = np.concatenate([refs[[3, 50]], base[:3]])
+    top = TopK(len(q), 4, radius=-(40.0**2))
+    for start in range(0, len(refs), 32):
+        block = refs[start : start + 32]
+        lo, hi = sq_dist_bounds(q, np.einsum("ij,ij->i", q, q), block)
+        top.add(-hi, start, -lo)
+    top.finish(lambda i, j: -pair_sq_dists(q, refs, i, j))
+    rows, cols = np.divmod(np.arange(len(q) * len(refs)), len(refs))
+    exact = -pair_sq_dists(q, refs, rows, cols).reshape(len(q), len(refs))
+    order = np.lexsort((np.broadcast_to(np.arange(len(refs)), exact.shape), -exact), axis=1)
+    values, index = top.result()
+    np.testing.assert_array_equal(index, order[:, :4])
+    np.testing.assert_array_equal(values, np.take_along_axis(exact, order[:, :4], 1))
+    np.testing.assert_array_equal(top.counts, (exact >= -(40.0**2)).sum(1))
+    best = np.argmax(exact, axis=0)
+    np.testing.assert_array_equal(top.votes(len(q)), np.bincount(best, minlength=len(q)))
+
+
+def test_quantile_and_group_candidates_give_the_exact_statistic():
+    from ctfp.membership.knn import quantile_candidates, refine, top_k_candidates
+
+    rng = np.random.default_rng(5)
+    exact = rng.standard_normal((7, 50))
+    err = rng.uniform(0, 0.3, exact.shape)
+    lo, hi = exact - err * rng.uniform(0, 1, exact.shape), exact + err
+    for q in (0.0, 0.01, 0.37, 0.5, 1.0):
+        flat = refine(
+            lo.ravel(), quantile_candidates(lo.ravel(), hi.ravel(), q), lambda p: exact.ravel()[p]
+        )
+        assert np.quantile(flat, q) == np.quantile(exact.ravel(), q)
+    groups = rng.integers(0, 12, 50)
+    for k in (1, 3, 12):
+        c = refine(lo, top_k_candidates(lo, hi, k, groups), lambda i, j: exact[i, j])
+        for row in range(len(c)):
+            best = {g: exact[row, groups == g].max() for g in np.unique(groups)}
+            want = sorted(best.values(), reverse=True)[:k]
+            got = sorted(
+                ({g: c[row, groups == g].max() for g in np.unique(groups)}).values(), reverse=True
+            )[:k]
+            assert got == want
+
+
+@needs_faiss
+@pytest.mark.parametrize("method", ["faiss-flat", "faiss-ivf", "faiss-hnsw"])
+def test_feature_search_returns_exact_distances(method):
+    from ctfp.membership.knn import FeatureSearch
+
+    rng = np.random.default_rng(6)
+    r = rng.integers(180, 230, (300, 2048)).astype(np.float32)
+    q = np.concatenate([r[:4], rng.integers(180, 230, (4, 2048)).astype(np.float32)])
+    dist, idx = FeatureSearch(method, n_lists=4, n_probe=4).fit(r).search(q, 3)
+    for row in range(len(q)):
+        ok = idx[row] >= 0
+        want = np.sqrt(((q[row].astype(np.float64) - r[idx[row, ok]]) ** 2).sum(1))
+        np.testing.assert_array_equal(dist[row, ok], want.astype(np.float32))
+        assert (np.diff(dist[row, ok]) >= 0).all()
+    assert (dist[:4, 0] == 0.0).all() and (idx[:4, 0] == np.arange(4)).all()
+    if method == "faiss-flat":
+        full = np.sqrt(((q[:, None].astype(np.float64) - r[None]) ** 2).sum(-1))
+        order = np.argsort(full, axis=1, kind="stable")[:, :3]
+        np.testing.assert_array_equal(idx, order)

@@ -314,7 +314,12 @@ class TopK:
             [self._idx, np.broadcast_to(np.arange(offset, offset + nb), (nq, nb))], axis=1
         )
         n = lo.shape[1]
-        if n > self.k and nq:
+        if n > self.k and nq and not self._bounded:  # exact values: the k best (lower index)
+            key_idx = np.where(idx >= 0, idx, np.iinfo(np.int64).max)
+            order = np.lexsort((key_idx, -lo), axis=1)[:, : self.k]
+            lo = hi = np.take_along_axis(lo, order, 1)
+            idx = np.take_along_axis(idx, order, 1)
+        elif n > self.k and nq:
             keep = top_k_candidates(lo, hi, self.k) & (idx >= 0)
             width = int(np.count_nonzero(keep, axis=1).max())
             order = np.argsort(~keep, axis=1, kind="stable")[:, :width]
