@@ -76,8 +76,8 @@ _EXACT_CHUNK = 1 << 19
 
 # Pair-index arrays: (query rows, reference columns), int64.
 Pairs = tuple[np.ndarray, np.ndarray]
-#: ``exact(rows, cols)``: the exact values of the pairs, float64 ``(P,)``.
-Exact = Callable[[np.ndarray, np.ndarray], np.ndarray]
+#: ``exact(rows, cols)`` (or ``exact(positions)`` for 1-D bounds): exact values, float64 ``(P,)``.
+Exact = Callable[..., np.ndarray]
 
 
 def as_features(x: Any, name: str) -> np.ndarray:
@@ -436,7 +436,9 @@ def nearest_neighbours(
     )
     if k > len(r):
         raise ValueError(f"k: expected at most {len(r)} (the number of references), found {k}")
-    dtype = np.float64 if q.dtype == np.float64 or r.dtype == np.float64 else np.float32
+    dtype: type[np.floating[Any]] = (
+        np.float64 if q.dtype == np.float64 or r.dtype == np.float64 else np.float32
+    )
     qf = q.astype(dtype, copy=False)
     q_sq = np.einsum("ij,ij->i", qf, qf)
     top = TopK(len(q), int(k), dtype=np.float64, votes=False)
