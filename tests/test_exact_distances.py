@@ -249,7 +249,7 @@ def test_fast_form_stays_within_its_error_bound():
         q = (offset + scale * rng.standard_normal((20, 4096))).astype(np.float32)
         r = np.concatenate([q[:5], (offset + scale * rng.standard_normal((30, 4096)))])
         r = r.astype(np.float32)
-        lo, hi = sq_dist_bounds(q, np.einsum("ij,ij->i", q, q), r)
+        lo, hi = sq_dist_bounds(q, r)
         rows, cols = np.divmod(np.arange(len(q) * len(r)), len(r))
         exact = pair_sq_dists(q, r, rows, cols).reshape(len(q), len(r))
         assert (lo <= exact).all() and (exact <= hi).all()
@@ -266,7 +266,7 @@ def test_top_k_with_bounds_equals_the_exact_ranking():
     top = TopK(len(q), 4, radius=-(40.0**2))
     for start in range(0, len(refs), 32):
         block = refs[start : start + 32]
-        lo, hi = sq_dist_bounds(q, np.einsum("ij,ij->i", q, q), block)
+        lo, hi = sq_dist_bounds(q, block, chunk=256)
         top.add(-hi, start, -lo)
     top.finish(lambda i, j: -pair_sq_dists(q, refs, i, j))
     rows, cols = np.divmod(np.arange(len(q) * len(refs)), len(refs))

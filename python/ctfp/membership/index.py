@@ -81,16 +81,18 @@ from ctfp.data.images import as_hw, is_image_stack, load_images, ssim_matrix
 from ctfp.data.preprocess import load_batch
 from ctfp.membership.knn import (
     AUTO_FAISS_MIN,
+    CHUNK_FEATURES,
     SEARCH_DEFAULTS,
     SEARCHES,
     U_FLOAT32,
     FeatureSearch,
     TopK,
     bounds_from,
+    chunked_error_bound,
     nearest_neighbours,
     pair_sq_dists,
     resolve_search,
-    sq_dist_error_bound,
+    sq_dist_bounds,
     top_of,
 )
 from ctfp.membership.store import (
@@ -842,7 +844,7 @@ class GeneratedIndex(BaseEstimator):
         """float64 ``(lower, upper)`` bounds of the exact closeness of every row of ``A`` to every
         row of ``B``, from the fast matrix-product form ``|a|^2 + |b|^2 - 2 a.b`` (BLAS on the
         CPU, torch on a GPU) and its error bound (:func:`~ctfp.membership.knn.
-        sq_dist_error_bound`); for ``"ssim"`` the exact values and ``None``. Candidates decided by
+        chunked_error_bound`); for ``"ssim"`` the exact values and ``None``. Candidates decided by
         these bounds are recomputed with :meth:`exact_closeness`."""
         B = np.ascontiguousarray(self.identity(B))
         lo: np.ndarray | None = None
@@ -859,26 +861,31 @@ class GeneratedIndex(BaseEstimator):
         return lo, hi
 
     def _bounds(self, A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if self.device_ != "cpu":
+        """Closeness bounds from the fast squared distances (BLAS, or torch on a GPU)."""
+        scale = self._scale(A.shape[1])
+        if self.device_ == "cpu":
+            d_lo, d_hi = sq_dist_bounds(A, B, unit_roundoff=U_FLOAT32)
+        else:
             import torch
 
             tq = torch.from_numpy(A).to(self.device_)
             tr = torch.from_numpy(B).to(self.device_)
-            tq_sq, tr_sq = (tq * tq).sum(1), (tr * tr).sum(1)
-            td = tq_sq[:, None] + tr_sq[None, :] - 2.0 * (tq @ tr.T)
-            d, q_sq, r_sq = td.cpu().numpy(), tq_sq.cpu().numpy(), tr_sq.cpu().numpy()
+            acc = torch.zeros((len(A), len(B)), dtype=tq.dtype, device=tq.device)
+            nq = torch.zeros(len(A), dtype=tq.dtype, device=tq.device)
+            nr = torch.zeros(len(B), dtype=tq.dtype, device=tq.device)
+            for s in range(0, A.shape[1], CHUNK_FEATURES):
+                qc, rc = tq[:, s : s + CHUNK_FEATURES], tr[:, s : s + CHUNK_FEATURES]
+                q_sq, r_sq = (qc * qc).sum(1), (rc * rc).sum(1)
+                acc += q_sq[:, None] + r_sq[None, :] - 2.0 * (qc @ rc.T)
+                nq += q_sq
+                nr += r_sq
             u = _matmul_unit_roundoff(self.device_)
-        else:
-            q_sq, r_sq = np.einsum("ij,ij->i", A, A), np.einsum("ij,ij->i", B, B)
-            d = q_sq[:, None] + r_sq[None, :]
-            d -= 2.0 * (A @ B.T)
-            u = U_FLOAT32
-        c = sq_dist_error_bound(A.shape[1], u)
-        err = c * (
-            np.abs(q_sq.astype(np.float64))[:, None] + np.abs(r_sq.astype(np.float64))[None, :]
-        )
-        d_lo, d_hi = bounds_from(d, err)
-        scale = self._scale(A.shape[1])
+            c = chunked_error_bound(A.shape[1], CHUNK_FEATURES, u, U_FLOAT32)
+            n = (
+                np.abs(nq.cpu().numpy().astype(np.float64))[:, None]
+                + np.abs(nr.cpu().numpy().astype(np.float64))[None, :]
+            )
+            d_lo, d_hi = bounds_from(acc.cpu().numpy(), c * n)
         return -np.sqrt(d_hi * scale), -np.sqrt(d_lo * scale)
 
     def exact_to_generated(

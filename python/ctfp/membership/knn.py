@@ -8,7 +8,8 @@ One blocked L2 search serves the generated-set index (:mod:`ctfp.membership.inde
 ``|q|^2 + |r|^2 - 2 q.r`` (one BLAS product per block of references, FAISS's ``IndexFlatL2``, or
 torch on a GPU). Its rounding error depends on the BLAS kernel the CPU picks, and cancellation
 makes it large next to small distances (an exact copy can come out at ``-0.01`` instead of 0).
-So the fast form only *finds candidates*: with the error bound of :func:`sq_dist_error_bound`,
+So the fast form only *finds candidates*: with the error bound of :func:`sq_dist_error_bound`
+(summed over chunks of :data:`CHUNK_FEATURES` features, :func:`chunked_error_bound`),
 every pair whose fast distance could, within the bound, be among the ``k`` nearest (or on the
 other side of a radius, or a reference's closest query) is kept, and those candidates alone are
 recomputed exactly by direct differences in float64 (:func:`pair_sq_dists`), then ranked. Every
@@ -54,6 +55,8 @@ __all__ = [
     "refine",
     "resolve_search",
     "sq_dist_block",
+    "CHUNK_FEATURES",
+    "chunked_error_bound",
     "sq_dist_bounds",
     "sq_dist_error_bound",
     "threshold_candidates",
@@ -132,20 +135,61 @@ def sq_dist_error_bound(n_features: int, unit_roundoff: float = U_FLOAT32) -> fl
     return (2.0 * g + 4.0 * unit_roundoff) / (1.0 - g)
 
 
+#: Features summed by one matrix product of the fast form: the error bound grows with the length
+#: of the sums (:func:`sq_dist_error_bound`), so longer rows are split into chunks of this many
+#: features whose products are added up (the same work; a bound 64 times tighter at 256x256).
+CHUNK_FEATURES = 1024
+
+
+def _gamma(n: int, u: float) -> float:
+    """Higham's ``gamma_n = n u / (1 - n u)``: the relative error bound of a sum of ``n`` terms."""
+    return float("inf") if n * u >= 0.5 else n * u / (1.0 - n * u)
+
+
+def chunked_error_bound(
+    n_features: int,
+    chunk: int = CHUNK_FEATURES,
+    unit_roundoff: float = U_FLOAT32,
+    accumulate_roundoff: float = 2.0**-53,
+) -> float:
+    """``c`` such that ``|fast - exact| <= c (|q|^2 + |r|^2)`` (norms as summed chunk by chunk)
+    when the fast form is computed over chunks of at most ``chunk`` features
+    (:func:`sq_dist_error_bound` for each, in arithmetic of unit roundoff ``unit_roundoff``) and
+    the ``m`` chunk results are added in arithmetic of unit roundoff ``accumulate_roundoff``
+    (float64 on the CPU, float32 on a GPU). Each chunk's result is within ``2 (1 + c_chunk)``
+    times its norms' sum, so adding ``m`` of them errs by at most ``gamma_m`` times that, hence
+    ``c = c_chunk + 2.2 gamma_m``."""
+    m = max(1, -(-n_features // chunk))
+    c_chunk = sq_dist_error_bound(min(n_features, chunk), unit_roundoff)
+    return c_chunk + (2.2 * _gamma(m, accumulate_roundoff) if m > 1 else 0.0)
+
+
 def sq_dist_bounds(
-    q: np.ndarray, q_sq: np.ndarray, r: np.ndarray, unit_roundoff: float | None = None
+    q: np.ndarray,
+    r: np.ndarray,
+    *,
+    unit_roundoff: float | None = None,
+    chunk: int = CHUNK_FEATURES,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The fast squared distances of :func:`sq_dist_block` with their error bounds: float64
-    ``(lower, upper)`` around the exact ``|q - r|^2`` of every pair (proved by
-    :func:`sq_dist_error_bound`; ``unit_roundoff`` defaults to that of the arrays' dtype)."""
+    """float64 ``(lower, upper)`` around the exact ``|q - r|^2`` of every pair of rows: the fast
+    form ``|q|^2 + |r|^2 - 2 q.r`` (one BLAS product per chunk of ``chunk`` features, added in
+    float64) with its proved error bound (:func:`chunked_error_bound`; ``unit_roundoff``
+    defaults to that of the arrays' dtype)."""
     if unit_roundoff is None:
         unit_roundoff = float(np.finfo(np.result_type(q, r)).eps) / 2.0
-    r_sq = np.einsum("ij,ij->i", r, r)
-    d = q_sq[:, None] + r_sq[None, :]
-    d -= 2.0 * (q @ r.T)
-    c = sq_dist_error_bound(q.shape[1], unit_roundoff)
-    err = c * (np.abs(q_sq.astype(np.float64))[:, None] + np.abs(r_sq.astype(np.float64))[None, :])
-    return bounds_from(d, err)
+    acc = np.zeros((len(q), len(r)), np.float64)
+    nq, nr = np.zeros(len(q), np.float64), np.zeros(len(r), np.float64)
+    for s in range(0, q.shape[1], chunk):
+        qc = np.ascontiguousarray(q[:, s : s + chunk])
+        rc = np.ascontiguousarray(r[:, s : s + chunk])
+        q_sq, r_sq = np.einsum("ij,ij->i", qc, qc), np.einsum("ij,ij->i", rc, rc)
+        d = q_sq[:, None] + r_sq[None, :]
+        d -= 2.0 * (qc @ rc.T)
+        acc += d
+        nq += q_sq
+        nr += r_sq
+    c = chunked_error_bound(q.shape[1], chunk, unit_roundoff)
+    return bounds_from(acc, c * (np.abs(nq)[:, None] + np.abs(nr)[None, :]))
 
 
 def bounds_from(d: np.ndarray, err: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -440,11 +484,10 @@ def nearest_neighbours(
         np.float64 if q.dtype == np.float64 or r.dtype == np.float64 else np.float32
     )
     qf = q.astype(dtype, copy=False)
-    q_sq = np.einsum("ij,ij->i", qf, qf)
     top = TopK(len(q), int(k), dtype=np.float64, votes=False)
     for start in range(0, len(r), block_size):
         block = r[start : start + block_size].astype(dtype, copy=False)
-        lo, hi = sq_dist_bounds(qf, q_sq, block)
+        lo, hi = sq_dist_bounds(qf, block)
         top.add(-hi, start, -lo)  # closeness = minus the squared distance
     top.finish(lambda rows, cols: -pair_sq_dists(q, r, rows, cols))
     values, index = top.result()
