@@ -1,6 +1,6 @@
 """k-nearest-neighbour search over a large generated set: ctfp's streamed BLAS search
 (``algorithm="brute"``) against FAISS's exact ``IndexFlatL2`` and approximate IVF / HNSW indexes,
-through :class:`ctfp.membership.index.FeatureSearch` (what :class:`GeneratedIndex` uses).
+through :class:`ctfp.membership.knn.FeatureSearch` (what :class:`GeneratedIndex` uses).
 
     python benches/bench_knn.py                    # 10k, 50k, 100k references; out/bench_knn.json
     python benches/bench_knn.py --sizes 10000 --threads 1
@@ -114,7 +114,7 @@ def ssim_prefilter(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> None:
     from threadpoolctl import threadpool_limits
 
-    from ctfp.membership.index import FeatureSearch
+    from ctfp.membership.knn import FeatureSearch
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])

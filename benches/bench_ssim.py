@@ -39,7 +39,7 @@ def skimage_matrix(q, r):
 
 
 def ctfp_matrix(q, r, n_threads):
-    from ctfp.membership.index import ssim_matrix
+    from ctfp.data.images import ssim_matrix
 
     return ssim_matrix(q, r, n_threads=n_threads)
 

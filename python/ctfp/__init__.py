@@ -36,7 +36,8 @@ __all__ = [
     "load_batch",
     "transform",
     "synthetic",
-    # loaded on first use (they pull in scikit-learn; torch and onnxruntime only when used)
+    # loaded on first use (most pull in scikit-learn, ssim_matrix does not; torch and
+    # onnxruntime only when used)
     "FingerprintClassifier",
     "GeneratedIndex",
     "ImageContractError",
@@ -57,7 +58,7 @@ _LAZY = {
     "WeightsError": ".exceptions",
     "ImageContractError": ".exceptions",
     "SimilarityMembership": ".membership.similarity",
-    "ssim_matrix": ".membership.index",
+    "ssim_matrix": ".data.images",
     "GeneratedIndex": ".membership.index",
 }
 

@@ -392,17 +392,17 @@ def generate(
 def nearest_distances(
     images: np.ndarray, samples: np.ndarray, *, size: int = 64, block: int = 1024
 ) -> np.ndarray:
-    """Each image's L2 distance (grey levels, float64) to the nearest of ``samples``, both
-    ``uint8 (N, S, S)`` area-averaged to ``size`` first (:func:`downsample`)."""
+    """Each image's L2 distance (grey levels, float64, exact) to the nearest of ``samples``, both
+    ``uint8 (N, S, S)`` area-averaged to ``size`` first (:func:`downsample`); ``block`` samples
+    compared at a time (:func:`ctfp.membership.knn.nearest_neighbours`)."""
+    from ctfp.membership.knn import nearest_neighbours
+
     a = downsample(images, size).reshape(len(images), -1).astype(np.float64)
     b = downsample(samples, size).reshape(len(samples), -1).astype(np.float64)
-    a2 = (a * a).sum(1)
-    best = np.full(len(a), np.inf)
-    for start in range(0, len(b), block):
-        bb = b[start : start + block]
-        d2 = a2[:, None] + (bb * bb).sum(1)[None, :] - 2.0 * (a @ bb.T)
-        best = np.minimum(best, d2.min(axis=1))
-    return np.sqrt(np.maximum(best, 0.0))
+    if len(a) == 0:
+        return np.zeros(0, np.float64)
+    dist, _ = nearest_neighbours(a, b, 1, block_size=block)
+    return dist[:, 0]
 
 
 def memorisation_auc(

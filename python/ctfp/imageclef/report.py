@@ -288,8 +288,8 @@ def _display_size(path: Path) -> tuple[int, int]:
 
 
 def _make_gallery(run: Run, i: int, index: Any, n_top: int, n_low: int, k: int) -> dict[str, Any]:
+    from ctfp.data.images import load_images
     from ctfp.imageclef.plots import GalleryRow, plot_gallery
-    from ctfp.membership.index import load_images
 
     info = run.datasets[i]
     split, paths, scores, labels, predicted = _scored_images(run, i)

@@ -41,15 +41,9 @@ from ctfp._util import (
     require_fitted,
     validate_params,
 )
+from ctfp.data.images import as_hw, load_images, ssim_matrix
 from ctfp.membership.decision import METRICS, CalibratedThreshold, ThresholdDecisionMixin
-from ctfp.membership.index import (
-    SEARCHES,
-    FeatureSearch,
-    _hw,
-    _resolve_search,
-    load_images,
-    ssim_matrix,
-)
+from ctfp.membership.knn import SEARCHES, FeatureSearch, resolve_search
 
 __all__ = ["GANLeaks", "VCMISSIM", "threshold_max"]
 
@@ -107,7 +101,7 @@ class GANLeaks(ThresholdDecisionMixin, ClassifierMixin, BaseEstimator):
         ``None``: scores only (``predict`` refuses).
     metric : {"accuracy", "f1", "kappa"}
     algorithm : {"auto", "brute", "faiss-flat", "faiss-ivf", "faiss-hnsw"}
-        The nearest-neighbour search (:class:`~ctfp.membership.index.FeatureSearch`).
+        The nearest-neighbour search (:class:`~ctfp.membership.knn.FeatureSearch`).
     n_jobs : int, optional
 
     Attributes
@@ -155,7 +149,7 @@ class GANLeaks(ThresholdDecisionMixin, ClassifierMixin, BaseEstimator):
         self.classes_ = np.array([0, 1])
         self.generated_ = _generated(generated, self.image_size, self.n_threads_)
         g = self.generated_.reshape(len(self.generated_), -1).astype(np.float32)
-        self.algorithm_ = _resolve_search(self.algorithm, len(g))
+        self.algorithm_ = resolve_search(self.algorithm, len(g))
         self.search_ = FeatureSearch(self.algorithm_, n_threads=self.n_threads_).fit(g)
         self.threshold_: float | None = None
         if self.rule == "calibrated":
@@ -175,7 +169,7 @@ class GANLeaks(ThresholdDecisionMixin, ClassifierMixin, BaseEstimator):
         return {
             "method": "GAN-Leaks (full black-box, k=1, L2 pixels)",
             "measure": "pixel",
-            "image_size": list(_hw(self.image_size)),
+            "image_size": list(as_hw(self.image_size)),
             "n_generated": int(len(self.generated_)),
             "algorithm": self.algorithm_,
             "rule": self.rule,

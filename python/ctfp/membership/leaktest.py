@@ -160,10 +160,10 @@ def _sources(generated: Any) -> Any:
     from ctfp.membership.index import GeneratedIndex
 
     if isinstance(generated, GeneratedIndex):
-        if generated._fit_X is not None:
-            return generated._fit_X
-        if generated.measure != "embedding" and generated._cache is not None:
-            return generated._cache
+        if generated.sources is not None:
+            return generated.sources
+        if generated.images is not None:
+            return generated.images
         raise ValueError("the generated index holds neither its images nor their sources")
     inner = getattr(generated, "sources", None)  # FusedMembership's fitted generated set
     if inner is not None:
@@ -182,7 +182,8 @@ def shuffled_standin(
     (``kind="shuffle"``) or turned upside down (``"vflip"``: every image statistic kept, the
     global layout no longer matches any real image); uint8 ``(M, H, W)`` at the generated
     images' size."""
-    from ctfp.membership.index import _is_image_stack, load_images
+    from ctfp.data.images import is_image_stack as _is_image_stack
+    from ctfp.data.images import load_images
 
     if kind not in CONTROLS:
         raise ValueError(f"kind: expected one of {', '.join(map(repr, CONTROLS))}, found {kind!r}")
@@ -400,7 +401,7 @@ def run_leak_test(
             how = {"shuffle": "with their pixels permuted", "vflip": "upside down"}[kind]
             label = f"{len(stand)} generated images {how}"
         else:
-            from ctfp.membership.index import load_images
+            from ctfp.data.images import load_images
 
             stand = load_images(control)
             label = f"{len(stand)} real images that are not development images"

@@ -127,6 +127,7 @@ from ctfp._util import (
     seed_from,
     validate_params,
 )
+from ctfp.data.images import load_images, ssim_matrix
 from ctfp.membership.decision import (
     METRICS,
     CalibratedThreshold,
@@ -134,16 +135,16 @@ from ctfp.membership.decision import (
     TopFraction,
     at_or_above,
 )
-from ctfp.membership.index import (
-    INDEX_CONSTRAINTS,
-    MEASURES,
-    GeneratedIndex,
-    fit_or_load,
-    load_images,
+from ctfp.membership.index import INDEX_CONSTRAINTS, MEASURES, GeneratedIndex
+from ctfp.membership.knn import (
     nearest_neighbours,
+    quantile_candidates,
+    refine,
     sq_dist_block,
-    ssim_matrix,
+    threshold_candidates,
+    top_k_candidates,
 )
+from ctfp.membership.store import fit_or_load
 
 __all__ = [
     "CALIBRATIONS",
@@ -250,7 +251,7 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
     index_cache : str or path, optional
         A folder where the fitted generated-set index is saved and from which it is reloaded
         when the same images (by content hash) are indexed with the same feature settings
-        (:func:`ctfp.membership.index.fit_or_load`). Ignored when ``fit`` gets an index.
+        (:func:`ctfp.membership.store.fit_or_load`). Ignored when ``fit`` gets an index.
     device, batch_size, block_size, max_cache_bytes, n_jobs, torch_threads : see ``GeneratedIndex``
         How the generated set is searched: ``device="auto"`` by default, resolved by
         :func:`ctfp._util.resolve_device` (an unavailable device raises its ``ValueError``; SSIM
@@ -590,19 +591,32 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
             m = min(self.radius_sample, self.n_generated_)
             pick = np.sort(rng.choice(self.n_generated_, size=m, replace=False))
             sample = self.index_.take(pick)
-        rows = []
+        lows, highs = [], []
         for start, block in self.index_.blocks():
-            c = self.index_.closeness(sample, block).astype(np.float64)
+            lo, hi = self.index_.closeness_bounds(sample, block)
+            hi = lo.copy() if hi is None else hi
             own = (pick >= start) & (pick < start + len(block))
-            c[np.flatnonzero(own), pick[own] - start] = np.nan  # not an image against itself
-            rows.append(c)
-        values = np.concatenate(rows, axis=1).ravel()
-        values = values[~np.isnan(values)]
-        if values.size == 0:
+            for m in (lo, hi):
+                m[np.flatnonzero(own), pick[own] - start] = np.nan  # not an image against itself
+            lows.append(lo)
+            highs.append(hi)
+        lo, hi = np.concatenate(lows, axis=1).ravel(), np.concatenate(highs, axis=1).ravel()
+        at = np.flatnonzero(~np.isnan(lo))
+        lo, hi = lo[at], hi[at]
+        if lo.size == 0:
             raise ValueError(
                 "statistic='count' needs at least two generated images to set its radius"
             )
-        return float(np.quantile(values, 1.0 - self.radius_quantile))
+        # the quantile of the exact values: the pairs that may be its order statistics are
+        # recomputed exactly (the fast form's values are bounds only)
+        q = 1.0 - self.radius_quantile
+        n_gen = self.n_generated_
+        values = refine(
+            lo,
+            quantile_candidates(lo, hi, q) & (hi > lo),
+            lambda p: self.index_.exact_to_generated(sample, at[p] // n_gen, at[p] % n_gen),
+        )
+        return float(np.quantile(values, q))
 
     def _fit_density(self, rng: np.random.Generator) -> None:
         from sklearn.decomposition import PCA
@@ -657,8 +671,8 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
                 mean = np.clip(np.rint(mean), 0, 255).astype(np.uint8)
             else:
                 mean = mean.astype(np.float32)
-            c = self.index_.closeness(q[start : start + step], mean)
-            out[start : start + step] = np.where(vv.any(1), np.diagonal(c), -np.inf)
+            c = self.index_.closeness_pairs(q[start : start + step], mean)
+            out[start : start + step] = np.where(vv.any(1), c, -np.inf)
         return np.maximum(out, np.asarray(nearest, dtype=np.float64))
 
     def _stat_against(
@@ -678,15 +692,29 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
         ``nearest=False``: the centroid alone, without its closest-image clause. ``groups``: a
         group code per row of ``r``; the excluded row's whole group is left out, and the ``k``
         neighbours are the closest row of each of the ``k`` closest groups."""
-        c = self.index_.closeness(q, r).astype(np.float64)
+        lo, hi = self.index_.closeness_bounds(q, r)
         if exclude is not None:
             rows = np.flatnonzero(exclude >= 0)
-            if groups is None:
-                c[rows, exclude[rows]] = -np.inf
-            else:
-                c[rows] = np.where(
-                    groups[None, :] == groups[exclude[rows]][:, None], -np.inf, c[rows]
-                )
+            for m in (lo, hi) if hi is not None else (lo,):
+                if groups is None:
+                    m[rows, exclude[rows]] = -np.inf
+                else:
+                    m[rows] = np.where(
+                        groups[None, :] == groups[exclude[rows]][:, None], -np.inf, m[rows]
+                    )
+        k = min(self.k if k is None else k, lo.shape[1])
+        c = lo
+        if hi is not None:  # fast bounds: the pairs that decide the statistic, recomputed exactly
+            need = np.zeros(lo.shape, bool)
+            if self.radius_ is not None:
+                need |= threshold_candidates(lo, hi, self.radius_)
+            if not counts:
+                need |= top_k_candidates(lo, hi, k, groups)
+            c = refine(
+                lo,
+                need & np.isfinite(hi),
+                lambda i, j: self.index_.exact_closeness(q, r, i, j),
+            )
         within = (
             np.count_nonzero(c >= self.radius_, axis=1)
             if self.radius_ is not None
@@ -695,7 +723,6 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
         finite = np.count_nonzero(np.isfinite(c), axis=1)
         if counts:
             return within, finite
-        k = min(self.k if k is None else k, c.shape[1])
         if groups is not None:
             c = _closest_per_group(c, groups)
         if self.statistic == "centroid":
