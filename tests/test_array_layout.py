@@ -84,10 +84,14 @@ def test_similarity_scores_of_a_fortran_copy_equal_the_c_copy() -> None:
     gen = rng.integers(0, 256, (20, 32, 32), dtype=np.uint8)
     dev = np.concatenate([gen[:4], rng.integers(0, 256, (4, 32, 32), dtype=np.uint8)])
     y = [1, 1, 1, 1, 0, 0, 0, 0]
-    for measure in ("pixel", "ssim"):
+    for measure, size in (("pixel", 32), ("ssim", 32), ("pixel", 16), ("ssim", 24)):
         est = SimilarityMembership(
-            measure=measure, image_size=32, calibration=None, rule="top"
+            measure=measure, image_size=size, calibration=None, rule="top"
         ).fit(dev, y, generated=gen)
         c = est.score_samples(dev)
-        f = est.score_samples(np.asfortranarray(dev))
+        f = est.score_samples(np.asfortranarray(dev))  # resized unless size == 32
         np.testing.assert_array_equal(c, f)
+        est_f = SimilarityMembership(
+            measure=measure, image_size=size, calibration=None, rule="top"
+        ).fit(np.asfortranarray(dev), y, generated=np.asfortranarray(gen))
+        np.testing.assert_array_equal(est_f.score_samples(dev), c)

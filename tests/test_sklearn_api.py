@@ -172,25 +172,7 @@ def test_sklearn_api_checks(name, check):
         check(name, est)
 
 
-def _check_estimator_ids() -> list:
-    return [
-        pytest.param(
-            n,
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=RuntimeError,
-                reason="GeneratedIndex has transform() but sets neither scikit-learn's "
-                "transformer_tags nor the image input tags (membership/index.py: add "
-                "__sklearn_tags__ as ThresholdDecisionMixin does, with TransformerTags)",
-            ),
-        )
-        if n == "GeneratedIndex"
-        else n
-        for n in _all_ids()
-    ]
-
-
-@pytest.mark.parametrize("name", _check_estimator_ids())
+@pytest.mark.parametrize("name", _all_ids())
 def test_check_estimator_runs_no_tabular_check_that_cannot_apply(name):
     """scikit-learn's full ``check_estimator``: with the image tags it runs only checks that
     apply, and they pass; none of the :data:`NOT_APPLICABLE` ones runs."""

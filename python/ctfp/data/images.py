@@ -46,13 +46,17 @@ def load_images(
     ----------
     sources : sequence or numpy.ndarray
         PNG paths, PNG bytes or uint8 arrays (``(H, W)``, ``(H, W, 1)``, ``(H, W, 3)``), or a
-        uint8 ``(N, H, W)`` stack.
+        uint8 ``(N, H, W)`` stack, read in any memory layout (a stack given whole is copied to C
+        order once when it is not; single arrays in a sequence must be C-ordered, as
+        :func:`ctfp.load_batch` requires).
     size : int or (height, width), optional
         Output size; images are resized by :func:`ctfp.load_batch` (bilinear, pixel-centre
         aligned). ``None`` keeps the first image's size (and resizes the others to it).
     """
-    if is_image_stack(sources) and (size is None or as_hw(size) == sources.shape[1:]):
-        return np.ascontiguousarray(sources)
+    if is_image_stack(sources):
+        sources = np.ascontiguousarray(sources)  # its rows are then C-ordered images
+        if size is None or as_hw(size) == sources.shape[1:]:
+            return sources
     if isinstance(sources, (str, bytes, os.PathLike)):
         raise TypeError("sources: expected a sequence of images; wrap a single image in a list")
     items = list(sources)

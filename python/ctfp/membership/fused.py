@@ -242,7 +242,7 @@ class FusedMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimator):
         oof = np.empty((len(lab), len(settings)), np.float64)
         for j, m in enumerate(settings):
             member = self._member(m)
-            index = member._fit_index(given[j] if given is not None else generated)
+            index = member.build_index(given[j] if given is not None else generated)
             indexes.append(index)
             extra = {
                 k: v

@@ -62,6 +62,7 @@ from sklearn.base import BaseEstimator
 
 from ctfp._util import (
     DEVICE,
+    IMAGE_SIZE,
     N_JOBS,
     RANDOM_STATE,
     TORCH_THREADS,
@@ -124,18 +125,6 @@ __all__ = [
 ]
 
 MEASURES = ("ssim", "pixel", "embedding")
-
-
-# --------------------------------------------------------------------------------------------------
-# parameters
-
-
-def _is_hw_pair(v: object) -> bool:
-    return (
-        isinstance(v, (tuple, list))
-        and len(v) == 2
-        and all(Interval(int, 1, None).accepts(x) for x in v)
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -259,11 +248,7 @@ def _is_algorithm_params(v: object) -> bool:
 #: The index's parameters (also :class:`~ctfp.membership.similarity.SimilarityMembership`'s).
 INDEX_CONSTRAINTS: dict[str, list[Constraint]] = {
     "measure": [Options(*MEASURES)],
-    "image_size": [
-        None,
-        Interval(int, 1, None),
-        Check(_is_hw_pair, "a (height, width) pair of positive integers"),
-    ],
+    "image_size": [None, *IMAGE_SIZE],
     "backbone": [InstanceOf((str,), "a backbone name (str)")],
     "weights": [None, InstanceOf((str, os.PathLike), "'auto', 'imagenet' or a state-dict path")],
     "algorithm": [Options(*SEARCHES)],
@@ -446,6 +431,19 @@ class GeneratedIndex(BaseEstimator):
         self._check_params()
         return feature_params(self.get_params())
 
+    def __sklearn_tags__(self) -> Any:
+        """A transformer of images (``transform`` gives the features closeness is computed on),
+        not of feature tables: scikit-learn's tabular checks do not apply (its API checks do:
+        ``tests/test_sklearn_api.py``); ``fit`` takes no labels."""
+        from sklearn.utils import TransformerTags
+
+        tags = super().__sklearn_tags__()
+        tags.transformer_tags = TransformerTags()
+        tags.input_tags.two_d_array = False
+        tags.input_tags.three_d_array = True
+        tags.target_tags.required = False
+        return tags
+
     def fit(self, X: Any, y: Any = None, *, content_hash: str | None = None) -> GeneratedIndex:
         """Index the generated images ``X`` (paths, PNG bytes or uint8 arrays, or a uint8
         ``(N, H, W)`` stack); ``y`` is ignored. ``content_hash``: the images'
@@ -504,7 +502,7 @@ class GeneratedIndex(BaseEstimator):
             **opts,
             block_size=self.block_size,
             n_threads=self.n_threads_,
-            random_state=0 if self.random_state is None else seed_from(self.random_state),
+            random_state=seed_from(self.random_state),
         )
         if self.measure == "ssim":
             if self.ssim_candidates is None:
@@ -580,7 +578,7 @@ class GeneratedIndex(BaseEstimator):
                     f"state-dict path as weights=",
                     stacklevel=3,
                 )
-        seed = 0 if self.random_state is None else seed_from(self.random_state)
+        seed = seed_from(self.random_state)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = build_model(self.backbone, weights=weights, image_size=self.image_size_)

@@ -394,7 +394,11 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
 
     # ------------------------------------------------------------------------------------ fit
 
-    def _fit_index(self, generated: Any) -> GeneratedIndex:
+    def build_index(self, generated: Any) -> GeneratedIndex:
+        """A :class:`GeneratedIndex` of ``generated`` with this estimator's index settings: a
+        fitted index given as ``generated`` is reused (refitted only where its settings differ),
+        else one is fitted or loaded from ``index_cache``. What :meth:`fit` uses; other
+        estimators (:class:`~ctfp.membership.fused.FusedMembership`) share indexes through it."""
         params = {name: getattr(self, name) for name in _INDEX_PARAMS}
         if isinstance(generated, GeneratedIndex):
             require_fitted(generated, "n_samples_fit_")
@@ -452,7 +456,7 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
             raise ValueError(
                 "generated: expected the generator's images (fit(X, y, generated=...)), found None"
             )
-        self.index_ = self._fit_index(generated)
+        self.index_ = self.build_index(generated)
         self.classes_ = np.array([0, 1])
         self.n_generated_ = self.index_.n_samples_fit_
         self.image_size_ = self.index_.image_size_

@@ -22,8 +22,9 @@ were pretrained at 224x224 (:attr:`BackboneSpec.input_size`); every backbone tak
 from __future__ import annotations
 
 import dataclasses
-import numbers
 import os
+
+from ctfp._util import IMAGE_SIDE, is_image_size
 
 __all__ = [
     "BACKBONES",
@@ -137,22 +138,13 @@ def is_weights_path(value: object) -> bool:
     )
 
 
-def _is_side(v: object) -> bool:
-    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and 8 <= int(v) <= 8192
-
-
-def is_image_size(value: object) -> bool:
-    """Whether ``value`` is an input size: an int, or a (height, width) pair, in [8, 8192]."""
-    if isinstance(value, (tuple, list)):
-        return len(value) == 2 and all(_is_side(v) for v in value)
-    return _is_side(value)
-
-
 def as_image_size(value: object) -> tuple[int, int]:
-    """An input size (int or (height, width)) as a (height, width) pair of ints."""
+    """An input size (int or (height, width)) as a (height, width) pair of ints
+    (:func:`ctfp._util.is_image_size`, the one rule)."""
     if not is_image_size(value):
+        lo, hi = IMAGE_SIDE
         raise ValueError(
-            f"image_size: expected an int or a (height, width) pair of ints in [8, 8192], "
+            f"image_size: expected an int or a (height, width) pair of ints in [{lo}, {hi}], "
             f"found {value!r}"
         )
     pair = value if isinstance(value, (tuple, list)) else (value, value)
