@@ -35,10 +35,10 @@ from ctfp.imageclef.experiments import SIMILARITY_KEYS
 #: generator here, is no longer one: its rows in docs/benchmark.md are from earlier runs)
 METHODS = tuple(SIMILARITY_KEYS)
 #: regimes, ``REGIME@ITERATION`` for another snapshot of a committed generator (the few-hundred
-#: asset holds 3000, its default, and 5000, which memorises more: the two bracket the issue's
-#: reference generator, memorisation AUC 0.675)
+#: asset holds 3000, its default, and 5000, which memorises more: the two bracket the
+#: reference generator this benchmark was built around, memorisation AUC 0.675)
 REGIMES = ("few-hundred", "few-hundred@5000", "thousand")
-#: the issue's targets
+#: the project's targets on a leaking regime
 TARGET_AUC, TARGET_ACC = 0.90, 0.80
 
 
@@ -151,7 +151,7 @@ def _p(v: Any) -> str:
 
 
 def _leak_targets(key: str, few: list[dict]) -> list[dict[str, Any]]:
-    """The issue's targets on a leaking (few-hundred) regime's rows."""
+    """The project's targets on a leaking (few-hundred) regime's rows."""
     checks: list[dict[str, Any]] = []
     sims = [r for r in few if r["method"].startswith("sim-") and r["roc_auc"] is not None]
     if sims:

@@ -103,7 +103,7 @@ def get_method(key: str | int) -> Method:
     return METHODS[k]
 
 
-#: ctfp's similarity methods (DESIGN.md section 3) as presets next to the paper's Methods 1-4:
+#: ctfp's similarity methods (docs/similarity.md) as presets next to the paper's Methods 1-4:
 #: options for :class:`ctfp.membership.similarity.SimilarityMembership` (scores only: no
 #: ``rule``; the runner's ``decision`` decides). ``"estimator"`` names another membership
 #: estimator (:func:`ctfp.membership.estimators.make_estimator`: the fused scores, the published

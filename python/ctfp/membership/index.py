@@ -359,7 +359,10 @@ class GeneratedIndex(BaseEstimator):
         The query transforms (the identity first).
     """
 
-    _parameter_constraints = {"n_neighbors": [Interval(int, 1, None)], **INDEX_CONSTRAINTS}
+    _parameter_constraints: dict[str, list[Constraint]] = {
+        "n_neighbors": [Interval(int, 1, None)],
+        **INDEX_CONSTRAINTS,
+    }
 
     def __init__(
         self,
@@ -560,7 +563,7 @@ class GeneratedIndex(BaseEstimator):
         new._fit_search()
         return new
 
-    def _build_backbone(self) -> tuple[Any, Any, str]:
+    def _build_backbone(self) -> tuple[Any, Any, str | None]:
         import torch
 
         from ctfp.models.builders import build_model
@@ -672,7 +675,7 @@ class GeneratedIndex(BaseEstimator):
         idx._check_params()
         idx.device_ = _fit_device(idx.device, idx.measure)
         idx.n_threads_ = n_jobs_to_threads(idx.n_jobs)
-        idx.image_size_ = tuple(int(v) for v in meta["image_size_"])
+        idx.image_size_ = as_hw(meta["image_size_"])
         idx.n_samples_fit_ = int(meta["n_samples_fit_"])
         idx._fit_X = (
             None

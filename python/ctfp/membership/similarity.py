@@ -2,7 +2,7 @@
 
 A generator that memorises leaves near-copies of its training images among its outputs, so a real
 image that comes unusually close to some generated image was probably used to train it. This is
-what worked in ImageCLEFmedical GANs (DESIGN.md section 3): the 2023 winner's SSIM / embedding
+what worked in ImageCLEFmedical GANs (docs/similarity.md): the 2023 winner's SSIM / embedding
 similarity with simple decision rules, GAN-Leaks' distance to the closest generated sample
 (calibrated against a reference set), Hilprecht et al.'s Monte-Carlo count of generated samples
 near a record, and DOMIAS' density ratio of generated to reference data.
@@ -475,11 +475,11 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
         self.fraction_: float | None = None
         self.real_threshold_: float | None = None
         self.dev_scores_: np.ndarray | None = None
-        self.reference_ = None
+        self.reference_: Any = None  # features of the real reference images (calibration)
         self.reference_keys_: dict[bytes, int] = {}
         r_keys = None if X is None or self.calibration is None else self._image_keys(X, r)
         self.reference_groups_: np.ndarray | None = None
-        g_x = _group_labels(groups, None if X is None else len(r), "groups", "X")
+        g_x = _group_labels(groups, None if r is None else len(r), "groups", "X")
         if self.calibration == "real":
             self._fit_real_reference(r, r_keys, reference, g_x, reference_groups)
         if r is not None:
@@ -563,7 +563,7 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
         elif extra_groups is not None:
             raise ValueError("reference_groups: given without reference images (reference=)")
         self.reference_keys_ = {}
-        rows = []
+        rows: list[int] = []
         row_label: list = []
         for i, key in enumerate(keys):
             if key not in self.reference_keys_:
@@ -600,8 +600,8 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
             lo, hi = self.index_.closeness_bounds(sample, block)
             hi = lo.copy() if hi is None else hi
             own = (pick >= start) & (pick < start + len(block))
-            for m in (lo, hi):
-                m[np.flatnonzero(own), pick[own] - start] = np.nan  # not an image against itself
+            for bound in (lo, hi):
+                bound[np.flatnonzero(own), pick[own] - start] = np.nan  # not against itself
             lows.append(lo)
             highs.append(hi)
         lo, hi = np.concatenate(lows, axis=1).ravel(), np.concatenate(highs, axis=1).ravel()

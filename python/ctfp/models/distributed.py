@@ -373,7 +373,9 @@ class DistributedContext:
         """Rank 0's ``flag`` on every rank (a callback's request to stop)."""
         return bool(self.same_on_all_ranks(bool(flag)))
 
-    def agree_on_fit(self, seeds: Sequence[int], sources: Sequence[Any], y: np.ndarray) -> Any:
+    def agree_on_fit(
+        self, seeds: Sequence[int] | np.ndarray, sources: Sequence[Any], y: np.ndarray
+    ) -> Any:
         """Rank 0's ``seeds``, after checking that every rank is fitting the same data."""
         if not self.active:
             return tuple(int(s) for s in seeds)
