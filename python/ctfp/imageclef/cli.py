@@ -9,10 +9,12 @@ A failure prints one line; ``ctfp --debug ...`` (or ``CTFP_DEBUG=1``) prints its
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 import traceback
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -505,12 +507,19 @@ class _MessageHandler(logging.Handler):
         print(self.format(record), file=stream)
 
 
-def _show_messages() -> None:
-    """Show the ``ctfp`` loggers' messages (INFO and above), once per process."""
-    logger = logging.getLogger("ctfp")
-    if not any(isinstance(h, _MessageHandler) for h in logger.handlers):
-        logger.addHandler(_MessageHandler())
+@contextlib.contextmanager
+def _show_messages() -> Iterator[None]:
+    """Show the ``ctfp`` loggers' messages (INFO and above) while a command runs; the library
+    used from a script afterwards prints nothing again."""
+    logger, handler = logging.getLogger("ctfp"), _MessageHandler()
+    level = logger.level
+    logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def _debug(args: argparse.Namespace) -> bool:
@@ -531,9 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     from ctfp.exceptions import CtfpError
     from ctfp.imageclef.methods import MethodUnavailable
 
-    _show_messages()
     try:
-        return int(args.func(args))
+        with _show_messages():
+            return int(args.func(args))
     except MethodUnavailable as exc:
         return _fail(args, str(exc), 3)
     except (DatasetError, ValueError) as exc:

@@ -437,9 +437,9 @@ def _make_gallery(run: Run, i: int, index: Any, n_top: int, n_low: int, k: int) 
             GalleryRow(
                 real=real[r],
                 title=head,
-                caption=f"{layout.image_id(paths[j])}\nscore {scores[j]:.4g}{truth}",
+                caption=_printable(f"{layout.image_id(paths[j])}\nscore {scores[j]:.4g}{truth}"),
                 neighbours=[
-                    (gen[int(n)], f"{nb['name']}\n{nb['shown']}")
+                    (gen[int(n)], _printable(f"{nb['name']}\n{nb['shown']}"))
                     for n, nb in zip(nbrs[r], neighbours, strict=True)
                 ],
             )
@@ -599,9 +599,13 @@ def _e(v: Any) -> Markup:
     are not UTF-8 (surrogate escapes from ``os.listdir``) are shown with backslash escapes."""
     if isinstance(v, Markup):
         return v
-    text = v if isinstance(v, str) else _fmt(v)
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-    return Markup(html.escape(text))
+    return Markup(html.escape(_printable(v if isinstance(v, str) else _fmt(v))))
+
+
+def _printable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: the bytes of a file name that is not UTF-8 (surrogate
+    escapes from ``os.listdir``) shown as backslash escapes (``odd\\udce9``)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _h(template: str, *values: Any) -> Markup:

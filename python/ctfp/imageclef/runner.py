@@ -368,6 +368,7 @@ def _predict_test(
         [*t_paths, *forced],
         np.r_[t_pred, np.full(len(forced), forced_label)].astype(int),
         test_dir=ts.folders["real_unknown"].path,  # this dataset's own (numbered) folder
+        shown_as=layout.run_file_path(final, ts.name),
     )
     write_text_atomic(
         layout.scores_path(build, ts.name),
@@ -405,8 +406,11 @@ class OutputFolder:
         self.lock = parent / f".{name}.lock"
         self.build = parent / f".{name}.tmp-{os.getpid()}"
         self.installed = False
+        self.made: list[Path] = []
 
     def __enter__(self) -> OutputFolder:
+        # the parents made here are removed again when the run ends without its files
+        self.made = [p for p in (self.final.parent, *self.final.parent.parents) if not p.exists()]
         self.final.parent.mkdir(parents=True, exist_ok=True)
         self._take_lock()
         try:
@@ -424,6 +428,12 @@ class OutputFolder:
                 shutil.rmtree(self.build, ignore_errors=True)
         finally:
             self.lock.unlink(missing_ok=True)
+        if not self.installed:
+            for folder in self.made:  # deepest first; only folders this run made, if empty
+                try:
+                    folder.rmdir()
+                except OSError:
+                    break
 
     def _take_lock(self) -> None:
         holder = {
