@@ -693,7 +693,7 @@ def _note(text: Any) -> Markup:
 def _record_section(run: Run) -> str:
     rec = run.record
     m = rec.get("method", {})
-    parts = [
+    parts: list[str] = [
         _kv(
             [
                 ("method", _e(f"{m.get('title', '?')} (key {m.get('key', '?')})")),
@@ -774,7 +774,7 @@ _METRIC_KEYS = ("n", "accuracy", "precision", "recall", "f1", "kappa", "roc_auc"
 
 
 def _metric_cells(row: Mapping[str, Any]) -> list[str]:
-    cells = [_e(_fmt(row.get("n")))]
+    cells: list[str] = [_e(_fmt(row.get("n")))]
     cells += ["–" if row.get(c) is None else _num(row[c], ".3f") for c in _METRIC_KEYS[1:]]
     cm = row.get("confusion")
     cells.append(_e(f"TN {cm[0][0]}, FP {cm[0][1]}, FN {cm[1][0]}, TP {cm[1][1]}") if cm else "–")
@@ -788,7 +788,7 @@ def _metrics_section(run: Run) -> str:
             "No labelled images were scored: the run had no held-out development images "
             "(--holdout) and no test labels (--test-labels), so there is nothing to measure."
         )
-    parts = []
+    parts: list[str] = []
     for title, rows in tables.items():
         parts.append(_h("<h4>{}</h4>", title))
         parts.append(
@@ -844,7 +844,7 @@ def _decision_text(dec: Mapping[str, Any], info: Mapping[str, Any], config: Mapp
 
 def _decision_section(run: Run) -> str:
     config = run.record.get("config", {})
-    parts = []
+    parts: list[str] = []
     for info in run.datasets:
         dec = info.get("decision", {})
         name = info.get("dataset", {}).get("dataset", "?")
@@ -1022,7 +1022,7 @@ def _summary_section(run: Run, checks: Sequence[Mapping[str, Any]]) -> str:
         else "a CNN trained on real (0) vs generated (1) images; a real image scored as "
         "generated is predicted used"
     )
-    what = _h("<p>{}: {}. Output folder <code>{}</code>.</p>", m.get("title", run.title), kind,
+    what: str = _h("<p>{}: {}. Output folder <code>{}</code>.</p>", m.get("title", run.title), kind,
               str(run.folder))  # fmt: skip
     status = run.record.get("status")
     if status not in (None, "complete"):
@@ -1254,7 +1254,7 @@ def _demo_section(folder: Path) -> str | None:
         f"(leak {spec.get('leak')}). Whole demo: {summary.get('seconds')} s."
     )
     loader = summary.get("loader") or []
-    parts = [_h("<p>{}</p>", text)]
+    parts: list[str] = [_h("<p>{}</p>", text)]
     if loader:
         parts.append(
             _table(
@@ -1283,7 +1283,7 @@ def _demo_section(folder: Path) -> str | None:
 def _page(title: str, subtitle: str, toc: Sequence[tuple[str, str, int]], body: str) -> str:
     groups: list[tuple[str, list[str]]] = []  # a level-1 link and its level-2 links
     for anchor, text, level in toc:
-        link = _h('<a href="#{}">{}</a>', anchor, text)
+        link: str = _h('<a href="#{}">{}</a>', anchor, text)
         if level == 1 or not groups:
             groups.append((link, []))
         else:
