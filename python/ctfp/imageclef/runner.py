@@ -2,10 +2,13 @@
 
 ``run(method, scorer, data, out, ...)``::
 
-    find_data      development (and test) datasets, paired
+    check          the options; out apart from the data folders
+    find_data      development (and test) datasets, paired by their numbers
+    check_ids      every test image's name can be a run-file id
     check_images   decode every image first; apply the unreadable-image policy
     read_truth     the test labels, when given, checked against the test images
-    for each dataset:
+    check_holdout  enough labelled images of each label for the hold-out
+    in a temporary sibling of out (OutputFolder), for each dataset:
         split      hold out a stratified fraction of the labelled real images
         fit        scorer.fit(Fold)            (classifier or similarity: :mod:`.scorers`)
         decide     the decision rule, fitted on the held-out scores
@@ -14,7 +17,8 @@
                    asked), write the run file and the scores file
         evaluate   metrics of the test images, when their labels are known
         write      the record, after each dataset
-    write          tables, plots, the record (complete) and report.html
+    write          tables, plots, the record (complete); move the run into out
+    report         report.html
 
 The file names come from :mod:`ctfp.imageclef.layout`. The output folder belongs to its run
 (:class:`OutputFolder`): the run is built in a temporary sibling folder and moved into place
