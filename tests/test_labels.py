@@ -139,9 +139,10 @@ def test_full_disk_while_writing_the_run_file(tiny_dev, tmp_path, capsys, monkey
     assert len(err.strip().splitlines()) == 1
 
 
-def test_ctrl_c_marks_the_output_incomplete(tmp_path, capsys, monkeypatch):
-    """Two datasets; Ctrl-C while scoring the second: the first one's run file is removed, the
-    record says interrupted, the folder stays marked INCOMPLETE, the CLI exits 130."""
+def test_ctrl_c_keeps_nothing_of_the_run_and_says_so(tmp_path, capsys, monkeypatch):
+    """Two datasets; Ctrl-C while scoring the second: the run was built apart, so nothing of it
+    is kept (no output folder, no temporary folder, no lock), the message says so, the CLI
+    exits 130; a run that finishes writes both run files."""
     from ctfp.data.synthetic import write_pngs
     from ctfp.imageclef import scorers
     from ctfp.imageclef.cli import main
@@ -164,12 +165,10 @@ def test_ctrl_c_marks_the_output_incomplete(tmp_path, capsys, monkeypatch):
     out = tmp_path / "out"
     args = ["run", "--method", "sim-pixel", "--data", str(tmp_path / "dev"), "--quiet"]
     assert main([*args, "--test", str(tmp_path / "test"), "--out", str(out)]) == 130
-    assert "interrupted; the partial output" in capsys.readouterr().err
-    assert (out / "INCOMPLETE").is_file()
-    assert not list(out.glob("run_*.txt"))  # the first dataset's run file went with the run
-    rec = json.loads((out / "record.json").read_text())
-    assert rec["status"] == "interrupted" and len(rec["datasets"]) == 1
-    assert rec["datasets"][0]["run_file_removed"].endswith(".txt")
+    err = capsys.readouterr().err
+    assert f"interrupted; nothing of this run was kept; {out} is as it was before" in err
+    assert len(calls) == 2 and not out.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dev", "test"]  # no lock, no .tmp
     monkeypatch.undo()
     done = tmp_path / "done"
     assert main([*args, "--test", str(tmp_path / "test"), "--out", str(done)]) == 0

@@ -90,6 +90,18 @@ def _not_a_file(p: Path) -> str | None:
     return None
 
 
+def _entries(folder: Path) -> list[Path]:
+    """The entries of ``folder``, sorted; a folder that cannot be read is a
+    :class:`DatasetError` (bad data, not a failed job)."""
+    try:
+        return sorted(folder.iterdir())
+    except OSError as exc:
+        raise DatasetError(
+            f"{folder}: cannot read the folder: {exc.strerror or exc}; expected a readable "
+            f"ImageCLEF data folder"
+        ) from None
+
+
 def scan_images(folder: Path) -> FolderScan:
     """Read the PNG header of every file in ``folder`` (not the pixels): sizes and bad files.
 
@@ -98,7 +110,7 @@ def scan_images(folder: Path) -> FolderScan:
     header does not read, files that are not ``.png``, and entries that are not regular files
     (folders, broken symbolic links, link loops, FIFOs)."""
     scan = FolderScan(folder)
-    for p in sorted(folder.iterdir()):
+    for p in _entries(folder):
         if p.name.startswith("."):
             continue
         why = _not_a_file(p)
@@ -149,6 +161,14 @@ class Dataset:
         return self._images("real_unknown")
 
     @property
+    def number(self) -> int | None:
+        """The dataset number its folders carry, or None: the suffix of numbered folders
+        (``generated_2/`` gives the name ``root/2``) or the trailing digits of a dataset's own
+        folder (``Dataset2/``). Development and test datasets pair by it."""
+        m = re.search(r"(\d+)$", self.name.rsplit("/", 1)[-1])
+        return int(m.group(1)) if m else None
+
+    @property
     def is_development(self) -> bool:
         return bool(self.used or self.not_used)
 
@@ -187,7 +207,7 @@ class Dataset:
 
 def _classify(root: Path) -> dict[str | None, dict[str, Path]]:
     groups: dict[str | None, dict[str, Path]] = {}
-    for d in sorted(p for p in root.iterdir() if p.is_dir()):
+    for d in (p for p in _entries(root) if p.is_dir()):
         m = _FOLDER.match(d.name)
         if m:
             kind = m.group("kind").lower()
@@ -214,12 +234,9 @@ def find_datasets(root: str | os.PathLike[str], *, require: str | None = None) -
         raise DatasetError(f"{root}: not a folder; expected an ImageCLEF GANs data folder")
     groups = _classify(root)
     if not groups:
-        subs = [d for d in sorted(root.iterdir()) if d.is_dir() and _classify(d)]
+        subs = [d for d in _entries(root) if d.is_dir() and _classify(d)]
         if not subs:
-            found = (
-                ", ".join(sorted(p.name + "/" for p in root.iterdir() if p.is_dir()))
-                or "no folders"
-            )
+            found = ", ".join(p.name + "/" for p in _entries(root) if p.is_dir()) or "no folders"
             raise DatasetError(
                 f"{root}: no ImageCLEF folders; expected generated/ with real_used/ and "
                 f"real_not_used/ (development) or real_unknown/ (test), possibly numbered "
@@ -256,7 +273,7 @@ def _check(ds: Dataset, require: str | None) -> None:
         # Name the folders that were not recognised: a misspelt real_used/ shows up here.
         other = sorted(
             d.name + "/"
-            for d in ds.root.iterdir()
+            for d in _entries(ds.root)
             if d.is_dir() and not _FOLDER.match(d.name) and not d.name.startswith(".")
         )
         hint = f"\n  folders not recognised: {', '.join(other)}" if other else ""
@@ -269,11 +286,7 @@ def find_unknown_dir(path: Path) -> Path:
     """The folder of real test images: ``path/real_unknown*`` when there is one, else ``path``."""
     if not path.is_dir():
         raise DatasetError(f"{path}: not a folder; expected the test data folder")
-    cands = [
-        d
-        for d in sorted(path.iterdir())
-        if d.is_dir() and d.name.lower().startswith("real_unknown")
-    ]
+    cands = [d for d in _entries(path) if d.is_dir() and d.name.lower().startswith("real_unknown")]
     if len(cands) > 1:
         names = ", ".join(d.name for d in cands)
         raise DatasetError(f"{path}: several real_unknown folders ({names}); pass one of them")

@@ -14,13 +14,21 @@ from here, so a script can name every file of an output folder without a glob::
 
 A folder holding several methods (``ctfp demo``) keeps each in a subfolder named by the
 method's short key (:func:`method_dir`: ``OUT/1/record.json``, ``OUT/sim-pixel/record.json``).
+The names a run writes are :func:`is_run_output`'s; a re-run replaces those and no others.
+
+Messages of a run (unreadable files, the leak test) go to the :data:`log` logger
+(``ctfp.imageclef``), which prints nothing unless the application configures logging.
 """
 
 from __future__ import annotations
 
 import csv
+import io
+import logging
 import os
-from collections.abc import Iterator, Sequence
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from ctfp.exceptions import CtfpError
@@ -35,13 +43,18 @@ __all__ = [
     "esrgan_cache",
     "gallery_stem",
     "histogram_plot",
+    "id_problem",
     "image_id",
+    "is_run_output",
+    "log",
     "method_dir",
     "read_groups",
     "read_test_labels",
     "record_path",
     "roc_plot",
+    "read_scores_csv",
     "run_file_path",
+    "scores_csv_text",
     "scores_path",
     "split_tag",
     "training_plot",
@@ -51,7 +64,13 @@ __all__ = [
 RECORD = "record.json"
 RESULTS = "results"  # .md and .json, written by :func:`ctfp.membership.metrics.write_tables`
 REPORT = "report.html"
+#: the marker of a partial folder, written by earlier versions (a run is now built apart and
+#: moved into place when complete); a re-run removes it with the rest of the previous run
 INCOMPLETE = "INCOMPLETE"
+
+#: the logger of runs: nothing is printed unless the application configures logging
+log = logging.getLogger("ctfp.imageclef")
+log.addHandler(logging.NullHandler())
 
 
 # --------------------------------------------------------------------------------------------------
@@ -67,8 +86,40 @@ def image_id(path: str | os.PathLike[str], *, strip_extension: bool = True) -> s
     return name
 
 
+def id_problem(ident: str) -> str | None:
+    """Why ``ident`` cannot be an id of a run file (``id,label`` lines, UTF-8), or None: empty,
+    space at either end, a comma, a control character (newline, tab, ...), or a name that is
+    not UTF-8 (the undecodable bytes ``os.listdir`` hands over as surrogate escapes)."""
+    if not ident:
+        return "an empty id"
+    try:
+        ident.encode("utf-8")
+    except UnicodeEncodeError:
+        return "the name is not UTF-8"
+    if ident != ident.strip():
+        return "space at the start or end"
+    if "," in ident:
+        return "a comma (the run file's separator)"
+    if any(unicodedata.category(c) == "Cc" for c in ident):
+        return "a control character (newline, tab, ...)"
+    return None
+
+
 # --------------------------------------------------------------------------------------------------
 # output names
+
+
+_RUN_OUTPUT = re.compile(
+    r"^(record\.json|report\.html|INCOMPLETE|results\.(md|json)|roc\.png|histograms\.png"
+    r"|confusion\.png|run_.+\.txt|scores_.+\.csv|gallery_.+\.(png|json)|training_.+\.png)$"
+)
+
+
+def is_run_output(name: str) -> bool:
+    """Whether the entry ``name`` of an output folder is one a run writes (the names above):
+    a re-run replaces exactly these; anything else (an ESRGAN cache, files of one's own)
+    stays."""
+    return bool(_RUN_OUTPUT.match(name))
 
 
 def split_tag(name: str) -> str:
@@ -93,6 +144,32 @@ def run_file_path(out: str | os.PathLike[str], split: str) -> Path:
 def scores_path(out: str | os.PathLike[str], split: str) -> Path:
     """``OUT/scores_<split>.csv``: ``id,score,predicted`` of each test image of ``split``."""
     return Path(out) / f"scores_{split_tag(split)}.csv"
+
+
+_SCORES_HEADER = ("id", "score", "predicted")
+
+
+def scores_csv_text(rows: Iterable[Sequence[str]]) -> str:
+    """The text of a scores file: ``id,score,predicted`` rows under that header, written by
+    the csv module's rules (an id with a comma or a quote is quoted)."""
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(_SCORES_HEADER)
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def read_scores_csv(path: str | os.PathLike[str]) -> list[dict[str, str]]:
+    """The rows of a scores file (:func:`scores_csv_text`) as ``{"id", "score", "predicted"}``
+    dicts, read by the csv module's rules; a file without that header raises ValueError."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if tuple(reader.fieldnames or ()) != _SCORES_HEADER:
+            raise ValueError(
+                f"{path}: expected the header {','.join(_SCORES_HEADER)}, found "
+                f"{','.join(reader.fieldnames or ()) or 'nothing'}"
+            )
+        return list(reader)
 
 
 def roc_plot(out: str | os.PathLike[str]) -> Path:

@@ -136,7 +136,102 @@ def _read_run(path: Path) -> Run:
         raise ReportError(f"{path}: cannot read the run record: {exc}") from exc
     if not isinstance(record, dict) or "method" not in record:
         raise ReportError(f"{path}: not a ctfp run record (no 'method' entry)")
+    problem = _record_problem(record)
+    if problem is not None:
+        raise ReportError(f"{path}: not a ctfp run record: {problem}")
     return Run(path.parent, path, record)
+
+
+_NUMBER = (int, float)
+_TEXT = (str,)
+_METRICS = ("accuracy", "precision", "recall", "f1", "kappa", "roc_auc")
+
+
+def _type_name(v: Any) -> str:
+    return {dict: "an object", list: "a list", str: "text", bool: "true/false"}.get(
+        type(v), "null" if v is None else "a number" if isinstance(v, _NUMBER) else type(v).__name__
+    )
+
+
+def _record_problem(record: dict) -> str | None:
+    """The first field of ``record`` whose type is not the one a run writes (``"field
+    'method': expected an object, found a number"``), or None. Fields that are absent are
+    fine (older runs lack some); the report shows what is there."""
+
+    def want(where: str, v: Any, types: tuple, what: str, none: bool = True) -> str | None:
+        if (v is None and none) or (isinstance(v, types) and not isinstance(v, bool)):
+            return None
+        if bool in types and isinstance(v, bool):
+            return None
+        return f"field {where!r}: expected {what}, found {_type_name(v)}"
+
+    def metrics(where: str, row: Any) -> str | None:
+        if not isinstance(row, dict):
+            return f"field {where!r}: expected an object, found {_type_name(row)}"
+        for k in ("n", *_METRICS):
+            bad = want(f"{where}.{k}", row.get(k), _NUMBER, "a number")
+            if bad:
+                return bad
+        return None
+
+    checks: list[tuple[str, Any, tuple, str]] = [
+        ("method", record.get("method"), (dict,), "an object"),
+        ("datasets", record.get("datasets"), (list,), "a list"),
+        ("tables", record.get("tables"), (dict,), "an object"),
+        ("config", record.get("config"), (dict,), "an object"),
+        ("versions", record.get("versions"), (dict,), "an object"),
+        ("unreadable", record.get("unreadable"), (list,), "a list"),
+        ("data", record.get("data"), _TEXT, "text"),
+        ("test", record.get("test"), _TEXT, "text"),
+        ("status", record.get("status"), _TEXT, "text"),
+        ("started", record.get("started"), _TEXT, "text"),
+        ("seconds", record.get("seconds"), _NUMBER, "a number"),
+    ]
+    for where, v, types, what in checks:
+        bad = want(where, v, types, what, none=where != "method")
+        if bad:
+            return bad
+    for k in ("key", "title", "kind"):
+        bad = want(f"method.{k}", record["method"].get(k), _TEXT, "text")
+        if bad:
+            return bad
+    for title, rows in (record.get("tables") or {}).items():
+        if not isinstance(rows, list):
+            return f"field 'tables.{title}': expected a list, found {_type_name(rows)}"
+        for j, row in enumerate(rows):
+            bad = metrics(f"tables.{title}[{j}]", row)
+            if bad:
+                return bad
+    for i, info in enumerate(record.get("datasets") or []):
+        where = f"datasets[{i}]"
+        if not isinstance(info, dict):
+            return f"field {where!r}: expected an object, found {_type_name(info)}"
+        for k, types, what in (
+            ("dataset", (dict,), "an object"),
+            ("decision", (dict,), "an object"),
+            ("similarity", (dict,), "an object"),
+            ("history", (list,), "a list"),
+            ("holdout_scores", (list,), "a list"),
+            ("test_truth", (list,), "a list"),
+            ("run_file", _TEXT, "text"),
+            ("holdout_images", _NUMBER, "a number"),
+            ("fit_seconds", _NUMBER, "a number"),
+            ("test_predicted_used", _NUMBER, "a number"),
+        ):
+            bad = want(f"{where}.{k}", info.get(k), types, what)
+            if bad:
+                return bad
+        for k in ("holdout", "test"):
+            if info.get(k) is not None:
+                bad = metrics(f"{where}.{k}", info[k])
+                if bad:
+                    return bad
+        dec = info.get("decision") or {}
+        for k in ("threshold", "development_value", "fraction"):
+            bad = want(f"{where}.decision.{k}", dec.get(k), _NUMBER, "a number")
+            if bad:
+                return bad
+    return None
 
 
 def load_runs(folder: str | os.PathLike[str]) -> list[Run]:
@@ -342,9 +437,9 @@ def _make_gallery(run: Run, i: int, index: Any, n_top: int, n_low: int, k: int) 
             GalleryRow(
                 real=real[r],
                 title=head,
-                caption=f"{layout.image_id(paths[j])}\nscore {scores[j]:.4g}{truth}",
+                caption=_printable(f"{layout.image_id(paths[j])}\nscore {scores[j]:.4g}{truth}"),
                 neighbours=[
-                    (gen[int(n)], f"{nb['name']}\n{nb['shown']}")
+                    (gen[int(n)], _printable(f"{nb['name']}\n{nb['shown']}"))
                     for n, nb in zip(nbrs[r], neighbours, strict=True)
                 ],
             )
@@ -492,7 +587,39 @@ nav ul.flat { display: flex; flex-wrap: wrap; gap: .2rem 1.2rem; list-style: non
 }
 """
 
-_e = html.escape
+
+class Markup(str):
+    """Text that is HTML already: built by :func:`_h` (or the helpers below) from escaped
+    values, so :func:`_e` passes it through unchanged."""
+
+
+def _e(v: Any) -> Markup:
+    """The one escaping of the page: a value as HTML text. Markup passes through; numbers and
+    other values are formatted from themselves (:func:`_fmt`); text is escaped, and names that
+    are not UTF-8 (surrogate escapes from ``os.listdir``) are shown with backslash escapes."""
+    if isinstance(v, Markup):
+        return v
+    return Markup(html.escape(_printable(v if isinstance(v, str) else _fmt(v))))
+
+
+def _printable(text: str) -> str:
+    """``text`` as UTF-8 can carry it: the bytes of a file name that is not UTF-8 (surrogate
+    escapes from ``os.listdir``) shown as backslash escapes (``odd\\udce9``)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _h(template: str, *values: Any) -> Markup:
+    """HTML from ``template`` (trusted, written here) with each ``{}`` filled by a value
+    through :func:`_e`: the only way a value reaches the page."""
+    return Markup(template.format(*(_e(v) for v in values)))
+
+
+def _num(v: Any, spec: str) -> Markup:
+    """A number formatted by ``spec`` (``".3f"``); anything else (an edited record's text)
+    escaped as it is."""
+    if isinstance(v, (int, float)) and not isinstance(v, bool):
+        return Markup(format(v, spec))
+    return _e(v)
 
 
 def _fmt(v: Any, digits: int = 4) -> str:
@@ -507,30 +634,32 @@ def _fmt(v: Any, digits: int = 4) -> str:
     return str(v)
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[Any]], num: Sequence[int] = ()) -> str:
+def _table(
+    headers: Sequence[str], rows: Sequence[Sequence[Any]], num: Sequence[int] = ()
+) -> Markup:
+    """A table; every header and cell goes through :func:`_e` (HTML cells are :class:`Markup`,
+    built by :func:`_h`)."""
     head = "".join(
-        f'<th class="num">{_e(h)}</th>' if c in num else f"<th>{_e(h)}</th>"
+        _h('<th class="num">{}</th>', h) if c in num else _h("<th>{}</th>", h)
         for c, h in enumerate(headers)
     )
     body = "".join(
         "<tr>"
         + "".join(
-            f'<td class="num">{cell}</td>' if c in num else f"<td>{cell}</td>"
+            _h('<td class="num">{}</td>', cell) if c in num else _h("<td>{}</td>", cell)
             for c, cell in enumerate(row)
         )
         + "</tr>"
         for row in rows
     )
     table = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-    return f'<div class="wide">{table}</div>'
+    return Markup(f'<div class="wide">{table}</div>')
 
 
-def _kv(pairs: Sequence[tuple[str, str]], cls: str = "") -> str:
-    return (
-        f'<dl class="kv {cls}">'
-        + "".join(f"<dt>{_e(k)}</dt><dd>{v}</dd>" for k, v in pairs)
-        + "</dl>"
-    )
+def _kv(pairs: Sequence[tuple[str, Any]], cls: str = "") -> Markup:
+    """A definition list; every key and value goes through :func:`_e`."""
+    items = "".join(_h("<dt>{}</dt><dd>{}</dd>", k, v) for k, v in pairs)
+    return _h('<dl class="kv {}">{}</dl>', cls, Markup(items))
 
 
 def _png_size(path: Path) -> tuple[int, int] | None:
@@ -540,19 +669,21 @@ def _png_size(path: Path) -> tuple[int, int] | None:
     return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-def _figure(path: Path, alt: str, caption: str = "") -> str:
-    """An ``<img>`` with the PNG inlined as a data URI (``caption`` is HTML)."""
+def _figure(path: Path, alt: str, caption: Any = "") -> Markup:
+    """An ``<img>`` with the PNG inlined as a data URI; ``alt`` and ``caption`` go through
+    :func:`_e` (a caption with markup is :class:`Markup`, built by :func:`_h`)."""
     if not path.is_file():
-        return f'<p class="note">{_e(path.name)}: not in the folder.</p>'
+        return _h('<p class="note">{}: not in the folder.</p>', path.name)
     size = _png_size(path)
     dims = f' width="{size[0]}" height="{size[1]}"' if size else ""
     data = base64.b64encode(path.read_bytes()).decode("ascii")
-    cap = f"<figcaption>{caption}</figcaption>" if caption else ""
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{_e(alt)}"{dims}>{cap}</figure>'
+    cap = _h("<figcaption>{}</figcaption>", caption) if caption else ""
+    return _h('<figure><img src="data:image/png;base64,{}" alt="{}"{}>{}</figure>', data, alt,
+              Markup(dims), cap)  # fmt: skip
 
 
-def _note(text: str) -> str:
-    return f'<p class="note">{_e(text)}</p>'
+def _note(text: Any) -> Markup:
+    return _h('<p class="note">{}</p>', text)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -562,37 +693,37 @@ def _note(text: str) -> str:
 def _record_section(run: Run) -> str:
     rec = run.record
     m = rec.get("method", {})
-    parts = [
+    parts: list[str] = [
         _kv(
             [
                 ("method", _e(f"{m.get('title', '?')} (key {m.get('key', '?')})")),
                 ("kind", _e(_fmt(m.get("kind")))),
                 *(
-                    [("method options", f"<code>{_e(_fmt(m.get('options') or {}))}</code>")]
+                    [("method options", _h("<code>{}</code>", _fmt(m.get("options") or {})))]
                     if m.get("kind") == "similarity"
                     else [
                         ("backbone, weights", _e(f"{m.get('backbone')}, {_fmt(m.get('weights'))}")),
                         ("super-resolution", _e(_fmt(m.get("super_resolution")))),
                     ]
                 ),
-                ("development data", f"<code>{_e(_fmt(rec.get('data')))}</code>"),
-                ("test data", f"<code>{_e(_fmt(rec.get('test')))}</code>"),
+                ("development data", _h("<code>{}</code>", _fmt(rec.get("data")))),
+                ("test data", _h("<code>{}</code>", _fmt(rec.get("test")))),
                 ("seed", _e(_fmt(rec.get("config", {}).get("seed")))),
                 ("started", _e(_fmt(rec.get("started")))),
                 ("status", _e(_fmt(rec.get("status")))),
                 ("run time", _e(f"{_fmt(rec.get('seconds'))} s")),
-                ("git commit", f"<code>{_e(_fmt(rec.get('git_commit')))}</code>"),
-                ("record", f"<code>{_e(str(run.record_path))}</code>"),
+                ("git commit", _h("<code>{}</code>", _fmt(rec.get("git_commit")))),
+                ("record", _h("<code>{}</code>", str(run.record_path))),
             ]
         )
     ]
     config = rec.get("config", {})
     if config:
         parts.append("<h4>Configuration</h4>")
-        parts.append(_kv([(k, f"<code>{_e(_fmt(v))}</code>") for k, v in config.items()], "cols"))
+        parts.append(_kv([(k, _h("<code>{}</code>", _fmt(v))) for k, v in config.items()], "cols"))
     for info in run.datasets:
         ds = info.get("dataset", {})
-        parts.append(f"<h4>Dataset {_e(_fmt(ds.get('dataset')))}</h4>")
+        parts.append(_h("<h4>Dataset {}</h4>", _fmt(ds.get("dataset"))))
         rows, bad_lines = [], []
         for kind, f in ds.get("folders", {}).items():
             bad = f.get("unreadable", [])
@@ -601,17 +732,17 @@ def _record_section(run: Run) -> str:
             rows.append(
                 [
                     _e(kind),
-                    f"<code>{_e(f.get('path', ''))}</code>",
+                    _h("<code>{}</code>", f.get("path", "")),
                     _e(str(f.get("images", "?"))),
                     _e(sizes),
-                    f'<span class="{cls}">{len(bad)}</span>',
+                    _h('<span class="{}">{}</span>', cls, len(bad)),
                 ]
             )
             bad_lines += [f"{kind}: {b}" for b in bad]
         parts.append(_table(["folder", "path", "images", "sizes", "unreadable"], rows, num=(2, 4)))
         if bad_lines:
-            shown = "".join(f"<li><code>{_e(b)}</code></li>" for b in bad_lines[:20])
-            more = f"<li>... {len(bad_lines) - 20} more</li>" if len(bad_lines) > 20 else ""
+            shown = "".join(_h("<li><code>{}</code></li>", b) for b in bad_lines[:20])
+            more = _h("<li>... {} more</li>", len(bad_lines) - 20) if len(bad_lines) > 20 else ""
             parts.append(f'<p class="bad">Unreadable files (skipped):</p><ul>{shown}{more}</ul>')
         timing = [
             ("held-out development images", _e(_fmt(info.get("holdout_images")))),
@@ -643,8 +774,8 @@ _METRIC_KEYS = ("n", "accuracy", "precision", "recall", "f1", "kappa", "roc_auc"
 
 
 def _metric_cells(row: Mapping[str, Any]) -> list[str]:
-    cells = [_e(_fmt(row.get("n")))]
-    cells += ["–" if row.get(c) is None else f"{row[c]:.3f}" for c in _METRIC_KEYS[1:]]
+    cells: list[str] = [_e(_fmt(row.get("n")))]
+    cells += ["–" if row.get(c) is None else _num(row[c], ".3f") for c in _METRIC_KEYS[1:]]
     cm = row.get("confusion")
     cells.append(_e(f"TN {cm[0][0]}, FP {cm[0][1]}, FN {cm[1][0]}, TP {cm[1][1]}") if cm else "–")
     return cells
@@ -657,9 +788,9 @@ def _metrics_section(run: Run) -> str:
             "No labelled images were scored: the run had no held-out development images "
             "(--holdout) and no test labels (--test-labels), so there is nothing to measure."
         )
-    parts = []
+    parts: list[str] = []
     for title, rows in tables.items():
-        parts.append(f"<h4>{_e(title)}</h4>")
+        parts.append(_h("<h4>{}</h4>", title))
         parts.append(
             _table(
                 ["method", *_METRIC_HEADERS, "confusion"],
@@ -675,52 +806,60 @@ def _metrics_section(run: Run) -> str:
     return "".join(parts)
 
 
-def _decision_text(dec: Mapping[str, Any], info: Mapping[str, Any], config: Mapping) -> str:
+def _decision_text(dec: Mapping[str, Any], info: Mapping[str, Any], config: Mapping) -> Markup:
     rule = dec.get("rule")
     spec = config.get("decision", "?")
     if rule == "threshold":
-        return (
-            f"Fixed threshold {_fmt(dec.get('threshold'))} on the score, given by "
-            f"<code>--decision {_e(spec)}</code> (the paper's rule: 0.5 on the probability of "
-            f'"generated"); nothing was fitted. Images scoring at or above it are predicted used.'
+        return _h(
+            "Fixed threshold {} on the score, given by <code>--decision {}</code> (the paper's "
+            'rule: 0.5 on the probability of "generated"); nothing was fitted. Images scoring at '
+            "or above it are predicted used.",
+            dec.get("threshold"),
+            spec,
         )
     if rule == "calibrated":
-        n = info.get("holdout_images", "?")
-        return (
-            f"Threshold {_fmt(dec.get('threshold'))}, calibrated on the {n} held-out development "
-            f"images (<code>--holdout {_e(_fmt(config.get('holdout')))}</code>) to maximise "
-            f"{_e(str(dec.get('metric')))} there ({_e(str(dec.get('metric')))} "
-            f"{_fmt(dec.get('development_value'), 3)}), by ctfp's one calibration "
-            f"(<code>ctfp.membership.decision.best_threshold</code>: midpoints between "
-            f"development scores, ties to the median candidate), from "
-            f"<code>--decision {_e(spec)}</code>. No test label reaches it."
+        return _h(
+            "Threshold {}, calibrated on the {} held-out development images (<code>--holdout "
+            "{}</code>) to maximise {} there ({} {}), by ctfp's one calibration "
+            "(<code>ctfp.membership.decision.best_threshold</code>: midpoints between "
+            "development scores, ties to the median candidate), from <code>--decision "
+            "{}</code>. No test label reaches it.",
+            dec.get("threshold"),
+            info.get("holdout_images", "?"),
+            config.get("holdout"),
+            dec.get("metric"),
+            dec.get("metric"),
+            _fmt(dec.get("development_value"), 3),
+            spec,
         )
     if rule == "top_fraction":
-        return (
-            f"No threshold: the top {_fmt(dec.get('fraction'))} of the scores are predicted used "
-            f"(<code>--decision {_e(spec)}</code>), a rank rule."
+        return _h(
+            "No threshold: the top {} of the scores are predicted used (<code>--decision "
+            "{}</code>), a rank rule.",
+            dec.get("fraction"),
+            spec,
         )
-    return f"Rule <code>{_e(_fmt(dict(dec)))}</code> (<code>--decision {_e(spec)}</code>)."
+    return _h("Rule <code>{}</code> (<code>--decision {}</code>).", _fmt(dict(dec)), spec)
 
 
 def _decision_section(run: Run) -> str:
     config = run.record.get("config", {})
-    parts = []
+    parts: list[str] = []
     for info in run.datasets:
         dec = info.get("decision", {})
         name = info.get("dataset", {}).get("dataset", "?")
-        parts.append(f"<h4>Dataset {_e(str(name))}</h4>")
-        parts.append(f"<p>{_decision_text(dec, info, config)}</p>")
-        pairs = [(k, f"<code>{_e(_fmt(v))}</code>") for k, v in dec.items()]
+        parts.append(_h("<h4>Dataset {}</h4>", str(name)))
+        parts.append(_h("<p>{}</p>", _decision_text(dec, info, config)))
+        pairs = [(k, _h("<code>{}</code>", _fmt(v))) for k, v in dec.items()]
         if "test_predicted_used" in info:
-            pairs.append(("test images predicted used", _e(str(info["test_predicted_used"]))))
+            pairs.append(("test images predicted used", info["test_predicted_used"]))
         parts.append(_kv(pairs))
         if info.get("similarity"):
             parts.append(
                 "<p>Similarity settings (the estimator only scores; the rule above decides):</p>"
             )
             parts.append(
-                _kv([(k, f"<code>{_e(_fmt(v))}</code>") for k, v in info["similarity"].items()])
+                _kv([(k, _h("<code>{}</code>", _fmt(v))) for k, v in info["similarity"].items()])
             )
     return "".join(parts) or _note("The record holds no decision.")
 
@@ -786,17 +925,19 @@ def _run_files_section(checks: Sequence[Mapping[str, Any]]) -> str:
     parts = []
     for c in checks:
         if c["status"] == "valid":
-            status = f'<span class="badge ok">valid</span> against {_e(c["against"])}'
+            status = _h('<span class="badge ok">valid</span> against {}', c["against"])
         elif c["status"] == "invalid":
             problems = c["problems"]
-            listing = "".join(f"<li>{_e(str(p))}</li>" for p in problems[:20])
-            more = f"<li>... {len(problems) - 20} more</li>" if len(problems) > 20 else ""
-            status = (
-                f'<span class="badge bad">invalid: {len(problems)} problems</span>'
-                f"<ul>{listing}{more}</ul>"
+            listing = "".join(_h("<li>{}</li>", str(p)) for p in problems[:20])
+            more = _h("<li>... {} more</li>", len(problems) - 20) if len(problems) > 20 else ""
+            status = _h(
+                '<span class="badge bad">invalid: {} problems</span><ul>{}{}</ul>',
+                len(problems),
+                Markup(listing),
+                more,
             )
         else:
-            status = f'<span class="badge warn">not checked</span> {_e(c["why"])}'
+            status = _h('<span class="badge warn">not checked</span> {}', c["why"])
         warn = (
             '<p class="warn">Every prediction is the same class: this run carries no membership '
             "information (the 2024 paper's runs were rejected for this).</p>"
@@ -804,7 +945,7 @@ def _run_files_section(checks: Sequence[Mapping[str, Any]]) -> str:
             else ""
         )
         pairs = [
-            ("run file", f"<code>{_e(str(c['path']))}</code>"),
+            ("run file", _h("<code>{}</code>", str(c["path"]))),
             ("predicted used", _e(f"{_fmt(c['used'])} of {_fmt(c['lines'])}")),
             ("validation", status),
         ]
@@ -838,7 +979,9 @@ def _summary_section(run: Run, checks: Sequence[Mapping[str, Any]]) -> str:
         for key, label in (("f1", "F1"), ("accuracy", "accuracy"), ("kappa", "kappa"),
                            ("roc_auc", "ROC-AUC")):  # fmt: skip
             v = row.get(key)
-            cards.append((label, "–" if v is None else f"{v:.3f}", f"{split}, n={row.get('n')}"))
+            cards.append(
+                (label, "–" if v is None else _num(v, ".3f"), f"{split}, n={row.get('n')}")
+            )
     decs = [d.get("decision", {}) for d in run.datasets]
     if decs:
         d = decs[0]
@@ -858,67 +1001,80 @@ def _summary_section(run: Run, checks: Sequence[Mapping[str, Any]]) -> str:
         if _single_class(c):
             note += " (one class!)"
             cls = "warn" if cls == "ok" else cls
-        cards.append(("run file", f'<span class="{cls}">{_e(c["status"])}</span>', note))
+        cards.append(("run file", _h('<span class="{}">{}</span>', cls, c["status"]), note))
     cards.append(
         ("run time", f"{_fmt(run.record.get('seconds'))} s", _fmt(run.record.get("started")))
     )
     html_cards = "".join(
-        f'<div class="card"><div class="label">{_e(label)}</div><div class="value">{value}</div>'
-        f'<div class="sub">{_e(sub)}</div></div>'
+        _h(
+            '<div class="card"><div class="label">{}</div><div class="value">{}</div>'
+            '<div class="sub">{}</div></div>',
+            label,
+            value,
+            sub,
+        )
         for label, value, sub in cards
     )
     m = run.record.get("method", {})
-    what = (
-        f"<p>{_e(str(m.get('title', run.title)))}: "
-        + (
-            "similarity of each real image to the generated set"
-            if m.get("kind") == "similarity"
-            else "a CNN trained on real (0) vs generated (1) images; a real image scored as "
-            "generated is predicted used"
-        )
-        + f". Output folder <code>{_e(str(run.folder))}</code>.</p>"
+    kind = (
+        "similarity of each real image to the generated set"
+        if m.get("kind") == "similarity"
+        else "a CNN trained on real (0) vs generated (1) images; a real image scored as "
+        "generated is predicted used"
     )
+    what: str = _h("<p>{}: {}. Output folder <code>{}</code>.</p>", m.get("title", run.title), kind,
+              str(run.folder))  # fmt: skip
     status = run.record.get("status")
     if status not in (None, "complete"):
-        what += (
-            f'<p class="bad">This run did not finish (status {_e(str(status))}): the page shows '
-            f"the datasets it completed.</p>"
+        what += _h(
+            '<p class="bad">This run did not finish (status {}): the page shows the datasets '
+            "it completed.</p>",
+            status,
         )
-    return what + f'<div class="cards">{html_cards}</div>'
+    return what + _h('<div class="cards">{}</div>', Markup(html_cards))
 
 
 def _gallery_section(run: Run, galleries: Sequence[Mapping[str, Any]]) -> str:
     parts = []
     for info, g in zip(run.datasets, galleries, strict=False):
         name = info.get("dataset", {}).get("dataset", "?")
-        parts.append(f"<h4>Dataset {_e(str(name))}</h4>")
+        parts.append(_h("<h4>Dataset {}</h4>", str(name)))
         if "note" in g:
             parts.append(_note(f"No gallery: {g['note']}."))
             continue
         n_high = sum(r["group"] == "high" for r in g["rows"])
         n_low = len(g["rows"]) - n_high
         k = max((len(r["neighbours"]) for r in g["rows"]), default=0)
-        caption = (
-            f"The {n_high} {_e(g['split'])} images with the highest membership scores and a "
-            f"sample of {n_low} from the lowest quarter (of {g['n_scored']} scored), each with "
-            f"its {k} nearest generated images among the {g['n_generated']} the method was "
-            f"fitted on, found with {_e(g['neighbours_from'])}. File names and "
-            f"{'SSIM' if g['measure'] == 'ssim' else 'distances'} are printed under each image; "
-            f"the last column is the absolute difference from the nearest one (black where "
-            f"equal: an exact copy gives a flat black map; bright: 64 grey levels or more)."
+        caption = _h(
+            "The {} {} images with the highest membership scores and a sample of {} from the "
+            "lowest quarter (of {} scored), each with its {} nearest generated images among the "
+            "{} the method was fitted on, found with {}. File names and {} are printed under "
+            "each image; the last column is the absolute difference from the nearest one (black "
+            "where equal: an exact copy gives a flat black map; bright: 64 grey levels or more).",
+            n_high,
+            g.get("split"),
+            n_low,
+            g.get("n_scored"),
+            k,
+            g.get("n_generated"),
+            g.get("neighbours_from"),
+            "SSIM" if g.get("measure") == "ssim" else "distances",
         )
         parts.append(_figure(run.folder / g["image"], f"evidence gallery, dataset {name}", caption))
         rows = [
             [
                 _e(r["group"]),
-                f"<code>{_e(r['id'])}</code>",
-                f"{r['score']:.4g}",
+                _h("<code>{}</code>", r["id"]),
+                _num(r.get("score"), ".4g"),
                 _e("–" if r["label"] is None else ("used" if r["label"] else "not used")),
                 _e(_fmt(r["predicted"])),
-                "<br>".join(
-                    f"<code>{_e(nb['name'])}</code> {_e(nb['shown'])}" for nb in r["neighbours"]
+                Markup(
+                    "<br>".join(
+                        _h("<code>{}</code> {}", nb.get("name"), nb.get("shown"))
+                        for nb in r["neighbours"]
+                    )
                 ),
-                f"{r['mean_abs_diff']:.1f}",
+                _num(r.get("mean_abs_diff"), ".1f"),
             ]
             for r in g["rows"]
         ]
@@ -949,7 +1105,7 @@ def _training_section(run: Run) -> str:
         if not history:
             continue
         name = info.get("dataset", {}).get("dataset", "?")
-        parts.append(f"<h4>Dataset {_e(str(name))}</h4>")
+        parts.append(_h("<h4>Dataset {}</h4>", str(name)))
         png = plot_training_curves(
             history,
             layout.training_plot(run.folder, str(name)),
@@ -1049,7 +1205,7 @@ def _compare_section(runs: Sequence[Run], roc_path: Path) -> str:
     for n, run in enumerate(runs, 1):
         tables = run.record.get("tables") or {}
         title = "Test" if "Test" in tables else next(iter(tables), None)
-        link = f'<a href="#run{n}">{_e(_run_name(run, runs))}</a>'
+        link = _h('<a href="#run{}">{}</a>', n, _run_name(run, runs))
         if title is None:
             rows.append([link, "–", "–"] + ["–"] * 8)
             continue
@@ -1098,7 +1254,7 @@ def _demo_section(folder: Path) -> str | None:
         f"(leak {spec.get('leak')}). Whole demo: {summary.get('seconds')} s."
     )
     loader = summary.get("loader") or []
-    parts = [f"<p>{_e(text)}</p>"]
+    parts: list[str] = [_h("<p>{}</p>", text)]
     if loader:
         parts.append(
             _table(
@@ -1127,7 +1283,7 @@ def _demo_section(folder: Path) -> str | None:
 def _page(title: str, subtitle: str, toc: Sequence[tuple[str, str, int]], body: str) -> str:
     groups: list[tuple[str, list[str]]] = []  # a level-1 link and its level-2 links
     for anchor, text, level in toc:
-        link = f'<a href="#{_e(anchor)}">{_e(text)}</a>'
+        link: str = _h('<a href="#{}">{}</a>', anchor, text)
         if level == 1 or not groups:
             groups.append((link, []))
         else:
@@ -1218,7 +1374,7 @@ def write_report(
         title = "ctfp report: the demo"
     else:
         title = f"ctfp report: {len(runs)} runs compared"
-    where = ", ".join(f"<code>{_e(str(p))}</code>" for p in paths)
+    where = ", ".join(_h("<code>{}</code>", str(p)) for p in paths)
     subtitle = (
         f"Made {_e(time.strftime('%Y-%m-%d %H:%M:%S %z'))} by ctfp {_e(_ctfp_version())} from "
         f"{where}. Rebuild with <code>ctfp report {_e(' '.join(str(p) for p in paths))}</code>."

@@ -221,8 +221,12 @@ def write_run_file(
     *,
     test_dir: str | os.PathLike[str] | None = None,
     strip_extension: bool = True,
+    shown_as: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write a run file for ``images`` (paths or ids) with their 0/1 ``labels``.
+
+    ``shown_as``: the name messages give the file (default ``path``; the runner writes into a
+    temporary folder that becomes the output folder, and names the file where it will be).
 
     The text is checked first with the same rules as :func:`validate_run_file` (against the PNGs
     of ``test_dir`` when given, else against ``images`` themselves), and written atomically: a
@@ -230,9 +234,10 @@ def write_run_file(
     half-written file. Raises :class:`RunFileError` listing every problem; warns with
     :class:`SingleClassWarning` when all labels are equal.
     """
+    named = path if shown_as is None else shown_as
     ids = [image_id(p, strip_extension=strip_extension) for p in images]
     if not ids:
-        raise RunFileError(f"run file {path} not written: no images; the run file is empty")
+        raise RunFileError(f"run file {named} not written: no images; the run file is empty")
     labels = np.asarray(labels)
     if labels.shape != (len(ids),):
         raise RunFileError(
@@ -255,12 +260,12 @@ def write_run_file(
         listing = "\n  ".join(str(p) for p in problems[:20])
         more = f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else ""
         raise RunFileError(
-            f"run file {path} not written: {len(problems)} problems\n  {listing}{more}", problems
+            f"run file {named} not written: {len(problems)} problems\n  {listing}{more}", problems
         )
     if len(ids) > 1 and len(set(labels.tolist())) == 1:
         warnings.warn(
-            f"run file {path}: all {len(ids)} predictions are {int(labels[0])}; a single-class run "
-            "carries no membership information (the 2024 paper's runs were rejected for this)",
+            f"run file {named}: all {len(ids)} predictions are {int(labels[0])}; a single-class "
+            "run carries no membership information (the 2024 paper's runs were rejected for this)",
             SingleClassWarning,
             stacklevel=2,
         )

@@ -23,7 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from ctfp.data.datasets import Dataset
-from ctfp.imageclef.layout import LabelsError, image_id
+from ctfp.imageclef.layout import LabelsError, image_id, log
 from ctfp.imageclef.methods import Method, MethodUnavailable
 
 __all__ = ["ClassifierScorer", "Fitted", "Fold", "Scorer", "SimilarityScorer"]
@@ -358,7 +358,7 @@ class SimilarityScorer:
         )
         lt["seconds"] = round(time.perf_counter() - t0, 2)
         note = "" if lt["supported"] else "; its per-image predictions are UNSUPPORTED"
-        print(f"leak test [{ds.name}]: {lt['message']}{note}")
+        log.info("leak test [%s]: %s%s", ds.name, lt["message"], note)
         return {"leak_test": lt, "predictions_supported": lt["supported"]}
 
 
