@@ -39,6 +39,7 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check python tests benches
 	$(VENV)/bin/ruff format --check python tests benches
 	$(PY) -m mypy.stubtest ctfp._core
+	$(PY) -m mypy
 
 # The suite, then the docstring examples of the package run as doctests.
 test-python: $(STAMP)

@@ -359,8 +359,10 @@ def _pick(scores: np.ndarray, n_top: int, n_low: int, seed: int) -> list[tuple[s
     top, rest = order[:n_top], order[n_top:]
     bottom = rest[len(rest) - max(n_low, len(order) // 4) :] if len(rest) else rest
     rng = np.random.default_rng(seed)
-    low = rng.choice(bottom, size=min(n_low, len(bottom)), replace=False) if len(bottom) else []
-    low = sorted((int(j) for j in low), key=lambda j: (-scores[j], j))
+    drawn: Any = []
+    if len(bottom):
+        drawn = rng.choice(bottom, size=min(n_low, len(bottom)), replace=False)
+    low = sorted((int(j) for j in drawn), key=lambda j: (-scores[j], j))
     return [("high", int(j)) for j in top] + [("low", j) for j in low]
 
 
