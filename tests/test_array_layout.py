@@ -95,3 +95,33 @@ def test_similarity_scores_of_a_fortran_copy_equal_the_c_copy() -> None:
             measure=measure, image_size=size, calibration=None, rule="top"
         ).fit(np.asfortranarray(dev), y, generated=np.asfortranarray(gen))
         np.testing.assert_array_equal(est_f.score_samples(dev), c)
+
+
+# --------------------------------------------------------------------------------------------------
+# empty inputs: one line naming the argument, not numpy's reshape wording
+
+
+def test_empty_inputs_name_the_argument() -> None:
+    from ctfp.membership.baselines import VCMISSIM, GANLeaks
+    from ctfp.membership.fused import FusedMembership
+
+    rng = np.random.default_rng(4)
+    gen = rng.integers(0, 256, (12, 32, 32), dtype=np.uint8)
+    dev = rng.integers(0, 256, (6, 32, 32), dtype=np.uint8)
+    y = [1, 0, 1, 0, 1, 0]
+    est = SimilarityMembership(image_size=32)
+    with pytest.raises(ValueError, match=r"^X: expected at least one development image"):
+        est.fit([], [], generated=gen)
+    with pytest.raises(ValueError, match=r"^generated: expected at least one generated image"):
+        est.fit(dev, y, generated=[])
+    with pytest.raises(ValueError, match=r"^generated: expected at least one generated image"):
+        est.fit(dev, y, generated=np.zeros((0, 32, 32), np.uint8))
+    fitted = SimilarityMembership(image_size=32, rule="calibrated").fit(dev, y, generated=gen)
+    for call in (fitted.score_samples, fitted.predict, fitted.decision_function):
+        with pytest.raises(ValueError, match=r"^X: expected at least one image to score"):
+            call([])
+    for other in (GANLeaks(image_size=32), VCMISSIM(image_size=32), FusedMembership(image_size=32)):
+        with pytest.raises(ValueError, match=r"^generated: expected at least one generated image"):
+            other.fit(dev, y, generated=[])
+        with pytest.raises(ValueError, match=r"^X: expected at least one"):
+            other.fit(dev, y, generated=gen).score_samples([])

@@ -437,6 +437,18 @@ IMAGE_SIZE: list[Constraint] = [
 ]
 
 
+def images_given(x: Any, name: str, what: str = "image") -> Any:
+    """``x`` (a sequence or array of images) read once into a list or kept as an array, refused
+    with one line naming the argument when it holds none: ``X: expected at least one development
+    image, found none`` instead of a reshape error from deep inside."""
+    if isinstance(x, (str, bytes, os.PathLike)):
+        raise TypeError(f"{name}: expected a sequence of images; wrap a single image in a list")
+    items = x if isinstance(x, np.ndarray) else list(x)
+    if len(items) == 0:
+        raise ValueError(f"{name}: expected at least one {what}, found none")
+    return items
+
+
 def check_binary_labels(y: object, name: str = "y", n: int | None = None) -> np.ndarray:
     """``y`` as int64 labels 1 (used) and 0 (not used): the one label rule of ctfp.
 

@@ -24,7 +24,6 @@ scikit-image's) and the exact k-NN search, so they are an independent check on t
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import numpy as np
@@ -37,6 +36,7 @@ from ctfp._util import (
     Interval,
     Options,
     check_binary_labels,
+    images_given,
     n_jobs_to_threads,
     require_fitted,
     validate_params,
@@ -53,12 +53,8 @@ def _generated(generated: Any, size: Any, n_threads: int | None) -> np.ndarray:
         raise ValueError(
             "generated: expected the generator's images (fit(X, y, generated=...)), found None"
         )
-    if isinstance(generated, (str, bytes, os.PathLike)):
-        raise TypeError("generated: expected a sequence of images; wrap a single image in a list")
-    g = load_images(generated, size=size, n_threads=n_threads)
-    if len(g) == 0:
-        raise ValueError("generated: expected at least one generated image, found none")
-    return g
+    generated = images_given(generated, "generated", "generated image")
+    return load_images(generated, size=size, n_threads=n_threads)
 
 
 #: Real images per row band of :func:`threshold_max`'s triangle.
@@ -135,7 +131,7 @@ class GANLeaks(ThresholdDecisionMixin, ClassifierMixin, BaseEstimator):
         self.n_jobs = n_jobs
 
     def _features(self, X: Any) -> np.ndarray:
-        imgs = load_images(X, size=self.image_size, n_threads=self.n_threads_)
+        imgs = load_images(images_given(X, "X"), size=self.image_size, n_threads=self.n_threads_)
         return imgs.reshape(len(imgs), -1).astype(np.float32)
 
     def fit(self, X: Any = None, y: Any = None, *, generated: Any = None) -> GANLeaks:
@@ -232,7 +228,7 @@ class VCMISSIM(ThresholdDecisionMixin, ClassifierMixin, BaseEstimator):
         return self
 
     def _images(self, X: Any) -> np.ndarray:
-        return load_images(X, size=self.size_, n_threads=self.n_threads_)
+        return load_images(images_given(X, "X"), size=self.size_, n_threads=self.n_threads_)
 
     def _threshold_max(self, real: np.ndarray) -> float:
         return threshold_max(real, n_threads=self.n_threads_)

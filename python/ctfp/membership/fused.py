@@ -44,6 +44,7 @@ from ctfp._util import (
     Interval,
     Options,
     check_binary_labels,
+    images_given,
     require_fitted,
     seed_from,
     stratified_folds,
@@ -221,7 +222,9 @@ class FusedMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimator):
             raise ValueError(
                 "generated: expected the generator's images (fit(X, y, generated=...)), found None"
             )
-        items = X if isinstance(X, np.ndarray) else list(X)
+        if not isinstance(generated, FusedGenerated):
+            generated = images_given(generated, "generated", "generated image")
+        items = images_given(X, "X", "development image")
         lab = check_binary_labels(y, "y", len(items))
         folds = int(min(self.cv, (lab == 1).sum(), (lab == 0).sum()))
         if folds < 2:

@@ -123,6 +123,7 @@ from ctfp._util import (
     Interval,
     Options,
     check_binary_labels,
+    images_given,
     require_fitted,
     seed_from,
     validate_params,
@@ -456,14 +457,16 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
             raise ValueError(
                 "generated: expected the generator's images (fit(X, y, generated=...)), found None"
             )
+        if not isinstance(generated, GeneratedIndex):
+            generated = images_given(generated, "generated", "generated image")
+        if X is not None:
+            X = images_given(X, "X", "development image (or X=None)")  # read twice: embeddings
         self.index_ = self.build_index(generated)
         self.classes_ = np.array([0, 1])
         self.n_generated_ = self.index_.n_samples_fit_
         self.image_size_ = self.index_.image_size_
         self.device_ = self.index_.device_
         rng = np.random.default_rng(seed_from(self.random_state))
-        if X is not None and not isinstance(X, np.ndarray):
-            X = list(X)  # read twice for embeddings' keys
         r = None if X is None else self.index_.transform(X)
         self.radius_ = self._fit_radius(rng, r) if self.statistic == "count" else None
         self.k_real_ = self.k if self.k_real is None else self.k_real
@@ -814,7 +817,7 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
         images whose closest image in ``X`` it is.
         """
         require_fitted(self, "index_")
-        X = X if isinstance(X, np.ndarray) else list(X)  # read twice for embeddings' keys
+        X = images_given(X, "X", "image to score")  # read twice for embeddings' keys
         q = self.index_.transform(X)
         if self.rule == "retrieval":
             return self.index_.search(q, 1, exhaustive=True).votes(len(q))
@@ -829,7 +832,7 @@ class SimilarityMembership(ThresholdDecisionMixin, ClassifierMixin, BaseEstimato
         """(decision values, predictions) for ``X``: one pass over the generated set."""
         require_fitted(self, "index_")
         self._require_rule()
-        X = X if isinstance(X, np.ndarray) else list(X)  # read twice for embeddings' keys
+        X = images_given(X, "X", "image to score")  # read twice for embeddings' keys
         q = self.index_.transform(X)
         if self.rule == "retrieval":
             votes = self.index_.search(q, 1, exhaustive=True).votes(len(q))
