@@ -203,7 +203,7 @@ class SourceAttributor(ClassifierMixin, BaseEstimator):
             from sklearn.svm import LinearSVC
 
             self.model_ = LinearSVC(
-                C=self.C, max_iter=self.max_iter, random_state=seed_from(self.random_state)
+                C=self.C, max_iter=self.max_iter, random_state=self.random_state
             ).fit(Z, y_idx)
         else:
             self.model_ = np.stack([Z[y_idx == k].mean(0) for k in range(len(self.classes_))])
@@ -231,7 +231,8 @@ class SourceAttributor(ClassifierMixin, BaseEstimator):
         return _softmax(self.decision_function(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[self.decision_function(X).argmax(axis=1)]
+        scores = self.decision_function(X)
+        return self.classes_[scores.argmax(axis=1)]
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -316,7 +317,8 @@ class ResidualCorrelation(ClassifierMixin, BaseEstimator):
         return _softmax(self.temperature * self.correlations(X))
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[self.correlations(X).argmax(axis=1)]
+        scores = self.correlations(X)
+        return self.classes_[scores.argmax(axis=1)]
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -368,7 +370,8 @@ class NearestRealSubset(ClassifierMixin, BaseEstimator):
         return _softmax(self.decision_function(X) / self.temperature)
 
     def predict(self, X: Any) -> np.ndarray:
-        return self.classes_[self.decision_function(X).argmax(axis=1)]
+        scores = self.decision_function(X)
+        return self.classes_[scores.argmax(axis=1)]
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -470,7 +473,7 @@ class SourceClustering(ClusterMixin, BaseEstimator):
         self.scaler_ = StandardScaler().fit(F)
         S = self.scaler_.transform(F)
         n_comp = max(1, min(self.n_components, n - 1, S.shape[1]))
-        seed = seed_from(self.random_state)
+        seed = seed_from(self.random_state) % 2**32  # scikit-learn's range
         self.pca_ = PCA(n_comp, whiten=self.whiten, random_state=seed).fit(S)
         Z = self.pca_.transform(S)
         if self.n_sources == "auto":

@@ -2,8 +2,9 @@
 
 Every transformer takes images as ``X``: a ``(N, H, W)`` array (uint8 grey levels or floats on
 the same 0-255 scale), a ``(N, H * W)`` array of square images (what scikit-learn's own tools
-pass around), or a sequence of PNG paths / PNG bytes / 2-D arrays (decoded by ctfp's Rust
-decoder). They return ``float32 (N, n_features)``.
+pass around; other row lengths are read as one-pixel-high images), or a sequence of PNG paths /
+PNG bytes / 2-D arrays (decoded by ctfp's Rust decoder). They return ``float32 (N,
+n_features)``.
 
 - :func:`denoise` / :func:`noise_residual`: the image minus a denoised image. The default
   denoiser is a **Gaussian blur** (sigma 1 px, 5 taps, mirrored border = scipy.ndimage's
@@ -67,10 +68,13 @@ def _square(n: int) -> int | None:
 def as_images(X: Any, name: str = "X") -> np.ndarray:
     """``X`` as one ``(N, H, W)`` array (uint8 kept, anything else as float32).
 
-    Accepts a ``(N, H, W)`` array, a ``(N, H * W)`` array of square images, or a sequence of
-    PNG paths / bytes / 2-D arrays (all decoded and resized to the first one's size)."""
+    Accepts a ``(N, H, W)`` array, a ``(N, F)`` array (rows of square images when ``F`` is a
+    square number, else one-pixel-high images ``(N, 1, F)``), or a sequence of PNG paths /
+    bytes / 2-D arrays (all decoded and resized to the first one's size)."""
     if isinstance(X, (str, bytes, os.PathLike)):
         raise TypeError(f"{name}: expected a sequence of images, found a single {type(X).__name__}")
+    if hasattr(X, "tocsr") or hasattr(X, "tocoo"):  # scipy.sparse
+        raise TypeError(f"{name}: sparse input is not supported; expected dense images")
     if not isinstance(X, np.ndarray):
         items = list(X)
         if items and isinstance(items[0], np.ndarray) and items[0].ndim == 2:
@@ -86,16 +90,16 @@ def as_images(X: Any, name: str = "X") -> np.ndarray:
 
 
 def _as_images_array(X: np.ndarray, name: str) -> np.ndarray:
-    if X.dtype == object or not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
+    if X.dtype == object:
+        try:
+            X = X.astype(np.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: expected numeric images, found dtype object") from None
+    if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise ValueError(f"{name}: expected numeric images, found dtype {X.dtype}")
-    if X.ndim == 2:
+    if X.ndim == 2:  # rows: square images, else one-pixel-high images (scikit-learn's tools)
         side = _square(X.shape[1])
-        if side is None:
-            raise ValueError(
-                f"{name}: expected (N, H, W) images or (N, H * W) rows of square images, found "
-                f"shape {X.shape} ({X.shape[1]} is not a square number)"
-            )
-        X = X.reshape(len(X), side, side)
+        X = X.reshape(len(X), side, side) if side is not None else X[:, None, :]
     if X.ndim != 3:
         raise ValueError(f"{name}: expected (N, H, W) images, found shape {X.shape}")
     if len(X) == 0:
@@ -222,13 +226,16 @@ def _spectrum_block(
     if basis == "dct":
         c = scipy.fft.dctn(x, type=2, norm="ortho", axes=(1, 2), workers=workers)
         bh, bw = max(1, int(round(2 * band * h))), max(1, int(round(2 * band * w)))
-        out = np.log1p(np.abs(c[:, :bh, :bw]))
+        mag = np.abs(c[:, :bh, :bw])
     else:
         f = scipy.fft.rfft2(x, workers=workers)
         bh, bw = max(1, int(round(band * h))), max(1, int(round(band * w)))
         rows = np.r_[0:bh, h - bh : h] if 2 * bh < h else np.arange(h)
-        out = np.log1p(np.abs(f[:, rows, : bw + 1]))
-    return _pool(out.astype(np.float32), pool).reshape(n, -1)
+        bw = f.shape[2] if 2 * bw >= w else bw
+        mag = np.abs(f[:, rows, :bw])
+    # pool the magnitudes, then the log: a peak survives pooling (the log of a mean is dominated
+    # by it, where a mean of logs would dilute it among its neighbours)
+    return np.log1p(_pool(mag.astype(np.float32), pool)).reshape(n, -1)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -276,14 +283,15 @@ class ResidualSpectrum(_ImageTransformer):
     Parameters
     ----------
     basis : {"fft", "dct"}
-        ``scipy.fft.rfft2`` magnitude (rows ``|f_y| < band``, columns ``f_x <= band``) or the
+        ``scipy.fft.rfft2`` magnitude (rows ``|f_y| < band``, columns ``0 <= f_x < band``) or the
         orthonormal 2-D DCT-II (the top-left ``2 band`` fraction; Frank et al. 2020).
     residual : bool
         Spectrum of :func:`noise_residual` (True) or of the image itself.
     denoiser : {"gaussian", "median"}
         The residual's denoiser (see the module docstring); ``sigma`` for the Gaussian.
     band : float in (0, 0.5]
-        Highest frequency kept, in cycles per pixel.
+        Frequencies below it are kept, in cycles per pixel (``0.5``: all; the FFT then keeps
+        the Nyquist column too).
     pool : int
         Average ``pool x pool`` blocks of the kept spectrum (1: none).
     azimuthal : bool
@@ -294,7 +302,7 @@ class ResidualSpectrum(_ImageTransformer):
     n_jobs : int
         ``workers`` of ``scipy.fft`` (-1: all cores).
 
-    ``log1p`` of the magnitude is taken (no ``-inf`` at zeros).
+    Features are ``log1p`` of the pooled magnitudes (no ``-inf`` at zeros).
     """
 
     _parameter_constraints = {
