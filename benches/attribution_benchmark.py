@@ -227,7 +227,9 @@ def run_setting(setting: str, root: Path, args: argparse.Namespace) -> dict[str,
     for v, X in variants.items():
         pool = np.concatenate([Xd[ten], X])
         y = np.array(list(yd[ten]) + [-1] * len(X), dtype=object)
-        c = SourceClustering(features=feat, n_sources="auto", random_state=0).fit(pool, y)
+        c = SourceClustering(features=feat, n_sources="auto", random_state=0).fit(
+            pool, seed_labels=y
+        )
         lab = np.asarray(c.labels_[len(ten) :]).astype(str)
         preds[v] = lab
         m = clustering_metrics(yt, lab)

@@ -242,12 +242,12 @@ def test_clustering_finds_the_count_and_uses_seeds():
     seeds = np.array([v if i % 20 < 3 else -1 for i, v in enumerate(y)], dtype=object)
     s = SourceClustering(
         features="pixel", feature_params={"pixel": {"size": 8}}, n_sources=3, random_state=0
-    ).fit(X, seeds)
+    ).fit(X, seed_labels=seeds)
     assert set(s.labels_) == {"a", "b", "c"}
     assert all(s.labels_[i] == y[i] for i in range(len(y)) if seeds[i] != -1)  # seeds stay
     assert (s.labels_ == y).mean() >= 0.9
     with pytest.raises(ValueError, match="n_sources: expected at least the 3 seed labels"):
-        SourceClustering(n_sources=2).fit(X, seeds)
+        SourceClustering(n_sources=2).fit(X, seed_labels=seeds)
 
 
 def test_metrics_by_hand():
@@ -270,13 +270,19 @@ def test_grid_search_and_pipeline():
     assert g2.best_score_ >= 0.9
 
 
+_IMAGES = "images, not tables: the image contract (size) is recorded, n_features_in_ is not faked"
+_FLOAT32 = "features are float32 whatever the input dtype (images are 0-255 grey levels)"
+
+
 def _sk_expected(est):
-    return {
-        "check_classifiers_train": "image fingerprints: toy tabular blobs are not separable by "
-        "spectra of one-pixel-high images",
-        "check_classifiers_classes": "as above",
-        "check_supervised_y_2d": "as above",
-    }
+    out = {"check_n_features_in": _IMAGES, "check_n_features_in_after_fitting": _IMAGES}
+    if isinstance(est, (PixelFeatures, ResidualSpectrum)):
+        out["check_transformer_preserve_dtypes"] = _FLOAT32
+    if isinstance(est, ResidualCorrelation):
+        why = "Marra's residual fingerprint: tabular toy blobs have no noise residual to correlate"
+        out["check_classifiers_train"] = why
+        out["check_classifiers_classes"] = why
+    return out
 
 
 @parametrize_with_checks(
@@ -287,7 +293,7 @@ def _sk_expected(est):
         ResidualCorrelation(),
         SourceClustering(features="pixel", feature_params={"pixel": {"size": None}}, n_sources=3),
     ],
-    expected_failed_checks=lambda est: {},
+    expected_failed_checks=_sk_expected,
 )
 def test_sklearn_compatible(estimator, check):
     check(estimator)

@@ -12,8 +12,8 @@
 - :class:`NearestRealSubset`: the plain training-subset baseline: the subset of the nearest real
   image by pixel distance (fitted on the real images only; no generated image is needed).
 - :class:`SourceClustering`: group unlabelled images by source (``fit_predict``); the number of
-  sources given or chosen by the silhouette score; optional labelled seeds (``y`` with ``-1`` for
-  unlabelled images, scikit-learn's semi-supervised convention) fix the seeds' clusters
+  sources given or chosen by the silhouette score; optional labelled seeds (``seed_labels`` with
+  ``-1`` for unlabelled images, the semi-supervised convention) fix the seeds' clusters
   (seeded/constrained k-means, Basu et al. 2002).
 """
 
@@ -69,10 +69,29 @@ def make_features(name: str, params: dict[str, Any] | None = None) -> Any:
     return cls(**{**defaults, **(params or {})})
 
 
+def _check_targets(y: Any, n: int) -> np.ndarray:
+    """Source labels as scikit-learn checks a classifier's targets (no continuous values, no
+    NaN, a column vector flattened with a warning), one per image."""
+    from sklearn.utils.multiclass import check_classification_targets
+    from sklearn.utils.validation import column_or_1d
+
+    if y is None:
+        raise ValueError("y: requires y to be passed, but the target y is None")
+    y = column_or_1d(y, warn=True)
+    check_classification_targets(y)
+    if len(y) != n:
+        raise ValueError(f"y: expected {n} source labels (one per image), found {len(y)}")
+    return y
+
+
 def _softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def _two_columns(s: np.ndarray) -> np.ndarray:
+    return np.c_[-s, s] / 2 if s.ndim == 1 else s
 
 
 def _check_names(features: Any, owner: str) -> tuple[str, ...]:
@@ -181,15 +200,12 @@ class SourceAttributor(ClassifierMixin, BaseEstimator):
         validate_params(self.get_params(), self._parameter_constraints, owner)
         names = _check_names(self.features, owner)
         X = as_images(X)
-        y = np.asarray(y)
-        if y.ndim != 1 or len(y) != len(X):
-            raise ValueError(
-                f"y: expected {len(X)} source labels (one per image), found shape {y.shape}"
-            )
+        y = _check_targets(y, len(X))
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         if len(self.classes_) < 2:
             raise ValueError(
-                f"y: expected at least 2 sources, found {len(self.classes_)} ({self.classes_!r})"
+                f"y: expected at least 2 sources, found {len(self.classes_)} class "
+                f"({self.classes_!r})"
             )
         self.featurizer_ = _Featurizer(names, self.feature_params).fit(X, real_images, real_sources)
         F = self.featurizer_.transform(X)
@@ -209,18 +225,19 @@ class SourceAttributor(ClassifierMixin, BaseEstimator):
             self.model_ = np.stack([Z[y_idx == k].mean(0) for k in range(len(self.classes_))])
         self.image_shape_ = tuple(int(s) for s in X.shape[1:])
         self.n_features_ = int(F.shape[1])
+        self.n_iter_ = int(np.max(getattr(self.model_, "n_iter_", 0)))
         return self
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """``(N, n_sources)`` scores in ``classes_`` order (higher = more likely)."""
+        """``(N, n_sources)`` scores in ``classes_`` order (higher = more likely); with two
+        sources, scikit-learn's ``(N,)`` score of ``classes_[1]``."""
         check_is_fitted(self, "model_")
         Z = self.scaler_.transform(self.featurizer_.transform(as_images(X)))
         if isinstance(self.model_, np.ndarray):
             d2 = ((Z[:, None, :] - self.model_[None]) ** 2).sum(-1)
-            return -d2 / Z.shape[1]
+            s = -d2 / Z.shape[1]
+            return s[:, 1] - s[:, 0] if s.shape[1] == 2 else s
         s = self.model_.decision_function(Z)
-        if s.ndim == 1:  # two classes
-            s = np.c_[-s, s] / 2
         return s
 
     def predict_proba(self, X: Any) -> np.ndarray:
@@ -228,10 +245,10 @@ class SourceAttributor(ClassifierMixin, BaseEstimator):
         if self.classifier == "logistic":
             Z = self.scaler_.transform(self.featurizer_.transform(as_images(X)))
             return self.model_.predict_proba(Z)
-        return _softmax(self.decision_function(X))
+        return _softmax(_two_columns(self.decision_function(X)))
 
     def predict(self, X: Any) -> np.ndarray:
-        scores = self.decision_function(X)
+        scores = _two_columns(self.decision_function(X))
         return self.classes_[scores.argmax(axis=1)]
 
     def __sklearn_tags__(self) -> Any:
@@ -276,11 +293,7 @@ class ResidualCorrelation(ClassifierMixin, BaseEstimator):
     def fit(self, X: Any, y: Any) -> ResidualCorrelation:
         validate_params(self.get_params(), self._parameter_constraints, type(self).__name__)
         X = as_images(X)
-        y = np.asarray(y)
-        if y.ndim != 1 or len(y) != len(X):
-            raise ValueError(
-                f"y: expected {len(X)} source labels (one per image), found shape {y.shape}"
-            )
+        y = _check_targets(y, len(X))
         self.classes_, y_idx = np.unique(y, return_inverse=True)
         sums = np.zeros((len(self.classes_), X.shape[1] * X.shape[2]), np.float64)
         for start, r in self._residuals(X):
@@ -401,8 +414,9 @@ class SourceClustering(ClusterMixin, BaseEstimator):
         k-means restarts (unseeded clusters).
     random_state : int, RandomState or None
 
-    ``fit(X, y=None)``: ``y`` optional, one label per image with ``-1`` (or None) for the
-    unlabelled ones: the labelled seeds start their clusters at their mean and stay in them
+    ``fit(X, y=None, seed_labels=None)``: ``y`` is ignored (scikit-learn's convention for
+    clusterers); ``seed_labels``, optional, gives one label per image with ``-1`` (or None) for
+    the unlabelled ones: the labelled seeds start their clusters at their mean and stay in them
     (constrained k-means); clusters with seeds take the seeds' label, the others get labels
     ``"cluster_<k>"``. With seeds, ``"auto"`` tries only counts >= the number of seed labels.
 
@@ -455,7 +469,7 @@ class SourceClustering(ClusterMixin, BaseEstimator):
         F = self.featurizer_.transform(as_images(X))
         return self.pca_.transform(self.scaler_.transform(F))
 
-    def fit(self, X: Any, y: Any = None) -> SourceClustering:
+    def fit(self, X: Any, y: Any = None, seed_labels: Any = None) -> SourceClustering:
         from sklearn.decomposition import PCA
         from sklearn.metrics import silhouette_score
         from sklearn.preprocessing import StandardScaler
@@ -467,7 +481,9 @@ class SourceClustering(ClusterMixin, BaseEstimator):
             raise ValueError(f"{owner}: features: 'closeness' needs labelled real images; found it")
         X = as_images(X)
         n = len(X)
-        seeds, seed_classes = _seed_labels(y, n)
+        seeds, seed_classes = _seed_labels(seed_labels, n)
+        if n < 2:
+            raise ValueError(f"{owner}: expected at least 2 images to cluster, found n_samples={n}")
         self.featurizer_ = _Featurizer(names, self.feature_params).fit(X, None, None)
         F = self.featurizer_.transform(X)
         self.scaler_ = StandardScaler().fit(F)
@@ -512,6 +528,7 @@ class SourceClustering(ClusterMixin, BaseEstimator):
             labels, centers = _kmeans(Z, k, seeds, self.n_init, self.max_iter, seed)
         names_of = [seed_classes[j] if j < len(seed_classes) else f"cluster_{j}" for j in range(k)]
         self.n_sources_ = int(k)
+        self.n_iter_ = 1
         self.cluster_centers_ = centers
         self.cluster_names_ = np.array(names_of, dtype=object) if seed_classes else None
         self.labels_ = (

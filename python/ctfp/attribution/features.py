@@ -75,6 +75,8 @@ def as_images(X: Any, name: str = "X") -> np.ndarray:
         raise TypeError(f"{name}: expected a sequence of images, found a single {type(X).__name__}")
     if hasattr(X, "tocsr") or hasattr(X, "tocoo"):  # scipy.sparse
         raise TypeError(f"{name}: sparse input is not supported; expected dense images")
+    if not isinstance(X, np.ndarray) and hasattr(X, "__array__"):
+        X = np.asarray(X)
     if not isinstance(X, np.ndarray):
         items = list(X)
         if items and isinstance(items[0], np.ndarray) and items[0].ndim == 2:
@@ -90,13 +92,22 @@ def as_images(X: Any, name: str = "X") -> np.ndarray:
 
 
 def _as_images_array(X: np.ndarray, name: str) -> np.ndarray:
-    if X.dtype == object:
-        try:
-            X = X.astype(np.float32)
-        except (TypeError, ValueError):
-            raise ValueError(f"{name}: expected numeric images, found dtype object") from None
+    if np.iscomplexobj(X):
+        raise ValueError(f"{name}: Complex data not supported; expected real grey levels")
+    if X.dtype == object:  # numbers in an object array are numbers; anything else raises
+        X = X.astype(np.float32)
     if not (np.issubdtype(X.dtype, np.number) or X.dtype == bool):
         raise ValueError(f"{name}: expected numeric images, found dtype {X.dtype}")
+    if X.ndim == 1:
+        raise ValueError(
+            f"{name}: expected a stack of images, found a 1-D array of shape {X.shape}; Reshape "
+            f"your data: (1, H, W) for one image"
+        )
+    if X.ndim == 2 and X.shape[1] == 0:
+        raise ValueError(
+            f"{name}: found array with 0 feature(s) (shape={X.shape}) while a minimum of 1 is "
+            f"required: expected images"
+        )
     if X.ndim == 2:  # rows: square images, else one-pixel-high images (scikit-learn's tools)
         side = _square(X.shape[1])
         X = X.reshape(len(X), side, side) if side is not None else X[:, None, :]
