@@ -1,20 +1,19 @@
 """ctfp.attribution: features against independent references, estimators under scikit-learn's
-checks and GridSearchCV, layouts and the folder workflow on tiny data (fast: seconds)."""
+checks and GridSearchCV, on tiny data (fast: seconds). Layouts and generators:
+test_attribution_layout.py."""
 
 from __future__ import annotations
 
-import csv
 import pickle
 
 import numpy as np
 import pytest
 import scipy.ndimage
 import scipy.signal
-from PIL import Image
 from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
-from sklearn.linear_model import LogisticRegression
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
 from ctfp.attribution import (
@@ -25,18 +24,13 @@ from ctfp.attribution import (
     SourceAttributor,
     SourceClustering,
     SubsetCloseness,
-    attribute_layout,
     attribution_metrics,
     azimuthal_average,
-    cluster_folder,
     clustering_metrics,
     denoise,
     noise_residual,
     purity,
-    read_development,
-    read_test,
 )
-from ctfp.exceptions import NotFittedError as CtfpNotFitted  # noqa: F401  (import check)
 
 
 def _sources(n: int = 12, size: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
