@@ -170,3 +170,37 @@ def test_committed_generators_load():
             _, spec, meta = gans.load_generator(gans.checkpoint_path(s.name, s.setting))
             assert spec == s and meta["iterations_done"] > 0
             assert len(meta["patients"]) == s.n_train
+
+
+@pytest.mark.parametrize("setting", ["2025", "2024"])
+def test_dataset_writer_round_trip(tmp_path, setting):
+    """Tiny untrained stand-ins of the setting's generators -> the written layout reads back,
+    with the truth, and the 2025 real images are each subset's training slices."""
+    pytest.importorskip("torch")
+    from dataclasses import replace
+
+    from ctfp.attribution.dataset import write_attribution_dataset
+    from ctfp.imageclef.realistic import sha256
+
+    assets = tmp_path / "assets"
+    for spec in gans.SETTINGS[setting]:
+        small = replace(spec, n_train=2, nz=8, width=2)
+        meta = {"iterations_done": 0, "training_slices_sha256": sha256(gans.training_images(small))}
+        g = gans.build_generator(small.nz, small.width, small.arch).eval()
+        gans.save_checkpoint(g, small, gans.checkpoint_path(spec.name, setting, assets), meta)
+    summary = write_attribution_dataset(
+        tmp_path / "data", setting, n_dev=3, n_test=2, assets=assets
+    )
+    root = tmp_path / "data" / setting
+    dev = read_development(root / "development")
+    tst = read_test(root / "test")
+    names = [s.name for s in gans.SETTINGS[setting]]
+    assert dev.year == setting and dev.sources == sorted(names)
+    assert all(len(v) == 3 for v in dev.generated.values())
+    assert sorted(tst.labels()) == sorted(names * 2) and len(summary["generators"]) == len(names)
+    if setting == "2025":
+        assert all(len(v) == 2 for v in dev.real.values())
+        first = gans.patients_of(replace(gans.SETTINGS["2025"][0], n_train=2))[0]
+        assert dev.real["s1"][0].name == f"real_{first[0]}_{first[1]}.png"
+    with pytest.raises(FileExistsError, match="expected an empty or new folder"):
+        write_attribution_dataset(tmp_path / "data", setting, n_dev=1, n_test=1, assets=assets)
