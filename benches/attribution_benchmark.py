@@ -49,7 +49,10 @@ TARGETS = {
     "ten_labels_accuracy": 0.95,
 }
 #: ctfp's own settings (the rest of METHODS are baselines)
-CTFP = {"2025": ("subset", "spectrum", "closeness"), "2024": ("spectrum",)}
+CTFP = {
+    "2025": ("subset", "spectrum", "spectrum-low", "closeness"),
+    "2024": ("spectrum", "spectrum-low"),
+}
 BASELINES = {
     "2025": ("pixel-nearest", "residual-correlation", "dct-logistic"),
     "2024": ("residual-correlation", "dct-logistic"),

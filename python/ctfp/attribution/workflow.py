@@ -45,6 +45,13 @@ METHODS: dict[str, tuple[Callable[[int], Any], bool, str]] = {
         False,
         "ctfp: log-magnitude FFT of the noise residual (low band, 2x2 pooled), logistic regression",
     ),
+    "spectrum-low": (
+        lambda rs: SourceAttributor(
+            features="spectrum", feature_params={"spectrum": {"band": 0.125}}, random_state=rs
+        ),
+        False,
+        "ctfp: the residual spectrum below 0.125 cycles/px only (the 64x64 generator's own band)",
+    ),
     "closeness": (
         lambda rs: SourceAttributor(features="closeness", random_state=rs),
         True,
