@@ -430,8 +430,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     res: dict[str, Any] = {
-        "command": "python benches/attribution_benchmark.py "
-        + shlex.join(sys.argv[1:] if argv is None else argv),
+        "command": (
+            "python benches/attribution_benchmark.py "
+            + shlex.join(sys.argv[1:] if argv is None else argv)
+        ).strip(),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
         "settings": [],
