@@ -25,7 +25,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, ClusterMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ctfp._util import InstanceOf, Interval, Options, seed_from, validate_params
+from ctfp._util import Constraint, InstanceOf, Interval, Options, seed_from, validate_params
 
 from .features import (
     DENOISERS,
@@ -161,7 +161,7 @@ class SourceAttributor(ClassifierMixin, BaseEstimator):
     ``y`` their sources; the subsets' real images are needed by ``"closeness"`` only.
     """
 
-    _parameter_constraints = {
+    _parameter_constraints: dict[str, list[Constraint]] = {
         "features": [InstanceOf((str, tuple, list), "a feature name or a tuple of names")],
         "feature_params": [None, InstanceOf((dict,), "a dict")],
         "classifier": [Options("logistic", "svm", "centroid")],
@@ -265,7 +265,7 @@ class ResidualCorrelation(ClassifierMixin, BaseEstimator):
     ``predict_proba``: softmax of ``temperature`` x the correlations (a monotone map; the
     ranking is what counts)."""
 
-    _parameter_constraints = {
+    _parameter_constraints: dict[str, list[Constraint]] = {
         "denoiser": [Options(*DENOISERS)],
         "sigma": [Interval(float, 0.0, None, closed="neither")],
         "temperature": [Interval(float, 0.0, None, closed="neither")],
@@ -347,7 +347,7 @@ class NearestRealSubset(ClassifierMixin, BaseEstimator):
     (closest real image), ``"knn"`` (mean of the ``n_neighbors`` closest) or ``"centroid"``
     (closest mean real image). ``predict_proba``: softmax of the statistic / ``temperature``."""
 
-    _parameter_constraints = {
+    _parameter_constraints: dict[str, list[Constraint]] = {
         "statistic": [Options("nearest", "knn", "centroid")],
         "n_neighbors": [Interval(int, 1, None)],
         "image_size": [Interval(int, 8, None)],
@@ -424,7 +424,7 @@ class SourceClustering(ClusterMixin, BaseEstimator):
     ``cluster_centers_`` (in the reduced space).
     """
 
-    _parameter_constraints = {
+    _parameter_constraints: dict[str, list[Constraint]] = {
         "features": [InstanceOf((str, tuple, list), "a feature name or a tuple of names")],
         "feature_params": [None, InstanceOf((dict,), "a dict")],
         "n_sources": [Options("auto"), Interval(int, 1, None)],

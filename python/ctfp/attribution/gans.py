@@ -100,12 +100,15 @@ def _settings() -> dict[str, list[GeneratorSpec]]:
         GeneratorSpec(f"s{k + 1}", "2025", "tconv", seed=k, first_patient=50_000 + k * n)
         for k in range(5)
     ]
-    same = {"setting": "2024", "first_patient": 60_000}
+    # the same 200 patients for every 2024 model: they differ in architecture or only in seed
     s2024 = [
-        GeneratorSpec("tconv_a", arch="tconv", seed=0, **same),
-        GeneratorSpec("tconv_b", arch="tconv", seed=1, **same),
-        GeneratorSpec("nearest", arch="nearest", seed=0, **same),
-        GeneratorSpec("bilinear", arch="bilinear", seed=0, **same),
+        GeneratorSpec(name, "2024", arch, seed=seed, first_patient=60_000)
+        for name, arch, seed in (
+            ("tconv_a", "tconv", 0),
+            ("tconv_b", "tconv", 1),
+            ("nearest", "nearest", 0),
+            ("bilinear", "bilinear", 0),
+        )
     ]
     return {"2025": s2025, "2024": s2024}
 
