@@ -567,6 +567,15 @@ def write_png_atomic(
     write_bytes_atomic(path, data)
 
 
+def write_image_png(path: str | os.PathLike[str], image: np.ndarray, **options: Any) -> None:
+    """Save a uint8 image (``(H, W)`` grey or ``(H, W, 3)``) as a PNG file atomically, through
+    Pillow (``options``: Pillow's PNG options, e.g. ``compress_level``, ``pnginfo``): the one
+    way ctfp writes image files."""
+    from PIL import Image
+
+    write_png_atomic(path, lambda f: Image.fromarray(image).save(f, format="PNG", **options))
+
+
 # --------------------------------------------------------------------------------------------
 # weights
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ctfp._util import atomic_write, write_text_atomic
+from ctfp._util import atomic_write, write_image_png, write_text_atomic
 
 from . import gans
 
@@ -77,13 +77,10 @@ def sample_setting(
 def _write_pngs(folder: Path, names: list[str], images: np.ndarray) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
 
     def one(k: int) -> None:
-        with atomic_write(folder / f"{names[k]}.png") as f:
-            Image.fromarray(images[k]).save(f, format="PNG")
+        write_image_png(folder / f"{names[k]}.png", images[k])
 
     with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
         list(pool.map(one, range(len(images))))

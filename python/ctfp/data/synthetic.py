@@ -34,7 +34,7 @@ from typing import NamedTuple
 import numpy as np
 from scipy import ndimage
 
-from ctfp._util import atomic_write
+from ctfp._util import write_image_png
 
 __all__ = ["make_masks", "make_slice", "make_slices", "write_pngs"]
 
@@ -906,15 +906,12 @@ def write_pngs(
     plan = _assignments(n, n_patients)
     size = _check_int("size", size, _MIN_SIZE)
     seed = _check_int("seed", seed, 0)
-    from PIL import Image  # lazily: Pillow is only needed to write files
 
     out_dir = pathlib.Path(directory)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, (p, s) in enumerate(plan):
         path = out_dir / f"{prefix}_{i:04d}.png"
-        img = Image.fromarray(_render(seed, p, s, size)[0])
-        with atomic_write(path) as fh:
-            img.save(fh, format="PNG")
+        write_image_png(path, _render(seed, p, s, size)[0])
         paths.append(path)
     return paths

@@ -19,13 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from ctfp._util import write_text_atomic
+from ctfp._util import write_image_png, write_text_atomic
 
 __all__ = ["run_demo"]
 
 
 def _grid(paths: list, out: Path, seed: int) -> Path:
-    from PIL import Image
 
     from ctfp.data.preprocess import Augment, load_batch
 
@@ -43,7 +42,7 @@ def _grid(paths: list, out: Path, seed: int) -> Path:
             y, x = r * (size + pad), c * (size + pad)
             grid[y : y + size, x : x + size] = col[r]
     path = out / "augmented_grid.png"
-    Image.fromarray(grid).save(path)
+    write_image_png(path, grid)
     return path
 
 

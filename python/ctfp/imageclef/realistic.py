@@ -48,7 +48,7 @@ from typing import Any
 
 import numpy as np
 
-from ctfp._util import atomic_write, write_text_atomic
+from ctfp._util import atomic_write, write_image_png, write_text_atomic
 from ctfp.imageclef.layout import image_id
 
 __all__ = [
@@ -726,8 +726,6 @@ def load_generator(
 def _write_pngs(folder: Path, prefix: str, images: np.ndarray, n_jobs: int | None) -> list[Path]:
     from concurrent.futures import ThreadPoolExecutor
 
-    from PIL import Image
-
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{prefix}_{k + 1:05d}.png" for k in range(len(images))]
     # a previous, larger dataset written here leaves no images behind (only files named as
@@ -738,8 +736,7 @@ def _write_pngs(folder: Path, prefix: str, images: np.ndarray, n_jobs: int | Non
             old.unlink()
 
     def one(k: int) -> None:
-        with atomic_write(paths[k]) as f:
-            Image.fromarray(images[k]).save(f, format="PNG")
+        write_image_png(paths[k], images[k])
 
     workers = (os.cpu_count() or 1) if n_jobs is None else max(1, n_jobs)
     if workers == 1:

@@ -21,7 +21,12 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ctfp._util import atomic_write, check_device, validate_params, write_text_atomic
+from ctfp._util import (
+    check_device,
+    validate_params,
+    write_image_png,
+    write_text_atomic,
+)
 from ctfp.superres.upscaler import (
     Upscaler,
     _check_image,
@@ -75,16 +80,15 @@ def _grey_source(source: Any) -> np.ndarray:
 
 
 def _write_png(path: Path, image: np.ndarray, text: Mapping[str, str] | None = None) -> None:
-    """Write ``image`` as a PNG at ``path`` through :func:`ctfp._util.atomic_write`, so a reader
+    """Write ``image`` as a PNG at ``path`` through :func:`ctfp._util.write_image_png`, so a reader
     never sees a partial file (even with several processes filling the same cache)."""
-    from PIL import Image, PngImagePlugin
+    from PIL import PngImagePlugin
 
     path.parent.mkdir(parents=True, exist_ok=True)
     info = PngImagePlugin.PngInfo()
     for k, v in (text or {}).items():
         info.add_text(k, v)
-    with atomic_write(path, "wb") as fh:
-        Image.fromarray(image).save(fh, format="PNG", compress_level=1, pnginfo=info)
+    write_image_png(path, image, compress_level=1, pnginfo=info)
 
 
 class UpscaleCache:
