@@ -294,3 +294,18 @@ def test_the_fast_logistic_combiner_equals_scikit_learns():
         np.testing.assert_allclose(
             logistic_log_odds(Z, y, new, C=c), ref.fit(Z, y).decision_function(new), atol=1e-6
         )
+
+
+def test_null_distribution_figure(tmp_path):
+    from ctfp.membership.leaktest import plot_null_distribution
+
+    rng = np.random.default_rng(1)
+    r = permutation_test(
+        rng.normal(size=20) + np.r_[np.ones(10), np.zeros(10)], [1] * 10 + [0] * 10
+    )
+    assert sum(r["null_histogram"]["counts"]) == r["n_permutations"]
+    path = tmp_path / "null.png"
+    plot_null_distribution(r, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="null_histogram"):
+        plot_null_distribution({"p_value": 0.5}, path)

@@ -76,6 +76,7 @@ __all__ = [
     "permutation_pvalue",
     "permutation_test",
     "pipeline_of",
+    "plot_null_distribution",
     "relabelings",
     "reusable_generated",
     "run_leak_test",
@@ -633,6 +634,53 @@ def _pipeline_test(
     out = leak_test(us, ulab, alpha=alpha)
     null = np.array([_u_of(unit_scores(pipe.scores(row[inv].astype(np.int64))), row) for row in L])
     return _finish(out, null, out["n_used"] * out["n_not_used"], exact, alpha, us, ulab), obs
+
+
+def plot_null_distribution(
+    result: dict[str, Any], path: Any = None, *, ax: Any = None, title: str | None = None
+) -> Any:
+    """The relabelings' ROC-AUCs of a :func:`run_leak_test` / :func:`permutation_test` result
+    (``null_histogram``) as a histogram, the observed ROC-AUC marked, the p-value and its
+    resolution in the legend; written to ``path`` (PNG) when given. Returns the axes
+    (matplotlib, imported here)."""
+    if "null_histogram" not in result:
+        raise ValueError(
+            "result: expected a permutation leak test's result (with a null_histogram), "
+            f"found keys {sorted(result)}"
+        )
+    import matplotlib
+
+    if path is not None and ax is None:
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig = None
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.5, 3.0))
+    h = result["null_histogram"]
+    edges = np.asarray(h["edges"])
+    ax.bar(
+        edges[:-1], h["counts"], width=np.diff(edges), align="edge", color="#9db4d0",
+        label=f"{result['n_permutations']} relabelings",
+    )  # fmt: skip
+    ax.axvline(
+        result["auc"], color="#c0392b", lw=2,
+        label=f"observed {result['auc']:.2f} (p {result['p_value']:.3g}, "
+        f"resolution {result['p_value_resolution']:.2g})",
+    )  # fmt: skip
+    ax.set_xlabel("ROC-AUC, used over not used")
+    ax.set_ylabel("relabelings")
+    ax.set_title(title or "Leak test: null distribution", fontsize=9)
+    ax.legend(fontsize=7)
+    if fig is not None:
+        fig.tight_layout()
+        if path is not None:
+            from ctfp._util import atomic_write
+
+            with atomic_write(path) as f:
+                fig.savefig(f, format="png", dpi=110)
+            plt.close(fig)
+    return ax
 
 
 # --------------------------------------------------------------------------------------------
