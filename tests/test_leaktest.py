@@ -184,7 +184,7 @@ def test_exact_level_on_a_synthetic_null():
     """2,000 seeded null replicates (labels assigned at random, continuous scores, 8 + 8
     images, 99 random relabelings): rejections at alpha 0.05 are Binomial(2000, <= 0.05);
     a level of 0.05 exceeds the bound (149) with probability < 1e-6, a level of 0.08 (160
-    expected) stays below it with probability < 0.1."""
+    expected) stays within it with probability 0.19."""
     n, alpha = 2000, 0.05
     rng = np.random.default_rng(20261207)
     rejections = 0
