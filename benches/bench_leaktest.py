@@ -3,7 +3,8 @@
 generated images).
 
     python benches/bench_leaktest.py [--methods sim-pixel,base-ganleaks,sim-ssim,sim-fused]
-        [--repeats 3] -> docs/leaktest_cost.json, docs/leaktest_cost.md
+        [--repeats 3] -> docs/leaktest_cost.json, docs/leaktest_cost.md (rows of other methods
+        already there are kept)
 
 Data: the realistic benchmark's few-hundred generator at iteration 5000, its first 10,000
 samples of latent seed 1 at 64x64 (benches/leak_size.py's cache), 100 of its members and 100
@@ -86,15 +87,16 @@ def markdown(res: dict[str, Any]) -> str:
     lines = [
         "<!-- written by benches/bench_leaktest.py; do not edit -->",
         f"{res['n_dev']} + {res['n_dev']} development images, {res['n_generated']} generated, "
-        f"64x64, one thread, median of {res['repeats']} (earlier test: 1 run).",
+        "64x64, one thread; median of the row's repeats (earlier test: 1 run).",
         "",
-        "| preset | pipeline | relabelings | score once (s) | leak test (s) | ratio | "
+        "| preset | pipeline | relabelings | repeats | score once (s) | leak test (s) | ratio | "
         "no control (s) | ratio | earlier test (s) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for k, v in res["methods"].items():
         lines.append(
-            f"| {k} | {v['pipeline']} | {v['n_permutations']} | {v['score_once_s']:.2f} | "
+            f"| {k} | {v['pipeline']} | {v['n_permutations']} | {v['repeats']} | "
+            f"{v['score_once_s']:.2f} | "
             f"{v['leak_test_s']:.2f} | {v['ratio']:.2f} | {v['leak_test_no_control_s']:.2f} | "
             f"{v['ratio_no_control']:.2f} | {v['earlier_test_s']:.2f} |"
         )
@@ -123,8 +125,10 @@ def main(argv: list[str] | None = None) -> None:
         "repeats": a.repeats,
         "methods": {},
     }
+    if a.out.is_file():  # a run of other methods keeps the rows of the earlier ones
+        res["methods"] = json.loads(a.out.read_text()).get("methods", {})
     for key in a.methods.split(","):
-        res["methods"][key] = measure(key, dev, y, gen, a.repeats)
+        res["methods"][key] = {"repeats": a.repeats, **measure(key, dev, y, gen, a.repeats)}
         print(key, res["methods"][key], flush=True)
     a.out.parent.mkdir(parents=True, exist_ok=True)
     a.out.write_text(json.dumps(res, indent=1) + "\n")
