@@ -14,8 +14,9 @@
                 ``VCMISSIM`` (the 2023 winner's SSIM with its real-real ``threshold_max``)
 ``fused``       ``FusedMembership``: several similarity scores combined by a model of the
                 development labels fitted on out-of-fold scores
-``leaktest``    ``run_leak_test``: does the generator leak at all? (cross-fitted scores,
-                Mann-Whitney U, a no-generator control); ``cross_fit_scores``
+``leaktest``    ``run_leak_test``: does the generator leak at all? (a permutation test of
+                exact level that reruns whatever uses the labels, a no-generator control);
+                ``family_verdict``: one Holm verdict for several methods
 ``estimators``  ``make_estimator``: the estimators above from plain settings dicts (presets)
 ``decision``    decision rules from scores to labels; ``best_threshold``, the one calibration
 ``metrics``     accuracy, precision, recall, F1, kappa, ROC-AUC; result tables
