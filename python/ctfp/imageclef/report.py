@@ -1482,7 +1482,7 @@ def attribution_report_html(folder: str | os.PathLike[str], record: Mapping[str,
         Markup(_figure(folder / RESIDUAL_PLOT, f"mean noise residual of each {what}",
                        f"mean noise residual (image minus its Gaussian-denoised self) per {what}")
                + _figure(folder / SPECTRUM_PLOT, f"mean spectrum of each {what}",
-                         f"mean log-magnitude FFT of the residual per {what} (centre: frequency 0)")),
+                         f"mean log-magnitude FFT of the residual per {what} (centre: 0)")),
     ))  # fmt: skip
     if not clustering:
         if (folder / CLOSEST_PLOT).is_file():
