@@ -316,6 +316,8 @@ def run_attribution(
             f"method: expected 'auto' or one of {', '.join(map(repr, METHODS))}, found {method!r}"
         )
     out = _check_out(out, data=data, test=test)
+    if test_labels is not None and not Path(test_labels).is_file():
+        raise DatasetError(f"--test-labels {test_labels}: no such file")
     t0 = time.perf_counter()
     dev = _read(f"--data {data}", read_development, data)
     tst = _read(f"--test {test}", read_test, test, test_labels)
@@ -431,6 +433,8 @@ def run_clustering(
 
     n = _n_sources(n_sources)
     out = _check_out(out, data=folder_in)
+    if truth is not None and not Path(truth).is_file():
+        raise DatasetError(f"--truth {truth}: no such file")
     t0 = time.perf_counter()
     tst = _read(f"DIR {folder_in}", read_test, folder_in, truth)
     _check_ids(tst)
