@@ -212,3 +212,29 @@ def test_ctfp_validate_labels(out2025, year2025, tmp_path, capsys):
     (empty / "real_unknown").mkdir(parents=True)
     Image.fromarray(np.zeros((8, 8), np.uint8)).save(empty / "real_unknown" / "q.png")
     assert main(["validate", run, "--test-dir", str(empty)]) == 1
+
+
+@pytest.mark.slow
+def test_demo_attribution_part(tmp_path):
+    """``ctfp demo``'s subtask-2 part (quick counts): stand-in data from the committed
+    generators, attribute on both layouts and cluster, each a complete output folder."""
+    pytest.importorskip("torch")
+    from ctfp.imageclef.demo import _attribution_part
+
+    said = []
+    part = _attribution_part(tmp_path / "attribution", quick=True, seed=0, say=said.append)
+    assert said and said[0].startswith("[subtask 2]")
+    names = [r["name"].split(" (")[0] for r in part["runs"]]
+    assert names == ["attribute 2025", "attribute 2024", "cluster 2024"]
+    data = tmp_path / "attribution" / "data"
+    for year, n_sources in (("2025", 5), ("2024", 4)):
+        out = tmp_path / "attribution" / f"attribute_{year}"
+        rec = json.loads((out / "record.json").read_text())
+        assert len(rec["sources"]) == n_sources and rec["n_test"] == 4 * n_sources
+        assert validate_run_file(out / "run_test.txt", data / year / "test",
+                                 labels=rec["sources"]) == []  # fmt: skip
+        assert (out / "report.html").is_file()
+    # the stand-in generators are told apart on these few images
+    assert part["runs"][0]["metrics"]["accuracy"] >= 0.9
+    assert part["runs"][1]["metrics"]["accuracy"] >= 0.9
+    assert (tmp_path / "attribution" / "cluster_2024" / "run_test.txt").is_file()
