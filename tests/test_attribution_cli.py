@@ -117,6 +117,15 @@ def test_cluster_writes_a_run_folder(year2024, tmp_path, capsys):
     assert _scores(out / "scores_test.csv")[0] == ["id", "cluster"]
     page = (out / "report.html").read_text()
     assert 'id="fingerprints"' in page and "ARI" in capsys.readouterr().out.upper()
+    # the count chosen by the Calinski-Harabasz index, on the image DCT
+    out2 = tmp_path / "clu2"
+    rc = main(["cluster", str(test), "--out", str(out2), "--criterion", "calinski_harabasz",
+               "--features", "dct"])  # fmt: skip
+    assert rc == 0
+    rec = json.loads((out2 / "record.json").read_text())
+    assert rec["criterion"] == "calinski_harabasz" and rec["method"]["key"] == "cluster-dct"
+    assert rec["n_sources_asked"] == "auto" and rec["n_sources"] == len(rec["sources"])
+    assert validate_run_file(out2 / "run_test.txt", test, labels=rec["sources"]) == []
 
 
 # ------------------------------------------------------------------------------- refusals

@@ -51,6 +51,9 @@ RESIDUAL_PLOT = "gallery_residual.png"
 SPECTRUM_PLOT = "gallery_spectrum.png"
 CLOSEST_PLOT = "gallery_closest.png"
 SPLIT = "test"
+#: ``ctfp cluster``'s count criteria and features (SourceClustering's)
+CRITERIA = ("silhouette", "calinski_harabasz")
+CLUSTER_FEATURES = ("spectrum", "dct", "pixel")
 #: test images shown with their closest real images (2025 layout)
 N_CLOSEST = 6
 #: at most this many images per source enter the mean residual / spectrum pictures
@@ -422,16 +425,26 @@ def run_clustering(
     out: str | os.PathLike[str],
     *,
     n_sources: int | str = "auto",
+    features: str = "spectrum",
+    criterion: str = "silhouette",
     truth: str | os.PathLike[str] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Group the generated images of ``folder_in`` by source
     (:func:`~ctfp.attribution.workflow.cluster_folder`) and write the output folder ``out``;
-    return the record. ``n_sources``: a count, or ``"auto"`` (chosen by the silhouette)."""
+    return the record. ``n_sources``: a count, or ``"auto"`` (chosen by ``criterion``:
+    ``"silhouette"`` or ``"calinski_harabasz"``); ``features``: :data:`~ctfp.attribution.
+    estimators.FEATURES` names but ``"closeness"``."""
     from ctfp.imageclef.layout import run_file_path, scores_path
     from ctfp.imageclef.runfile import write_run_file
 
     n = _n_sources(n_sources)
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion (--criterion): expected one of {', '.join(CRITERIA)}, "
+                         f"found {criterion!r}")  # fmt: skip
+    if features not in CLUSTER_FEATURES:
+        raise ValueError(f"features (--features): expected one of {', '.join(CLUSTER_FEATURES)}, "
+                         f"found {features!r}")  # fmt: skip
     out = _check_out(out, data=folder_in)
     if truth is not None and not Path(truth).is_file():
         raise DatasetError(f"--truth {truth}: no such file")
@@ -440,7 +453,8 @@ def run_clustering(
     _check_ids(tst)
     if isinstance(n, int) and n > len(tst.ids):
         raise ValueError(f"--n-sources {n}: more than the {len(tst.ids)} images of {folder_in}")
-    res = cluster_folder(tst, n_sources=n, random_state=seed)
+    res = cluster_folder(tst, n_sources=n, features=features, criterion=criterion,
+                         random_state=seed)  # fmt: skip
     clusters = sorted(set(res.labels), key=lambda c: int(c.rsplit("_", 1)[1]))
 
     def work(folder: Any) -> dict[str, Any]:
@@ -469,9 +483,11 @@ def run_clustering(
             "task": "clustering",
             "command": "cluster",
             "method": {
-                "key": "cluster-spectrum",
-                "description": "k-means of the residual spectrum (SourceClustering)",
+                "key": f"cluster-{features}",
+                "description": f"k-means of the {features} features (SourceClustering), count "
+                f"criterion {criterion}",
             },
+            "criterion": criterion,
             "data": str(Path(folder_in).resolve()),
             "n_sources_asked": n,
             "n_sources": res.n_sources,

@@ -224,8 +224,9 @@ def _cluster(args: argparse.Namespace) -> int:
     from ctfp.attribution.run import run_clustering
 
     record = run_clustering(
-        args.dir, args.out, n_sources=args.n_sources, truth=args.truth, seed=args.seed
-    )
+        args.dir, args.out, n_sources=args.n_sources, features=args.features,
+        criterion=args.criterion, truth=args.truth, seed=args.seed,
+    )  # fmt: skip
     _print_attribution(record, args.out)
     return 0
 
@@ -280,6 +281,18 @@ def _add_attribution(sub: Any) -> None:
     clu.add_argument("--out", required=True, help="output folder")
     clu.add_argument(
         "--n-sources", default="auto", help="number of models, or auto (default: chosen)"
+    )
+    clu.add_argument(
+        "--criterion",
+        default="silhouette",
+        choices=["silhouette", "calinski_harabasz"],
+        help="how --n-sources auto chooses the count (default: silhouette)",
+    )
+    clu.add_argument(
+        "--features",
+        default="spectrum",
+        choices=["spectrum", "dct", "pixel"],
+        help="residual spectrum (default), image DCT (Frank et al.), or pixels",
     )
     clu.add_argument("--truth", help="id,label CSV of the images, to evaluate")
     clu.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
