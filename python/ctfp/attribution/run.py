@@ -426,7 +426,7 @@ def run_clustering(
     *,
     n_sources: int | str = "auto",
     features: str = "spectrum",
-    criterion: str = "silhouette",
+    criterion: str = "calinski_harabasz",
     truth: str | os.PathLike[str] | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
