@@ -267,7 +267,7 @@ def run_file_warnings(
 def write_run_file(
     path: str | os.PathLike[str],
     images: Sequence[str | os.PathLike[str]],
-    labels: Sequence[int] | np.ndarray,
+    labels: Sequence[int] | Sequence[str] | np.ndarray,
     *,
     test_dir: str | os.PathLike[str] | None = None,
     strip_extension: bool = True,
