@@ -101,6 +101,10 @@ def test_attribute_2024_layout_and_method_choice(year2024, tmp_path):
     assert main(args) == 0
     assert json.loads((out / "record.json").read_text())["method"]["key"] == "spectrum"
     assert (out / "mine.txt").read_text() == "kept"
+    # ctfp report rebuilds the page of an attribution folder
+    (out / "report.html").unlink()
+    assert main(["report", str(out)]) == 0
+    assert 'id="fingerprints"' in (out / "report.html").read_text()
 
 
 def test_cluster_writes_a_run_folder(year2024, tmp_path, capsys):

@@ -182,7 +182,9 @@ def _report(args: argparse.Namespace) -> int:
     are made again from the data folders the record names."""
     from ctfp.imageclef.report import write_report
 
-    path = write_report(args.folders, args.out, redo_galleries=args.redo_galleries)
+    path = _attribution_report(args)  # ctfp attribute / ctfp cluster folders
+    if path is None:
+        path = write_report(args.folders, args.out, redo_galleries=args.redo_galleries)
     print(f"report: {path} (open it in a browser)")
     return 0
 
@@ -299,6 +301,16 @@ def _add_attribution(sub: Any) -> None:
     clu.add_argument("--truth", help="id,label CSV of the images, to evaluate")
     clu.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     clu.set_defaults(func=_cluster)
+
+
+def _attribution_report(args: argparse.Namespace) -> Path | None:
+    """``ctfp report OUT`` of one ``ctfp attribute`` / ``ctfp cluster`` folder: its page
+    rebuilt; None for any other folder (and for --out or several folders)."""
+    from ctfp.imageclef.report import write_attribution_report
+
+    if len(args.folders) != 1 or args.out is not None:
+        return None
+    return write_attribution_report(args.folders[0])
 
 
 def _nonneg(text: str) -> int:

@@ -1511,3 +1511,19 @@ def attribution_report_html(folder: str | os.PathLike[str], record: Mapping[str,
         f"<code>{_e(str(record.get('data', '')))}</code>."
     )
     return _page(title, subtitle, [(a, t, 1) for a, t, _ in sections], body_html)
+
+
+def write_attribution_report(folder: str | os.PathLike[str]) -> Path | None:
+    """``report.html`` of an attribution or clustering output folder (its ``record.json`` has
+    ``task`` ``"attribution"`` or ``"clustering"``), rebuilt from its files; None when
+    ``folder`` holds no such record (a ``ctfp run`` folder: :func:`write_report`)."""
+    path = layout.record_path(folder)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("task") not in ("attribution", "clustering"):
+        return None
+    target = Path(folder) / REPORT_NAME
+    write_text_atomic(target, attribution_report_html(folder, record))
+    return target
