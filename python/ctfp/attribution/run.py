@@ -332,9 +332,9 @@ def run_attribution(
                 f"test labels: {unknown[0]!r} is not a development source "
                 f"({', '.join(dev.sources)})"
             )
-    res = attribute_layout(dev, tst, method=method, random_state=seed)
 
-    def work(folder: Any) -> dict[str, Any]:
+    def work(folder: Any) -> dict[str, Any]:  # the output folder is locked from here on
+        res = attribute_layout(dev, tst, method=method, random_state=seed)
         b = Path(folder.build)
         named = run_file_path(out, SPLIT)
         write_run_file(run_file_path(b, SPLIT), tst.ids, res.labels, label_set=res.sources,
@@ -453,11 +453,11 @@ def run_clustering(
     _check_ids(tst)
     if isinstance(n, int) and n > len(tst.ids):
         raise ValueError(f"--n-sources {n}: more than the {len(tst.ids)} images of {folder_in}")
-    res = cluster_folder(tst, n_sources=n, features=features, criterion=criterion,
-                         random_state=seed)  # fmt: skip
-    clusters = sorted(set(res.labels), key=lambda c: int(c.rsplit("_", 1)[1]))
 
-    def work(folder: Any) -> dict[str, Any]:
+    def work(folder: Any) -> dict[str, Any]:  # the output folder is locked from here on
+        res = cluster_folder(tst, n_sources=n, features=features, criterion=criterion,
+                             random_state=seed)  # fmt: skip
+        clusters = sorted(set(res.labels), key=lambda c: int(c.rsplit("_", 1)[1]))
         b = Path(folder.build)
         named = run_file_path(out, SPLIT)
         write_run_file(run_file_path(b, SPLIT), tst.ids, res.labels, label_set=clusters,
