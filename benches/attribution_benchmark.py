@@ -12,7 +12,10 @@ the test split with its labels:
   random initialisation, as ``weights_`` says): a linear SVM on the features, and k-means;
 - 10 labelled development images per source (the first 10 of each source), supervised and as
   seeds of the clustering of the test images;
-- clustering of the test images with the number of sources unknown (silhouette criterion);
+- clustering of the test images with the number of sources unknown: the features and the count
+  criterion (silhouette or Calinski-Harabasz) chosen on the development images (the right count,
+  then the ARI), and the earlier protocol (features by the best development silhouette,
+  silhouette count) beside it;
 - model attribution among the 2024 models, with the seed-only pair (``tconv_a``/``tconv_b``)
   scored on its own: the accuracy on those two models' test images;
 - robustness: the same fitted methods on test images resized 256 -> 224 -> 256 (Pillow bicubic
@@ -59,6 +62,9 @@ BASELINES = {
 }
 #: clustering features tried (the one used is chosen by the silhouette on development images)
 CLUSTER_FEATURES = ("spectrum", "dct", "pixel")
+#: count criteria tried (SourceClustering(criterion=...)); with the features, chosen on
+#: development images by the right count, then the ARI
+CLUSTER_CRITERIA = ("silhouette", "calinski_harabasz")
 
 
 def resize_roundtrip(images: np.ndarray, mid: int = 224) -> np.ndarray:
@@ -205,22 +211,42 @@ def run_setting(setting: str, root: Path, args: argparse.Namespace) -> dict[str,
             {v: est.predict(X) for v, X in variants.items()},
         )
 
-    # clustering: features chosen by the silhouette on development images (count unknown)
-    sil = {}
+    # clustering (count unknown): features and count criterion chosen on development images
+    # (their truth known): the right count first, then the ARI; the first in order on ties
+    dev_choice = {}
     for f in CLUSTER_FEATURES:
-        c = SourceClustering(features=f, n_sources="auto", random_state=0).fit(Xd)
-        sil[f] = max(c.silhouette_.values())
-    feat = max(sil, key=sil.get)
-    out["cluster_choice"] = {"features": feat, "dev_best_silhouette": sil}
-    clus: dict[str, Any] = {"method": f"SourceClustering({feat}, n_sources='auto')", "kind": "ctfp"}
-    for v, X in variants.items():
-        c = SourceClustering(features=feat, n_sources="auto", random_state=0).fit(X)
-        m = clustering_metrics(yt, c.labels_)
-        clus[v] = {k: (round(x, 4) if isinstance(x, float) else x) for k, x in m.items()}
-        if v == "clean":
-            clus["silhouette"] = c.silhouette_
-    out["clustering"] = [clus]
-    print(f"  {setting} clustering: {clus['clean']}", flush=True)
+        for crit in CLUSTER_CRITERIA:
+            c = SourceClustering(features=f, n_sources="auto", criterion=crit,
+                                 random_state=0).fit(Xd)  # fmt: skip
+            m = clustering_metrics(yd, c.labels_)
+            dev_choice[f"{f}/{crit}"] = {
+                "ari": round(m["ari"], 4), "n_clusters": m["n_clusters"],
+                "best_silhouette": max(c.silhouette_.values()),
+            }  # fmt: skip
+    key = max(dev_choice, key=lambda k: (dev_choice[k]["n_clusters"] == len(set(yd)),
+                                         dev_choice[k]["ari"]))  # fmt: skip
+    feat, crit = key.split("/")
+    # the earlier protocol, kept as a row: features by the best dev silhouette, silhouette count
+    sil_feat = max(CLUSTER_FEATURES, key=lambda f: dev_choice[f"{f}/silhouette"]["best_silhouette"])
+    out["cluster_choice"] = {"features": feat, "criterion": crit, "development": dev_choice}
+    out["clustering"] = []
+    tried = [(feat, crit)] + ([(sil_feat, "silhouette")] if (sil_feat, "silhouette") != (feat, crit)
+                              else [])  # fmt: skip
+    for f, cr in tried:
+        clus: dict[str, Any] = {
+            "method": f"SourceClustering({f}, n_sources='auto', criterion='{cr}')",
+            "kind": "ctfp",
+        }
+        for v, X in variants.items():
+            c = SourceClustering(features=f, n_sources="auto", criterion=cr,
+                                 random_state=0).fit(X)  # fmt: skip
+            m = clustering_metrics(yt, c.labels_)
+            clus[v] = {k: (round(x, 4) if isinstance(x, float) else x) for k, x in m.items()}
+            if v == "clean":
+                clus["silhouette"] = c.silhouette_
+                clus["criterion"] = c.criterion_
+        out["clustering"].append(clus)
+        print(f"  {setting} clustering {f}/{cr}: {clus['clean']}", flush=True)
     # seeded clustering: 10 labelled development images per source join the test pool as seeds
     seeded: dict[str, Any] = {
         "method": f"SourceClustering({feat}) + 10 seeds/source",
@@ -230,9 +256,8 @@ def run_setting(setting: str, root: Path, args: argparse.Namespace) -> dict[str,
     for v, X in variants.items():
         pool = np.concatenate([Xd[ten], X])
         y = np.array(list(yd[ten]) + [-1] * len(X), dtype=object)
-        c = SourceClustering(features=feat, n_sources="auto", random_state=0).fit(
-            pool, seed_labels=y
-        )
+        c = SourceClustering(features=feat, n_sources="auto", criterion=crit,
+                             random_state=0).fit(pool, seed_labels=y)  # fmt: skip
         lab = np.asarray(c.labels_[len(ten) :]).astype(str)
         preds[v] = lab
         m = clustering_metrics(yt, lab)
@@ -280,6 +305,17 @@ def run_setting(setting: str, root: Path, args: argparse.Namespace) -> dict[str,
 
 def _fmt(x: Any) -> str:
     return "-" if x is None else (f"{x:.4f}" if isinstance(x, float) else str(x))
+
+
+def _cluster_choice_text(s: dict[str, Any]) -> str:
+    """The clustering choice made on development images, with every candidate's score there."""
+    ch = s.get("cluster_choice", {})
+    dev = ch.get("development", {})
+    tried = ", ".join(f"{k} {v['n_clusters']} clusters, ARI {v['ari']:.3f}" for k, v in dev.items())
+    return (
+        f"Chosen on development images (right count first, then ARI): **{ch.get('features')} / "
+        f"{ch.get('criterion')}** (development: {tried})."
+    )
 
 
 def render_markdown(res: dict[str, Any]) -> str:
@@ -331,6 +367,8 @@ def render_markdown(res: dict[str, Any]) -> str:
         L += [
             "",
             "Clustering of the test images (number of sources unknown unless seeded):",
+            "",
+            _cluster_choice_text(s),
             "",
             "| method | kind | ARI | NMI | purity | clusters found / true | ARI resized "
             "| ARI noise |",

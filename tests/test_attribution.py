@@ -244,6 +244,29 @@ def test_clustering_finds_the_count_and_uses_seeds():
         SourceClustering(n_sources=2).fit(X, seed_labels=seeds)
 
 
+def test_clustering_count_criterion_calinski_harabasz():
+    """``criterion="calinski_harabasz"``: each count's value is scikit-learn's index of that
+    count's k-means labels on the reduced features, and the count chosen is its argmax; the
+    default stays the silhouette."""
+    from sklearn.metrics import calinski_harabasz_score
+
+    X, y = _sources(n=20, size=16, seed=2)
+    kw = dict(features="pixel", feature_params={"pixel": {"size": 8}}, max_sources=6,
+              random_state=0)  # fmt: skip
+    sil = SourceClustering(**kw).fit(X)
+    assert sil.criterion_ == sil.silhouette_
+    ch = SourceClustering(criterion="calinski_harabasz", **kw).fit(X)
+    assert set(ch.criterion_) == {2, 3, 4, 5, 6}
+    assert ch.n_sources_ == max(ch.criterion_, key=ch.criterion_.get)
+    Z = ch.embed(X)
+    assert ch.criterion_[ch.n_sources_] == pytest.approx(
+        calinski_harabasz_score(Z, ch.labels_), rel=1e-4
+    )
+    assert ch.silhouette_ == sil.silhouette_  # the same k-means solutions, both measures kept
+    with pytest.raises(ValueError, match="criterion"):
+        SourceClustering(criterion="bic").fit(X)
+
+
 def test_metrics_by_hand():
     m = attribution_metrics(["a", "a", "b", "b"], ["a", "b", "b", "b"])
     assert m["accuracy"] == 0.75 and m["confusion"] == [[1, 1], [0, 2]]

@@ -445,3 +445,52 @@ def test_compare_page_fits_a_1280px_window(browser, run_dir, tmp_path):
     target = os.environ.get("CTFP_COMPARE_SCREENSHOT")
     if target:
         shutil.copy(shot, target)
+
+
+# the attribution report (ctfp attribute, subtask 2) in the browser
+
+
+ATTRIBUTION_SECTIONS = ("summary", "scores", "confusion", "fingerprints", "closest")
+
+
+def test_attribution_report_in_a_browser(browser, tmp_path):
+    """The new sections of ``ctfp attribute``'s page show in the browser: the confusion matrix,
+    each source's mean residual and mean spectrum, the closest real images in the chosen
+    subset and the runner-up; every picture decodes; nothing is fetched."""
+    from selenium.webdriver.common.by import By
+    from test_attribution_layout import _layout
+
+    from ctfp.imageclef.cli import main
+
+    dev, test, _ = _layout(tmp_path, "2025")
+    out = tmp_path / "attr"
+    assert main(["attribute", "--data", str(dev), "--test", str(test), "--out", str(out)]) == 0
+    browser.get_log("browser")
+    browser.get((out / "report.html").resolve().as_uri())
+    assert browser.title == "ctfp report: attribution"
+    for sid in ATTRIBUTION_SECTIONS:
+        assert browser.find_element(By.ID, sid).is_displayed(), sid
+    images = browser.execute_script(
+        "return Array.from(document.images, i => [i.complete, i.naturalWidth, i.alt]);"
+    )
+    alts = [a for _, _, a in images]
+    assert alts == [
+        "confusion matrix",
+        "mean noise residual of each source",
+        "mean spectrum of each source",
+        "test images beside their closest real images",
+    ]
+    assert all(done and w > 0 for done, w, _ in images), images
+    closest = browser.find_element(By.ID, "closest")
+    rows = closest.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert len(rows) == 6
+    chosen = rows[0].find_elements(By.TAG_NAME, "td")[1].text
+    assert chosen.startswith(("s1", "s2", "s3")) and "RMSE" in chosen
+    scores = browser.find_element(By.ID, "scores").text
+    assert "accuracy" in scores and "s3" in scores
+    assert not browser.find_elements(By.TAG_NAME, "script")
+    resources = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name);"
+    )
+    assert all(r.startswith("data:") for r in resources), resources
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []

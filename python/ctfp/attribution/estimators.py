@@ -402,8 +402,13 @@ class SourceClustering(ClusterMixin, BaseEstimator):
     feature_params : dict, optional
         As for :class:`SourceAttributor`.
     n_sources : int or "auto"
-        Number of clusters, or chosen among ``2 .. max_sources`` by the largest mean silhouette
-        coefficient (Euclidean, on the reduced features) of the k-means solution.
+        Number of clusters, or chosen among ``2 .. max_sources`` by ``criterion`` computed on
+        the reduced features of each count's k-means solution.
+    criterion : {"silhouette", "calinski_harabasz"}
+        The count criterion of ``"auto"``: the largest mean silhouette coefficient (Euclidean;
+        favours few well-separated groups, and merges two sources that differ less than the
+        others), or the largest Calinski-Harabasz index (between- over within-cluster
+        dispersion, each divided by its degrees of freedom).
     max_sources : int
         Largest count tried by ``"auto"``.
     n_components : int
@@ -420,7 +425,8 @@ class SourceClustering(ClusterMixin, BaseEstimator):
     (constrained k-means); clusters with seeds take the seeds' label, the others get labels
     ``"cluster_<k>"``. With seeds, ``"auto"`` tries only counts >= the number of seed labels.
 
-    Attributes: ``labels_``, ``n_sources_``, ``silhouette_`` (count -> score, for ``"auto"``),
+    Attributes: ``labels_``, ``n_sources_``, ``silhouette_`` (count -> the silhouette, for
+    ``"auto"``), ``criterion_`` (count -> the ``criterion``'s value, for ``"auto"``),
     ``cluster_centers_`` (in the reduced space).
     """
 
@@ -428,6 +434,7 @@ class SourceClustering(ClusterMixin, BaseEstimator):
         "features": [InstanceOf((str, tuple, list), "a feature name or a tuple of names")],
         "feature_params": [None, InstanceOf((dict,), "a dict")],
         "n_sources": [Options("auto"), Interval(int, 1, None)],
+        "criterion": [Options("silhouette", "calinski_harabasz")],
         "max_sources": [Interval(int, 2, None)],
         "n_components": [Interval(int, 1, None)],
         "whiten": [Options(True, False)],
@@ -446,6 +453,7 @@ class SourceClustering(ClusterMixin, BaseEstimator):
         features: str | tuple[str, ...] = "spectrum",
         feature_params: dict[str, dict[str, Any]] | None = None,
         n_sources: int | str = "auto",
+        criterion: str = "silhouette",
         max_sources: int = 10,
         n_components: int = 20,
         whiten: bool = False,
@@ -456,6 +464,7 @@ class SourceClustering(ClusterMixin, BaseEstimator):
         self.features = features
         self.feature_params = feature_params
         self.n_sources = n_sources
+        self.criterion = criterion
         self.max_sources = max_sources
         self.n_components = n_components
         self.whiten = whiten
@@ -471,7 +480,7 @@ class SourceClustering(ClusterMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any = None, seed_labels: Any = None) -> SourceClustering:
         from sklearn.decomposition import PCA
-        from sklearn.metrics import silhouette_score
+        from sklearn.metrics import calinski_harabasz_score, silhouette_score
         from sklearn.preprocessing import StandardScaler
 
         owner = type(self).__name__
@@ -501,15 +510,18 @@ class SourceClustering(ClusterMixin, BaseEstimator):
                     f"{lo} clusters or more, found {n}"
                 )
             self.silhouette_ = {}
+            self.criterion_ = {}
             best = None
             for k in range(lo, hi + 1):
                 labels, centers = _kmeans(Z, k, seeds, self.n_init, self.max_iter, seed)
-                score = (
-                    float(silhouette_score(Z, labels, random_state=seed))
-                    if len(np.unique(labels)) > 1
-                    else -1.0
-                )
-                self.silhouette_[k] = round(score, 4)
+                several = len(np.unique(labels)) > 1
+                sil = float(silhouette_score(Z, labels, random_state=seed)) if several else -1.0
+                self.silhouette_[k] = round(sil, 4)
+                if self.criterion == "silhouette":
+                    score = sil
+                else:
+                    score = float(calinski_harabasz_score(Z, labels)) if several else 0.0
+                self.criterion_[k] = round(score, 4)
                 if best is None or score > best[0]:
                     best = (score, k, labels, centers)
             assert best is not None

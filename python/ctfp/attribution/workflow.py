@@ -187,13 +187,17 @@ def cluster_folder(
     *,
     n_sources: int | str = "auto",
     features: str | tuple[str, ...] = "spectrum",
+    criterion: str = "silhouette",
     random_state: int = 0,
     truth: str | os.PathLike[str] | None = None,
 ) -> ClusteringResult:
     """Group the images of ``folder`` (read as a test folder: ``generated_unknown/``,
-    ``generated/`` or the PNGs themselves) by source with :class:`SourceClustering`."""
+    ``generated/`` or the PNGs themselves) by source with :class:`SourceClustering`
+    (``criterion``: its count criterion when ``n_sources="auto"``)."""
     tst = folder if isinstance(folder, TestSet) else read_test(folder, truth)
-    est = SourceClustering(features=features, n_sources=n_sources, random_state=random_state)
+    est = SourceClustering(
+        features=features, n_sources=n_sources, criterion=criterion, random_state=random_state
+    )
     labels = est.fit_predict(load_stack(tst.paths))
     out = [f"cluster_{int(j) + 1}" for j in labels]
     true = tst.labels()

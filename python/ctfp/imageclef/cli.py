@@ -62,8 +62,11 @@ def _validate(args: argparse.Namespace) -> int:
     if not path.is_file():
         print(f"ctfp validate: {path}: no such file", file=sys.stderr)
         return 2
+    labels = _label_set(args.labels) if args.labels is not None else None
     try:
-        problems = validate_run_file(path, args.test_dir, strip_extension=not args.keep_extension)
+        problems = validate_run_file(
+            path, args.test_dir, strip_extension=not args.keep_extension, labels=labels
+        )
     except (DatasetError, RunFileError, OSError) as exc:
         # A test folder that is missing or holds no test images, or a file that cannot be read:
         # nothing was checked, so this is exit 2 (bad usage or bad folder), not 1 (invalid file).
@@ -72,7 +75,9 @@ def _validate(args: argparse.Namespace) -> int:
     for p in problems:
         where = f"{path}:{p.line}" if p.line else str(path)
         print(f"{where}: {p.kind}: {p.message}")
-    for w in run_file_warnings(path):  # accepted by the organisers: never a reason to fail
+    for w in run_file_warnings(
+        path, labels=labels
+    ):  # accepted by the organisers: never a reason to fail
         where = f"{path}:{w.line}" if w.line else str(path)
         print(f"{where}: warning: {w.kind}: {w.message}")
     if problems:
@@ -177,9 +182,135 @@ def _report(args: argparse.Namespace) -> int:
     are made again from the data folders the record names."""
     from ctfp.imageclef.report import write_report
 
-    path = write_report(args.folders, args.out, redo_galleries=args.redo_galleries)
+    path = _attribution_report(args)  # ctfp attribute / ctfp cluster folders
+    if path is None:
+        path = write_report(args.folders, args.out, redo_galleries=args.redo_galleries)
     print(f"report: {path} (open it in a browser)")
     return 0
+
+
+def _label_set(text: str) -> list[str]:
+    """``--labels a,b,c``: the labels an attribution run file may use."""
+    labels = [v.strip() for v in text.split(",")]
+    if not text.strip() or any(not v for v in labels):
+        raise ValueError(
+            f"--labels: expected labels separated by commas (s1,s2,s3), found {text!r}"
+        )
+    return labels
+
+
+def _attribute(args: argparse.Namespace) -> int:
+    """Subtask 2: attribute every generated test image to the development source (2025: the
+    training subset; 2024: the model) that made it. DEV holds generated/<source>/ (2024 layout)
+    or real/<subset>/ and generated/<subset>/ (2025 layout); TEST holds generated_unknown/ (its
+    truth, when known: test_labels.csv in TEST or beside it, or --test-labels). Writes into OUT
+    a validated run file (run_test.txt: image_id,label), per-source probabilities
+    (scores_test.csv), tables when the truth is known, record.json and report.html."""
+    from ctfp.attribution.run import run_attribution
+
+    record = run_attribution(
+        args.data, args.test, args.out, method=args.method, test_labels=args.test_labels,
+        seed=args.seed,
+    )  # fmt: skip
+    _print_attribution(record, args.out)
+    return 0
+
+
+def _cluster(args: argparse.Namespace) -> int:
+    """Subtask 2 without labels: group the generated images of DIR (its generated_unknown/ or
+    generated/ folder, or the PNGs in it) by the model that made them, the number of models
+    given (--n-sources K) or chosen from the data (auto: the Calinski-Harabasz index of k-means
+    on the residual spectrum, or --criterion silhouette). Writes run_test.txt
+    (image_id,cluster_k), scores_test.csv, tables when the truth is known (test_labels.csv or
+    --truth: ARI, NMI, purity), record.json and report.html into OUT."""
+    from ctfp.attribution.run import run_clustering
+
+    record = run_clustering(
+        args.dir, args.out, n_sources=args.n_sources, features=args.features,
+        criterion=args.criterion, truth=args.truth, seed=args.seed,
+    )  # fmt: skip
+    _print_attribution(record, args.out)
+    return 0
+
+
+def _print_attribution(record: dict, out: str) -> None:
+    from ctfp.imageclef.layout import REPORT, record_path
+
+    for title, rows in record.get("tables", {}).items():
+        if rows:
+            keys = list(rows[0])
+            print(f"**{title}**\n")
+            print("| " + " | ".join(keys) + " |")
+            print("|" + "---|" * len(keys))
+            for r in rows:
+                cells = [f"{v:.4f}" if isinstance(v, float) else str(v) for v in r.values()]
+                print("| " + " | ".join(cells) + " |")
+            print()
+    print(f"run file: {record['run_file']} ({record['n_test']} test images)")
+    print(f"record: {record_path(out)} ({record['seconds']['total']} s)")
+    print(f"report: {Path(out) / REPORT} (open it in a browser)")
+
+
+def _add_attribution(sub: Any) -> None:
+    """Register ``ctfp attribute`` and ``ctfp cluster`` (subtask 2)."""
+    from ctfp.attribution.workflow import METHODS as ATTRIBUTION_METHODS
+
+    att = sub.add_parser(
+        "attribute",
+        help="attribute generated images to the model / training subset that made them",
+        description=_attribute.__doc__,
+    )
+    att.add_argument("--data", required=True, help="development folder (2025 or 2024 layout)")
+    att.add_argument("--test", required=True, help="test folder (generated_unknown/)")
+    att.add_argument("--out", required=True, help="output folder")
+    att.add_argument(
+        "--method",
+        default="auto",
+        choices=["auto", *ATTRIBUTION_METHODS],
+        help="auto (default: subset on the 2025 layout, spectrum on the 2024 one); "
+        + "; ".join(f"{k}: {v[2]}" for k, v in ATTRIBUTION_METHODS.items()),
+    )
+    att.add_argument("--test-labels", help="id,label CSV of the test images, to evaluate")
+    att.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    att.set_defaults(func=_attribute)
+
+    clu = sub.add_parser(
+        "cluster",
+        help="group unlabelled generated images by the model that made them",
+        description=_cluster.__doc__,
+    )
+    clu.add_argument("dir", metavar="DIR", help="folder of generated images")
+    clu.add_argument("--out", required=True, help="output folder")
+    clu.add_argument(
+        "--n-sources", default="auto", help="number of models, or auto (default: chosen)"
+    )
+    clu.add_argument(
+        "--criterion",
+        default="calinski_harabasz",
+        choices=["silhouette", "calinski_harabasz"],
+        help="how --n-sources auto chooses the count: the Calinski-Harabasz index (default; "
+        "chosen on the benchmark's development images of both years, docs/attribution.md) or "
+        "the silhouette",
+    )
+    clu.add_argument(
+        "--features",
+        default="spectrum",
+        choices=["spectrum", "dct", "pixel"],
+        help="residual spectrum (default), image DCT (Frank et al.), or pixels",
+    )
+    clu.add_argument("--truth", help="id,label CSV of the images, to evaluate")
+    clu.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    clu.set_defaults(func=_cluster)
+
+
+def _attribution_report(args: argparse.Namespace) -> Path | None:
+    """``ctfp report OUT`` of one ``ctfp attribute`` / ``ctfp cluster`` folder: its page
+    rebuilt; None for any other folder (and for --out or several folders)."""
+    from ctfp.imageclef.report import write_attribution_report
+
+    if len(args.folders) != 1 or args.out is not None:
+        return None
+    return write_attribution_report(args.folders[0])
 
 
 def _nonneg(text: str) -> int:
@@ -352,6 +483,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="image ids keep their .png extension (default: stripped)",
     )
+    val.add_argument(
+        "--labels",
+        default=None,
+        help="an attribution run file (ctfp attribute / cluster): the labels it may use, "
+        "separated by commas (s1,s2,s3); its ids are those of TEST_DIR's generated_unknown/",
+    )
     val.set_defaults(func=_validate)
 
     run = sub.add_parser(
@@ -469,6 +606,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.set_defaults(func=_report)
 
     _add_upscale(sub)
+    _add_attribution(sub)
     return parser
 
 
@@ -531,7 +669,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # options that can be checked now, before any work
         if getattr(args, "device", None) is not None:
             check_device(args.device)  # the form; availability when the model is built
-        if args.command in ("run", "demo"):
+        if args.command in ("run", "demo", "attribute", "cluster"):
             _check_out(args.out)
     except ValueError as exc:
         print(f"ctfp {args.command}: {exc}", file=sys.stderr)

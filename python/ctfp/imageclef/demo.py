@@ -8,6 +8,12 @@
    (:func:`ctfp.imageclef.layout.method_dir`: ``OUT/1``, ``OUT/sim-pixel``, ...), evaluate them
    on the test images (whose truth the demo knows), write validated run files, tables
    (Markdown, JSON) and plots (ROC of all methods, score histograms, confusion matrices).
+4. Subtask 2 (which model, which training subset made each generated image) on tiny stand-in
+   data the demo writes itself from the committed benchmark generators
+   (:func:`ctfp.attribution.dataset.write_attribution_dataset` at small counts): ``ctfp
+   attribute`` on the 2025 layout (five subsets) and the 2024 layout (four models), ``ctfp
+   cluster`` on the 2024 test images, each into ``OUT/attribution/<run>/``
+   (:func:`_attribution_part`).
 """
 
 from __future__ import annotations
@@ -206,6 +212,7 @@ def run_demo(
             curves[name] = (ys, ss)
     tables: dict[str, Any] = {"Test images (truth known to the demo)": rows}
     md, js = write_tables(tables, out, stem="results")
+    attribution = _attribution_part(out / "attribution", quick=quick, seed=seed, say=say)
     roc = None
     if curves:
         roc = plot_roc(curves, out / "roc_all.png", title="ROC of every method, test images")
@@ -218,6 +225,7 @@ def run_demo(
         "quick": quick,
         "realistic": realistic,
         "run_files": [ds.get("run_file") for r in results.values() for ds in r["datasets"]],
+        "attribution": attribution,
     }
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
     from ctfp.imageclef.report import write_run_report
@@ -228,6 +236,9 @@ def run_demo(
     say(f"\nwrote {md}, {js}" + (f", {roc}" if roc else "") + f" and per-method folders in {out}")
     if report is not None:
         say(f"report: {report} (open it in a browser)")
+    say("")
+    for r in attribution["runs"]:
+        say(f"subtask 2, {r['name']}: {r['score']}; report: {r['report']}")
     say(f"total {summary['seconds']:.0f} s")
     return summary
 
@@ -251,3 +262,51 @@ def _similarity_runs(
             key, data / "development", method_dir(out, key), verbose=verbose, **taken, **common
         )
     return runs
+
+
+def _attribution_part(out: Path, *, quick: bool, seed: int, say: Any) -> dict[str, Any]:
+    """Subtask 2 on stand-in data written here from the committed generators (2025: five
+    subsets, each with its real training slices; 2024: four models on the same images), small
+    counts: ``ctfp attribute`` on each layout and ``ctfp cluster`` (count unknown) on the 2024
+    test images, each in its own folder under ``out`` (two levels below the demo folder, so the
+    demo's page of subtask-1 runs does not list them; each has its own report.html)."""
+    import shutil
+
+    from ctfp.attribution.dataset import write_attribution_dataset
+    from ctfp.attribution.run import run_attribution, run_clustering
+    from ctfp.imageclef.layout import REPORT
+
+    t0 = time.perf_counter()
+    n_dev, n_test, n_real = (8, 4, 8) if quick else (40, 20, 40)
+    data = out / "data"
+    if data.exists():  # the demo's own stand-in data, written again each time
+        shutil.rmtree(data)
+    for setting in ("2025", "2024"):
+        write_attribution_dataset(data, setting, n_dev=n_dev, n_test=n_test, n_real=n_real)
+    t_data = time.perf_counter() - t0
+    runs = []
+    for year in ("2025", "2024"):
+        rec = run_attribution(
+            data / year / "development", data / year / "test", out / f"attribute_{year}",
+            seed=seed,
+        )  # fmt: skip
+        m = rec["metrics"]
+        runs.append({
+            "name": f"attribute {year} ({rec['method']['key']}, {len(rec['sources'])} sources)",
+            "score": f"accuracy {m['accuracy']:.3f}, macro-F1 {m['macro_f1']:.3f}",
+            "report": str(out / f"attribute_{year}" / REPORT), "metrics": m,
+        })  # fmt: skip
+    rec = run_clustering(data / "2024" / "test", out / "cluster_2024", seed=seed)
+    m = rec["metrics"]
+    runs.append({
+        "name": f"cluster 2024 (count unknown: {m['n_clusters']} found of {m['n_sources']})",
+        "score": f"ARI {m['ari']:.3f}, NMI {m['nmi']:.3f}, purity {m['purity']:.3f}",
+        "report": str(out / "cluster_2024" / REPORT), "metrics": m,
+    })  # fmt: skip
+    seconds = round(time.perf_counter() - t0, 1)
+    say(
+        f"[subtask 2] attribution ({seconds:.0f} s, of which {t_data:.0f} s writing stand-in "
+        f"data: {n_dev} development and {n_test} test images per source)"
+    )
+    return {"out": str(out), "n_dev": n_dev, "n_test": n_test, "n_real": n_real,
+            "seconds": seconds, "data_seconds": round(t_data, 1), "runs": runs}  # fmt: skip

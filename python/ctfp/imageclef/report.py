@@ -1408,3 +1408,122 @@ def write_run_report(
             stacklevel=2,
         )
         return None
+
+
+# --------------------------------------------------------------------------------------------------
+# attribution and clustering runs (ctfp attribute, ctfp cluster: subtask 2)
+
+
+def _attribution_summary(record: Mapping[str, Any]) -> Markup:
+    m = record.get("method", {})
+    pairs: list[tuple[str, Any]] = [
+        ("Task", "clustering" if record.get("task") == "clustering" else "attribution"),
+        ("Method", _h("<code>{}</code>: {}", m.get("key", "?"), m.get("description", ""))),
+    ]
+    if "year" in record:
+        shape = (
+            "real/ and generated/ per subset"
+            if record["year"] == "2025"
+            else "generated/ per model"
+        )
+        pairs.append(("Layout", f"{record['year']} ({shape})"))
+    pairs += [
+        ("Sources", ", ".join(map(str, record.get("sources", [])))),
+        ("Test images", record.get("n_test", "?")),
+        ("Predicted per source", ", ".join(
+            f"{k}: {v}" for k, v in record.get("predicted_counts", {}).items())),
+        ("Run file", _h("<code>{}</code>", Path(str(record.get("run_file", ""))).name)),
+        ("Probabilities", _h("<code>{}</code>", Path(str(record.get("scores_file", ""))).name)),
+        ("Seconds", ", ".join(f"{k} {v}" for k, v in record.get("seconds", {}).items())),
+    ]  # fmt: skip
+    if record.get("task") == "clustering":
+        pairs.insert(2, ("Sources asked / found", f"{record.get('n_sources_asked')} / "
+                                                  f"{record.get('n_sources')}"))  # fmt: skip
+    return _kv(pairs)
+
+
+def _attribution_tables(record: Mapping[str, Any]) -> Markup:
+    tables = record.get("tables") or {}
+    if not tables:
+        return _note("No test truth was given (test_labels.csv or --test-labels): no scores.")
+    parts = []
+    for title, rows in tables.items():
+        if not rows:
+            continue
+        keys = list(rows[0])
+        num = [c for c, k in enumerate(keys) if isinstance(rows[0][k], (int, float))]
+        cells = [[_fmt(r.get(k)) if isinstance(r.get(k), float) else r.get(k) for k in keys]
+                 for r in rows]  # fmt: skip
+        parts.append(_h("<h3>{}</h3>", title) + _table(keys, cells, num))
+    return Markup("".join(parts))
+
+
+def attribution_report_html(folder: str | os.PathLike[str], record: Mapping[str, Any]) -> str:
+    """The report page of an attribution (``ctfp attribute``) or clustering (``ctfp cluster``)
+    output folder: the summary, the scores, the confusion matrix, each source's mean residual
+    and mean spectrum, and (2025 layout) test images beside their closest real images in the
+    chosen subset and in the runner-up. Figures are read from ``folder`` by their fixed names."""
+    from ctfp.attribution.run import CLOSEST_PLOT, RESIDUAL_PLOT, SPECTRUM_PLOT
+
+    folder = Path(folder)
+    clustering = record.get("task") == "clustering"
+    what = "cluster" if clustering else "source"
+    sections: list[tuple[str, str, Markup]] = [
+        ("summary", "Summary", _attribution_summary(record)),
+        ("scores", "Scores on the test images", _attribution_tables(record)),
+    ]
+    if not clustering:
+        conf = folder / layout.confusion_plot(folder).name
+        body = (_figure(conf, "confusion matrix", "rows: true source, columns: predicted")
+                if conf.is_file() else _note("No test truth: no confusion matrix."))  # fmt: skip
+        sections.append(("confusion", "Confusion matrix", body))
+    sections.append((
+        "fingerprints", f"Each {what}'s fingerprint",
+        Markup(_figure(folder / RESIDUAL_PLOT, f"mean noise residual of each {what}",
+                       f"mean noise residual (image minus its Gaussian-denoised self) per {what}")
+               + _figure(folder / SPECTRUM_PLOT, f"mean spectrum of each {what}",
+                         f"mean log-magnitude FFT of the residual per {what} (centre: 0)")),
+    ))  # fmt: skip
+    if not clustering:
+        if (folder / CLOSEST_PLOT).is_file():
+            rows = [
+                [c.get("id"), *(f"{m.get('source')} (p={_fmt(m.get('proba'), 3)}): "
+                               f"{m.get('image')}, RMSE {_fmt(m.get('rmse'), 1)}"
+                               for m in c.get("matches", []))]
+                for c in record.get("closest", [])
+            ]  # fmt: skip
+            rows = [r + [""] * (3 - len(r)) for r in rows]
+            body = Markup(
+                _figure(folder / CLOSEST_PLOT, "test images beside their closest real images",
+                        "left: a test image; middle: the closest real image (pixel distance at "
+                        "64x64) of the chosen subset; right: of the runner-up")
+                + _table(["test image", "chosen subset", "runner-up"], rows)
+            )  # fmt: skip
+        else:
+            body = _note("The 2024 layout has no real images per source: no closest real images.")
+        sections.append(("closest", "Closest real images: chosen subset and runner-up", body))
+    body_html = "".join(
+        _h('<section id="{}"><h2>{}</h2>{}</section>', a, t, b) for a, t, b in sections
+    )
+    title = "ctfp report: " + ("clustering" if clustering else "attribution")
+    subtitle = (
+        f"Made {_e(time.strftime('%Y-%m-%d %H:%M:%S %z'))} by ctfp {_e(_ctfp_version())} from "
+        f"<code>{_e(str(record.get('data', '')))}</code>."
+    )
+    return _page(title, subtitle, [(a, t, 1) for a, t, _ in sections], body_html)
+
+
+def write_attribution_report(folder: str | os.PathLike[str]) -> Path | None:
+    """``report.html`` of an attribution or clustering output folder (its ``record.json`` has
+    ``task`` ``"attribution"`` or ``"clustering"``), rebuilt from its files; None when
+    ``folder`` holds no such record (a ``ctfp run`` folder: :func:`write_report`)."""
+    path = layout.record_path(folder)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("task") not in ("attribution", "clustering"):
+        return None
+    target = Path(folder) / REPORT_NAME
+    write_text_atomic(target, attribution_report_html(folder, record))
+    return target

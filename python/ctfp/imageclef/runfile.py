@@ -19,6 +19,13 @@ test ids, the label what ``int()`` reads as 0 or 1. ctfp is stricter on purpose 
 *warns* about (:func:`run_text_warnings`, never a rejection): padding around a token beyond the one
 space after the comma, labels written other than ``0``/``1`` (``+1``, ``00``, other scripts'
 digits), bare ``\r`` line ends, and an empty file.
+
+Attribution run files (subtask 2, ``ctfp attribute`` / ``ctfp cluster``) follow the same rules
+with a set of labels in place of 0/1 (``labels=`` / ``label_set=``): ``<image_id>,<source>``,
+the source one of the development sources (or the clusters found). The organisers' format for
+that subtask is not published in a form ctfp knows; ctfp keeps the subtask-1 id rule (file name
+without ``.png``) and the one-line-per-test-image rule, and takes the test ids from the test
+folder's ``generated_unknown/`` (or ``generated/``, or the folder itself).
 """
 
 from __future__ import annotations
@@ -29,12 +36,13 @@ import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from ctfp._util import check_binary_labels, write_text_atomic
 from ctfp.exceptions import CtfpError
-from ctfp.imageclef.layout import image_id  # the one image-id rule (re-exported here)
+from ctfp.imageclef.layout import id_problem, image_id  # the one image-id rule (re-exported)
 
 __all__ = [
     "RunFileError",
@@ -42,6 +50,7 @@ __all__ = [
     "SingleClassWarning",
     "image_id",
     "run_file_warnings",
+    "generated_test_ids",
     "run_text_warnings",
     "test_ids",
     "validate_run_file",
@@ -94,6 +103,25 @@ def test_ids(test_dir: str | os.PathLike[str], *, strip_extension: bool = True) 
     return [image_id(p, strip_extension=strip_extension) for p in files]
 
 
+def generated_test_ids(test_dir: str | os.PathLike[str]) -> list[str]:
+    """The ids of the generated test images of an attribution test folder: the PNG files of its
+    ``generated_unknown/`` (or ``generated/``) folder, or of ``test_dir`` itself."""
+    from ctfp.attribution.layout import TEST_FOLDERS
+
+    root = Path(test_dir)
+    if not root.is_dir():
+        raise RunFileError(f"{root}: no such folder; expected the attribution test folder")
+    folder = next((root / n for n in TEST_FOLDERS if (root / n).is_dir()), root)
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and p.suffix.lower() == ".png" and not p.name.startswith(".")
+    )
+    if not files:
+        raise RunFileError(f"{folder}: no PNG files; expected the generated test images")
+    return [image_id(p) for p in files]
+
+
 def _run_lines(text: str) -> list[str]:
     """The lines of a run file as Python's text mode reads them (universal newlines: ``\n``,
     ``\r\n`` and a bare ``\r`` each end a line); a line end after the last line adds no line."""
@@ -112,11 +140,15 @@ def _label_value(token: str) -> int | None:
         return None
 
 
-def validate_run_text(text: str, ids: Iterable[str]) -> list[Problem]:
+def validate_run_text(
+    text: str, ids: Iterable[str], *, labels: Iterable[str] | None = None
+) -> list[Problem]:
     """Every problem of run-file ``text`` against the expected ``ids``, in line order: the
     organisers' rejections, nothing more (see the module docstring; :func:`run_text_warnings`
-    lists what ctfp finds dubious but the organisers accept)."""
+    lists what ctfp finds dubious but the organisers accept). ``labels``: the accepted labels
+    of an attribution run file (the sources), in place of the integers 0 and 1."""
     expected = set(ids)
+    allowed = None if labels is None else {str(v) for v in labels}
     problems: list[Problem] = []
     seen: dict[str, int] = {}
     for no, line in enumerate(_run_lines(text), 1):
@@ -142,6 +174,13 @@ def validate_run_text(text: str, ids: Iterable[str]) -> list[Problem]:
             )
         else:
             seen[ident] = no
+        if allowed is not None:
+            if label not in allowed:
+                shown = ", ".join(sorted(allowed))
+                problems.append(
+                    Problem(no, "unknown label", f"label {label!r} is not one of: {shown}")
+                )
+            continue
         value = _label_value(label)
         if value is None:
             problems.append(Problem(no, "non-integer", f"label {label!r} is not an integer"))
@@ -158,9 +197,10 @@ def validate_run_text(text: str, ids: Iterable[str]) -> list[Problem]:
     return problems
 
 
-def run_text_warnings(text: str) -> list[Problem]:
+def run_text_warnings(text: str, *, labels: Iterable[str] | None = None) -> list[Problem]:
     """What ctfp finds dubious in run-file ``text`` although the organisers accept it, in line
-    order: never a reason to reject (:func:`validate_run_text` decides that)."""
+    order: never a reason to reject (:func:`validate_run_text` decides that). ``labels``: an
+    attribution run file (no 0/1 label-form warning)."""
     warns: list[Problem] = []
     if not _run_lines(text):
         warns.append(Problem(0, "empty", "the file is empty"))
@@ -180,7 +220,7 @@ def run_text_warnings(text: str) -> list[Problem]:
                     "(one space after the comma at most)",
                 )
             )
-        if _label_value(label) in (0, 1) and label not in ("0", "1"):
+        if labels is None and _label_value(label) in (0, 1) and label not in ("0", "1"):
             warns.append(
                 Problem(no, "label form", f"label {label!r} read as {_label_value(label)}")
             )
@@ -194,36 +234,48 @@ def _read_run_text(path: str | os.PathLike[str]) -> str:
 
 
 def validate_run_file(
-    path: str | os.PathLike[str], test_dir: str | os.PathLike[str], *, strip_extension: bool = True
+    path: str | os.PathLike[str],
+    test_dir: str | os.PathLike[str],
+    *,
+    strip_extension: bool = True,
+    labels: Iterable[str] | None = None,
 ) -> list[Problem]:
-    """Every problem of the run file at ``path`` against the test images in ``test_dir``."""
+    """Every problem of the run file at ``path`` against the test images in ``test_dir``.
+    ``labels``: an attribution run file whose labels must be among ``labels``, checked against
+    the generated test images (:func:`generated_test_ids`)."""
     try:
         text = _read_run_text(path)
     except UnicodeDecodeError as exc:
         return [Problem(0, "encoding", f"not UTF-8 text: {exc}")]
+    if labels is not None:
+        return validate_run_text(text, generated_test_ids(test_dir), labels=labels)
     return validate_run_text(text, test_ids(test_dir, strip_extension=strip_extension))
 
 
-def run_file_warnings(path: str | os.PathLike[str]) -> list[Problem]:
+def run_file_warnings(
+    path: str | os.PathLike[str], *, labels: Iterable[str] | None = None
+) -> list[Problem]:
     """:func:`run_text_warnings` of the run file at ``path`` (none for a file that is not UTF-8:
     :func:`validate_run_file` reports that)."""
     try:
         text = _read_run_text(path)
     except UnicodeDecodeError:
         return []
-    return run_text_warnings(text)
+    return run_text_warnings(text, labels=labels)
 
 
 def write_run_file(
     path: str | os.PathLike[str],
     images: Sequence[str | os.PathLike[str]],
-    labels: Sequence[int] | np.ndarray,
+    labels: Sequence[int] | Sequence[str] | np.ndarray,
     *,
     test_dir: str | os.PathLike[str] | None = None,
     strip_extension: bool = True,
     shown_as: str | os.PathLike[str] | None = None,
+    label_set: Sequence[str] | None = None,
 ) -> Path:
-    """Write a run file for ``images`` (paths or ids) with their 0/1 ``labels``.
+    """Write a run file for ``images`` (paths or ids) with their 0/1 ``labels`` (or, with
+    ``label_set``, their text labels among ``label_set``: an attribution run file).
 
     ``shown_as``: the name messages give the file (default ``path``; the runner writes into a
     temporary folder that becomes the output folder, and names the file where it will be).
@@ -238,6 +290,8 @@ def write_run_file(
     ids = [image_id(p, strip_extension=strip_extension) for p in images]
     if not ids:
         raise RunFileError(f"run file {named} not written: no images; the run file is empty")
+    if label_set is not None:
+        return _write_label_run_file(path, ids, labels, label_set, named)
     labels = np.asarray(labels)
     if labels.shape != (len(ids),):
         raise RunFileError(
@@ -268,6 +322,39 @@ def write_run_file(
             "run carries no membership information (the 2024 paper's runs were rejected for this)",
             SingleClassWarning,
             stacklevel=2,
+        )
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, text)
+    return path
+
+
+def _write_label_run_file(
+    path: str | os.PathLike[str],
+    ids: list[str],
+    labels: Sequence[Any] | np.ndarray,
+    label_set: Sequence[str],
+    named: str | os.PathLike[str],
+) -> Path:
+    """:func:`write_run_file` of an attribution run: text labels among ``label_set``."""
+    shown = [str(v) for v in labels]
+    if len(shown) != len(ids):
+        raise RunFileError(
+            f"labels: expected {len(ids)} labels (one per image), found {len(shown)}"
+        )
+    allowed = [str(v) for v in label_set]
+    bad = sorted({str(v) for v in allowed if id_problem(v) is not None})
+    if bad:
+        raise RunFileError(
+            f"label_set: {bad[0]!r} cannot be a run-file label ({id_problem(bad[0])})"
+        )
+    text = "".join(f"{i},{v}\n" for i, v in zip(ids, shown, strict=True))
+    problems = validate_run_text(text, ids, labels=allowed)
+    if problems:
+        listing = "\n  ".join(str(p) for p in problems[:20])
+        more = f"\n  ... {len(problems) - 20} more" if len(problems) > 20 else ""
+        raise RunFileError(
+            f"run file {named} not written: {len(problems)} problems\n  {listing}{more}", problems
         )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
