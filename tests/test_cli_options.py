@@ -3,6 +3,7 @@ code does; internal errors keep their traceback behind ``--debug`` / ``CTFP_DEBU
 
 from __future__ import annotations
 
+import importlib.abc
 import sys
 
 import pytest
@@ -43,12 +44,27 @@ def test_demo_hands_device_threads_and_torch_threads_to_every_method_taking_them
     assert seen["base-ganleaks"] == seen["base-vcmi"] == {"threads": 3}  # CPU only, no torch
 
 
+class _NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+
 def test_upscale_without_torch_says_so_in_one_line(tmp_path, monkeypatch, capsys):
+    import ctfp
+
     for name in [
         m for m in sys.modules if m == "torch" or m.startswith(("torch.", "ctfp.superres"))
     ]:
         monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ModuleNotFoundError
+    # The import below binds a new, half-imported ctfp.superres as the package's attribute; put
+    # the original back afterwards too, or later tests would patch one module object while the
+    # code imports the other (monkeypatch restores sys.modules, not package attributes)
+    monkeypatch.delattr(ctfp, "superres", raising=False)
+    # import torch -> ModuleNotFoundError, as on a machine without it (a finder, not
+    # sys.modules["torch"] = None, which libraries that look torch up there would trip on)
+    monkeypatch.setattr(sys, "meta_path", [_NoTorch(), *sys.meta_path])
     assert main(["upscale", str(tmp_path), str(tmp_path / "x")]) == 3
     err = capsys.readouterr().err
     assert err.strip() == (
