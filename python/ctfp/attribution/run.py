@@ -27,7 +27,6 @@ import io
 import json
 import os
 import time
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -73,24 +72,13 @@ def _read(what: str, reader: Any, *args: Any) -> Any:
 
 
 def _check_ids(tst: TestSet) -> None:
-    """Every test image's id can be a run-file id and is unique (``a.png``/``a.PNG``)."""
-    from ctfp.imageclef.layout import id_problem, image_id
+    """Every test image's id can be a run-file id and is unique (``a.png``/``a.PNG``): the
+    runner's rule and message (:func:`ctfp.imageclef.runner.id_problems`)."""
+    from ctfp.imageclef.layout import image_id
+    from ctfp.imageclef.runner import id_problems, refuse_bad_ids
 
+    refuse_bad_ids(id_problems(tst.paths))
     ids = [image_id(p) for p in tst.paths]
-    count = Counter(ids)
-    bad = []
-    for p, ident in zip(tst.paths, ids, strict=True):
-        why = id_problem(ident)
-        if why is None and count[ident] > 1:
-            why = f"{count[ident]} files in the folder give the id {ident!r}"
-        if why is not None:
-            bad.append(f"{ascii(str(p)) if id_problem(p.name) else p}: {why}")
-    if bad:
-        from ctfp.imageclef.runner import ImageIdError
-
-        raise ImageIdError(
-            f"{len(bad)} test image name(s) cannot be run-file ids (rename them): " + "; ".join(bad)
-        )
     tst.ids = ids
 
 

@@ -44,6 +44,7 @@ import subprocess
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -160,14 +161,27 @@ def check_ids(pairs: list[tuple[Dataset, Dataset | None]]) -> None:
         paths = ts.unknown + [
             p for p, _ in ts.folders["real_unknown"].unreadable if _is_image_entry(p)
         ]
-        count = Counter(image_id(p) for p in paths)
-        for p in sorted(paths):
-            ident = image_id(p)
-            why = id_problem(ident)
-            if why is None and count[ident] > 1:
-                why = f"{count[ident]} files in the folder give the id {ident!r}"
-            if why is not None:
-                bad.append(f"{_shown(p)}: {why}")
+        bad += id_problems(paths)
+    refuse_bad_ids(bad)
+
+
+def id_problems(paths: Sequence[Path]) -> list[str]:
+    """``"<file>: <why>"`` for each of one folder's test images whose id cannot be a run-file id
+    or is also the id of another of them (``a.png`` and ``a.PNG``), in path order."""
+    count = Counter(image_id(p) for p in paths)
+    bad = []
+    for p in sorted(paths):
+        ident = image_id(p)
+        why = id_problem(ident)
+        if why is None and count[ident] > 1:
+            why = f"{count[ident]} files in the folder give the id {ident!r}"
+        if why is not None:
+            bad.append(f"{_shown(p)}: {why}")
+    return bad
+
+
+def refuse_bad_ids(bad: Sequence[str]) -> None:
+    """:class:`ImageIdError` naming every bad file of :func:`id_problems`, if there is one."""
     if bad:
         raise ImageIdError(
             f"{len(bad)} test image name(s) cannot be run-file ids (rename them): " + "; ".join(bad)
