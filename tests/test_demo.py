@@ -24,6 +24,8 @@ def test_quick_demo_completes(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "Test images" in done.stdout and "Method 1" in done.stdout
+    # the leak question's one verdict (Holm over the similarity methods) leads the summary
+    assert done.stdout.index("Does the generator leak?") < done.stdout.index("Test images")
     summary = json.loads((out / "summary.json").read_text())
     rows = summary["tables"]["Test images (truth known to the demo)"]
     assert rows[0]["method"].startswith("Method 1") and len(rows) >= 2
@@ -33,3 +35,8 @@ def test_quick_demo_completes(tmp_path):
         assert validate_run_file(run_file, out / "data" / "test") == []
     # the leak is strong enough that at least one similarity method finds it
     assert max(r["roc_auc"] for r in rows[1:]) > 0.75
+    (family,) = summary["leak_test"]
+    assert family["n_tests"] == len(rows) - 1  # every similarity method, not Method 1
+    assert family["verdict"] in ("leak", "no evidence", "inconclusive")
+    page = (out / "report.html").read_text()
+    assert page.index('id="leak-family"') < page.index('id="demo"')

@@ -216,6 +216,9 @@ def test_ctfp_report_compares_runs(run_dir, leaky, tmp_path):
     assert {f"run{n}-{s}" for n in (1, 2) for s in SECTIONS} <= ids
     assert (tmp_path / "cmp" / "report_compare_roc.png").stat().st_size > 0
     assert "SSIM to the mean of 10 closest" in page and "GAN-Leaks (baseline)" in page
+    # two leak tests on one dataset: one Holm verdict leads the page
+    assert page.index('id="leak-family"') < page.index('id="compare"')
+    assert "One verdict for 2 tests" in page
     # default place: the first folder
     assert main(["report", str(run_dir), str(other)]) == 0
     assert (run_dir / "report_compare.html").is_file()
@@ -489,6 +492,36 @@ def test_attribution_report_in_a_browser(browser, tmp_path):
     scores = browser.find_element(By.ID, "scores").text
     assert "accuracy" in scores and "s3" in scores
     assert not browser.find_elements(By.TAG_NAME, "script")
+    resources = browser.execute_script(
+        "return performance.getEntriesByType('resource').map(e => e.name);"
+    )
+    assert all(r.startswith("data:") for r in resources), resources
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+
+
+def test_leaktest_report_in_a_browser(browser, leaky, tmp_path):
+    """``ctfp leaktest``'s page: the family's verdict with raw and adjusted p-values, the null
+    distributions as a picture that decodes, nothing fetched."""
+    from selenium.webdriver.common.by import By
+
+    out = tmp_path / "lt"
+    args = ["--methods", "sim-pixel,base-ganleaks", "--permutations", "199", "--n-jobs", "1"]
+    assert main(["leaktest", str(leaky / "development"), "--out", str(out), *args]) == 0
+    browser.get_log("browser")
+    browser.get((out / "report.html").resolve().as_uri())
+    assert browser.title == "ctfp report: leak test"
+    section = browser.find_element(By.ID, "dataset1")
+    assert section.is_displayed() and "One verdict for 2 tests" in section.text
+    rows = section.find_elements(By.CSS_SELECTOR, "tbody tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows] == [
+        "sim-pixel",
+        "base-ganleaks",
+    ]
+    images = browser.execute_script(
+        "return Array.from(document.images, i => [i.complete, i.naturalWidth, i.alt]);"
+    )
+    assert [a for _, _, a in images] == ["null distributions of the leak tests"]
+    assert all(done and w > 0 for done, w, _ in images), images
     resources = browser.execute_script(
         "return performance.getEntriesByType('resource').map(e => e.name);"
     )

@@ -183,10 +183,79 @@ def _report(args: argparse.Namespace) -> int:
     from ctfp.imageclef.report import write_report
 
     path = _attribution_report(args)  # ctfp attribute / ctfp cluster folders
+    if path is None and len(args.folders) == 1 and args.out is None:
+        from ctfp.imageclef.report import write_leaktest_report
+
+        path = write_leaktest_report(args.folders[0])  # a ctfp leaktest folder
     if path is None:
         path = write_report(args.folders, args.out, redo_galleries=args.redo_galleries)
     print(f"report: {path} (open it in a browser)")
     return 0
+
+
+def _leaktest(args: argparse.Namespace) -> int:
+    """Does the generator leak its training images at all? The question on its own, on
+    development data (real_used/, real_not_used/, generated/), no test split needed: each
+    method's leak test (a permutation test of exact level: the used/not-used labels relabelled
+    at random, everything that uses them rerun; a no-generator control), and one verdict for
+    all of them (Holm's adjustment: the chance of any false alarm among the methods stays at
+    most --alpha). Writes record.json, leaktest.json (verdicts, p-values raw and adjusted,
+    their resolution, ROC-AUC with its 95 % interval, the control), leaktest_<dataset>.png
+    (each null distribution with the observed statistic) and report.html into OUT. Exit 0
+    whatever the verdict."""
+    from ctfp.imageclef.layout import REPORT, record_path
+    from ctfp.imageclef.leakcheck import LEAKTEST_JSON, run_leak_tests
+
+    record = run_leak_tests(
+        args.data, args.out, methods=args.methods, groups=args.groups, alpha=args.alpha,
+        n_permutations=args.permutations, seed=args.seed, device=args.device or "auto",
+        threads=n_jobs_to_threads(args.n_jobs, "--n-jobs"), torch_threads=args.torch_threads,
+        on_unreadable=args.on_unreadable, verbose=0 if args.quiet else 1,
+    )  # fmt: skip
+    for d in record["datasets"]:
+        fam = d["family"]
+        print(f"dataset {d['dataset']['dataset']}: {fam['verdict'].upper()}")
+        print(f"  {fam['message']}")
+    print(f"record: {record_path(args.out)}, {Path(args.out) / LEAKTEST_JSON} "
+          f"({record['seconds']} s)")  # fmt: skip
+    print(f"report: {Path(args.out) / REPORT} (open it in a browser)")
+    return 0
+
+
+def _add_leaktest(sub: Any) -> None:
+    from ctfp.imageclef.leakcheck import DEFAULT_METHODS
+
+    lt = sub.add_parser(
+        "leaktest", help="does the generator leak its training images at all?",
+        description=_leaktest.__doc__,
+    )  # fmt: skip
+    lt.add_argument("data", metavar="DEV", help="development data (real_used/, real_not_used/, "
+                    "generated/; or Dataset folders holding them)")  # fmt: skip
+    lt.add_argument("--out", required=True, help="output folder (one leak-test run)")
+    lt.add_argument(
+        "--methods", default=",".join(DEFAULT_METHODS),
+        help=f"comma-separated similarity methods, among {', '.join(SIMILARITY_KEYS)} (default "
+        f"{','.join(DEFAULT_METHODS)}: those whose size on true nulls and power "
+        f"docs/leaktest.md measures)",
+    )  # fmt: skip
+    lt.add_argument(
+        "--groups", default=None, metavar="CSV",
+        help="id,group CSV of the patient of each real image (ids without .png): relabelings "
+        "move whole patients (slices of one patient are not independent)",
+    )  # fmt: skip
+    lt.add_argument("--alpha", type=float, default=0.05, help="the level (default 0.05)")
+    lt.add_argument(
+        "--permutations", type=int, default=None, metavar="B",
+        help="random relabelings per test (default: 9,999 for scores that use no labels, 999 "
+        "for sim-fused's combiner; the p-value's resolution is 1/(B+1))",
+    )  # fmt: skip
+    lt.add_argument(
+        "--on-unreadable", default="error", choices=["error", "skip"],
+        help="images that cannot be decoded (each is listed first): error (default), skip",
+    )  # fmt: skip
+    _add_machine_options(lt)
+    lt.add_argument("--quiet", action="store_true", help="no progress bars")
+    lt.set_defaults(func=_leaktest)
 
 
 def _label_set(text: str) -> list[str]:
@@ -607,6 +676,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_upscale(sub)
     _add_attribution(sub)
+    _add_leaktest(sub)
     return parser
 
 
@@ -669,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # options that can be checked now, before any work
         if getattr(args, "device", None) is not None:
             check_device(args.device)  # the form; availability when the model is built
-        if args.command in ("run", "demo", "attribute", "cluster"):
+        if args.command in ("run", "demo", "attribute", "cluster", "leaktest"):
             _check_out(args.out)
     except ValueError as exc:
         print(f"ctfp {args.command}: {exc}", file=sys.stderr)

@@ -7,7 +7,9 @@
    similarity methods and the baselines, each into its own folder ``OUT/<key>/``
    (:func:`ctfp.imageclef.layout.method_dir`: ``OUT/1``, ``OUT/sim-pixel``, ...), evaluate them
    on the test images (whose truth the demo knows), write validated run files, tables
-   (Markdown, JSON) and plots (ROC of all methods, score histograms, confusion matrices).
+   (Markdown, JSON) and plots (ROC of all methods, score histograms, confusion matrices). The
+   similarity methods' leak tests get one family verdict (Holm: summary ``leak_test``), which
+   the printed summary and the report lead with.
 4. Subtask 2 (which model, which training subset made each generated image) on tiny stand-in
    data the demo writes itself from the committed benchmark generators
    (:func:`ctfp.attribution.dataset.write_attribution_dataset` at small counts): ``ctfp
@@ -210,6 +212,13 @@ def run_demo(
         ss = [v for ds in rec["datasets"] for v in ds.get("test_scores", [])]
         if ys:
             curves[name] = (ys, ss)
+    # the similarity methods' leak tests on one dataset are one family: one verdict (Holm)
+    from ctfp.imageclef.leakcheck import leak_families
+
+    families = [
+        {"dataset": f["dataset"], **f["family"]}
+        for f in leak_families([(r["method"]["key"], r) for r in results.values()])
+    ]
     tables: dict[str, Any] = {"Test images (truth known to the demo)": rows}
     md, js = write_tables(tables, out, stem="results")
     attribution = _attribution_part(out / "attribution", quick=quick, seed=seed, say=say)
@@ -218,6 +227,7 @@ def run_demo(
         roc = plot_roc(curves, out / "roc_all.png", title="ROC of every method, test images")
     summary = {
         "out": str(out),
+        "leak_test": families,
         "leak": leak,
         "loader": loader,
         "tables": tables,
@@ -231,6 +241,9 @@ def run_demo(
     from ctfp.imageclef.report import write_run_report
 
     report = write_run_report(out)  # every method's run, compared, with its evidence galleries
+    say("")
+    for f in families:  # the answer to "does it leak at all?" leads
+        say(f"Does the generator leak? [{f['dataset']}] {f['message']}")
     say("")
     say(markdown_table(rows, title="Test images (truth known to the demo)"))
     say(f"\nwrote {md}, {js}" + (f", {roc}" if roc else "") + f" and per-method folders in {out}")

@@ -10,6 +10,8 @@ from here, so a script can name every file of an output folder without a glob::
     OUT/scores_<split>.csv     ``id,score,predicted`` of each test image of that split
     OUT/roc.png, histograms.png, confusion.png
     OUT/gallery_<dataset>.png, .json, training_<dataset>.png   (report figures)
+    OUT/leaktest_<dataset>.png     the leak test's null distribution (report figure)
+    OUT/leaktest.json              ``ctfp leaktest``: the verdicts in short
     OUT/report.html            the report page
 
 A folder holding several methods (``ctfp demo``) keeps each in a subfolder named by the
@@ -111,7 +113,8 @@ def id_problem(ident: str) -> str | None:
 
 _RUN_OUTPUT = re.compile(
     r"^(record\.json|report\.html|INCOMPLETE|results\.(md|json)|roc\.png|histograms\.png"
-    r"|confusion\.png|run_.+\.txt|scores_.+\.csv|gallery_.+\.(png|json)|training_.+\.png)$"
+    r"|confusion\.png|run_.+\.txt|scores_.+\.csv|gallery_.+\.(png|json)|training_.+\.png"
+    r"|leaktest\.json|leaktest_.+\.png)$"
 )
 
 

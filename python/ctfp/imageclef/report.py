@@ -4,6 +4,9 @@ dark colour schemes; prints on A4).
 
 What a report shows, per run (the section ids are :data:`SECTIONS`):
 
+- ``leak-test``: for the similarity methods, the leak test the run made before any prediction
+  (does the generator leak at all?): verdict, p-value with its resolution, ROC-AUC with its
+  interval, the no-generator control, and the null distribution with the observed statistic;
 - ``record``: the method and its options, the configuration and seed, the data folders with their
   image counts and unreadable files, versions, the git commit and the timings (all from
   ``record.json``);
@@ -34,6 +37,11 @@ method was fitted on (the development data's), with
 
 Each gallery is saved as ``gallery_<dataset>.png`` with a ``.json`` beside it (the
 images, neighbours and values shown), and reused while the record is the same run.
+
+A page of several runs on one dataset (``ctfp demo``, ``ctfp report A B ...``) leads with the
+family's verdict on the leak question (:func:`ctfp.imageclef.leakcheck.leak_families`: Holm's
+adjustment of the runs' leak tests; raw and adjusted p-values side by side). ``ctfp leaktest``
+folders have a page of their own (:func:`leaktest_report_html`).
 
 ``ctfp report OUT_DIR`` rebuilds the page of an output folder (so runs made before reports
 existed get one); ``ctfp report A B ...`` writes ``report_compare.html`` (into the first folder,
@@ -71,7 +79,9 @@ __all__ = [
     "ReportWarning",
     "Run",
     "load_runs",
+    "leaktest_report_html",
     "write_galleries",
+    "write_leaktest_report",
     "write_report",
     "write_run_report",
 ]
@@ -82,6 +92,7 @@ COMPARE_NAME = "report_compare.html"
 #: which also has a ``compare`` section).
 SECTIONS = (
     "summary",
+    "leak-test",
     "metrics",
     "plots",
     "galleries",
@@ -224,6 +235,21 @@ def _record_problem(record: dict) -> str | None:
         for k in ("holdout", "test"):
             if info.get(k) is not None:
                 bad = metrics(f"{where}.{k}", info[k])
+                if bad:
+                    return bad
+        lt = info.get("leak_test")
+        if lt is not None:
+            if not isinstance(lt, dict):
+                return f"field '{where}.leak_test': expected an object, found {_type_name(lt)}"
+            for k, types, what in (
+                ("verdict", _TEXT, "text"),
+                ("p_value", _NUMBER, "a number"),
+                ("auc", _NUMBER, "a number"),
+                ("auc_interval", (list,), "a list"),
+                ("control", (dict,), "an object"),
+                ("null_histogram", (dict,), "an object"),
+            ):
+                bad = want(f"{where}.leak_test.{k}", lt.get(k), types, what)
                 if bad:
                     return bad
         dec = info.get("decision") or {}
@@ -997,6 +1023,19 @@ def _summary_section(run: Run, checks: Sequence[Mapping[str, Any]]) -> str:
             cards.append(
                 ("threshold", _fmt(d.get("threshold"), 4), where.get(str(d.get("rule")), ""))
             )
+    lts = [d["leak_test"] for d in run.datasets if isinstance(d.get("leak_test"), Mapping)]
+    if lts:
+        lt = lts[0]
+        verdict = str(lt.get("verdict", "?"))
+        note = (
+            f"p {_fmt(lt.get('p_value'), 3)}, AUC {_fmt(lt.get('auc'), 3)}"
+            if isinstance(lt.get("p_value"), (int, float))
+            else "not run"
+        )
+        if verdict != "leak":
+            note += "; predictions unsupported"
+        cards.append(("leak test", _h('<span class="{}">{}</span>', _VERDICT_CLASS.get(verdict,
+                      "warn"), verdict), note))  # fmt: skip
     for c in checks[:2]:
         cls = {"valid": "ok", "invalid": "bad"}.get(c["status"], "warn")
         note = f"{_fmt(c['used'])} of {_fmt(c['lines'])} predicted used"
@@ -1144,8 +1183,201 @@ def _training_section(run: Run) -> str:
     return _note("The record holds no training history.")
 
 
+# --------------------------------------------------------------------------------------------------
+# the leak test: one run's, a family's, and a ctfp leaktest folder's
+
+#: a verdict's colour: "leak" is the privacy alarm
+_VERDICT_CLASS = {"leak": "bad", "inconclusive": "warn", "no evidence": "ok", "not tested": "warn"}
+_LEAK_HEADERS = ["method", "verdict", "ROC-AUC [95 %]", "p-value", "p (Holm)", "relabelings",
+                 "control AUC, p"]  # fmt: skip
+
+
+def _verdict_html(verdict: Any) -> Markup:
+    return _h('<span class="badge {}">{}</span>', _VERDICT_CLASS.get(str(verdict), "warn"),
+              str(verdict))  # fmt: skip
+
+
+def _leak_row(name: str, lt: Mapping[str, Any], adjusted: Any = None) -> list[Any]:
+    """One table row of a leak test (a :func:`run_leak_test` result as the record holds it)."""
+    if not isinstance(lt.get("p_value"), (int, float)):
+        return [name, _verdict_html(lt.get("verdict", "not tested")), "–", "–", "–", "–", "–"]
+    ci = lt.get("auc_interval")
+    auc = _num(lt.get("auc"), ".3f") + (
+        _h(" [{}-{}]", _num(ci[0], ".3f"), _num(ci[1], ".3f"))
+        if isinstance(ci, list) and len(ci) == 2
+        else ""
+    )
+    b = lt.get("n_permutations")
+    if b is None:
+        perms = "– (Mann-Whitney)"
+    else:
+        kind = "all" if lt.get("exact_enumeration") else "random"
+        perms = f"{b} {kind} (resolution {_fmt(lt.get('p_value_resolution'), 2)})"
+    c = lt.get("control")
+    ctrl = (
+        f"{_fmt(c.get('auc'), 3)}, p {_fmt(c.get('p_value'), 3)}"
+        if isinstance(c, Mapping)
+        else "none"
+    )
+    adj = "–" if adjusted is None else _fmt(adjusted, 3)
+    return [name, _verdict_html(lt.get("verdict")), auc, _fmt(lt["p_value"], 3), adj, perms, ctrl]
+
+
+def _family_html(family: Mapping[str, Any], tests: Mapping[str, Mapping[str, Any]]) -> Markup:
+    """A family's verdict, its message and one row per method (raw and adjusted p-values)."""
+    rows = []
+    for t in family.get("tests", []):
+        lt = tests.get(t.get("name"), {"verdict": t.get("verdict")})
+        rows.append(_leak_row(str(t.get("name")), lt, t.get("p_adjusted")))
+    how = {"holm": "Holm's step-down adjustment", "bonferroni": "Bonferroni's adjustment"}.get(
+        str(family.get("method")), "no adjustment"
+    )
+    head = _h(
+        "<p><strong>One verdict for {} tests: {}</strong> ({} at alpha {}: the chance of any "
+        "false alarm among them is at most alpha whatever their dependence). {}</p>",
+        family.get("n_tests"), _verdict_html(family.get("verdict")), how, family.get("alpha"),
+        "Per-image predictions are supported." if family.get("verdict") == "leak" else
+        "Per-image predictions are unsupported: nothing shows that this generator leaks.",
+    )  # fmt: skip
+    return Markup(head + _table(_LEAK_HEADERS, rows, num=(3, 4)) + _h(
+        '<p class="muted">{}</p>', family.get("message", "")))  # fmt: skip
+
+
+def _leak_detail(lt: Mapping[str, Any]) -> Markup:
+    pairs: list[tuple[str, Any]] = [("verdict", _verdict_html(lt.get("verdict")))]
+    if isinstance(lt.get("message"), str):
+        pairs.append(("in one line", lt["message"]))
+    for key, label in (("test", "test"), ("pipeline", "pipeline (what relabelling reruns)"),
+                       ("n_used", "used units"), ("n_not_used", "not-used units"),
+                       ("n_splits", "cross-fitting folds"), ("seconds", "seconds")):  # fmt: skip
+        if key in lt:
+            pairs.append((label, _fmt(lt[key])))
+    if "difference" in lt and isinstance(lt["difference"], Mapping):
+        pairs.append(("generated set over control", _fmt(lt["difference"].get("p_value"), 3)))
+    return _kv(pairs)
+
+
+def _leak_section(run: Run) -> str:
+    parts: list[str] = []
+    for i, info in enumerate(run.datasets):
+        lt = info.get("leak_test")
+        if not isinstance(lt, Mapping):
+            continue
+        name = str((info.get("dataset") or {}).get("dataset", i))
+        parts.append(_h("<h4>Dataset {}</h4>", name))
+        parts.append(_table(_LEAK_HEADERS, [_leak_row(run.key, lt)], num=(3,)))
+        parts.append(_leak_detail(lt))
+        if isinstance(lt.get("null_histogram"), Mapping):
+            from ctfp.imageclef.leakcheck import leaktest_plot, plot_null_distributions
+
+            path = leaktest_plot(run.folder, name)
+            try:
+                plot_null_distributions([(run.key, lt)], path, f"Leak test, {name}")
+            except OSError as exc:  # a read-only folder: the page says so, the rest stands
+                parts.append(_note(f"{path.name}: not written ({exc})"))
+            parts.append(_figure(path, "null distribution of the leak test",
+                                 "ROC-AUC of the development images under random relabelings "
+                                 "(the null: the generator does not tell used from not used); "
+                                 "the red line is the observed one."))  # fmt: skip
+    if not parts:
+        return _note(
+            "No leak test in this run: the paper's Methods 1-4 train a classifier (no leak "
+            "test); a similarity run made with leak_test=False has none either."
+        )
+    return (
+        "<p>Before any per-image verdict: do the development images the generator was trained "
+        "on score higher than those it was not? A permutation test of exact level (the labels "
+        "relabelled, everything that uses them rerun) with a no-generator control "
+        "(docs/leaktest.md).</p>" + "".join(parts)
+    )
+
+
+def _family_section(runs: Sequence[Run]) -> str | None:
+    """The family verdict of the runs' leak tests, per dataset, or None when at most one run
+    has a leak test on every dataset."""
+    from ctfp.imageclef.leakcheck import leak_families
+
+    named = [(_run_name(r, runs) if len({r.key for r in runs}) < len(runs) else r.key, r.record)
+             for r in runs]  # fmt: skip
+    families = [f for f in leak_families(named) if f["family"]["n_tests"] > 1]
+    if not families:
+        return None
+    parts = []
+    for f in families:
+        parts.append(_h("<h3>Dataset {} <code>{}</code></h3>", f["dataset"], f["root"]))
+        parts.append(_family_html(f["family"], f["tests"]))
+    return "".join(parts)
+
+
+def leaktest_report_html(folder: str | os.PathLike[str], record: Mapping[str, Any]) -> str:
+    """The report page of a ``ctfp leaktest`` output folder: per dataset the family's verdict,
+    every method's test (raw and adjusted p-values, ROC-AUC with its interval, the control)
+    and the null distributions (``leaktest_<dataset>.png``), then the record."""
+    from ctfp.imageclef.leakcheck import leaktest_plot
+
+    folder = Path(folder)
+    sections: list[tuple[str, str, Markup]] = []
+    for n, d in enumerate(record.get("datasets") or [], 1):
+        if not isinstance(d, Mapping) or not isinstance(d.get("family"), Mapping):
+            continue
+        name = str((d.get("dataset") or {}).get("dataset", n))
+        found = d.get("tests")
+        tests: Mapping[str, Any] = found if isinstance(found, Mapping) else {}
+        details = "".join(
+            _h("<h4>{}</h4>", k) + _leak_detail(v) for k, v in tests.items()
+            if isinstance(v, Mapping)
+        )  # fmt: skip
+        body = Markup(
+            _family_html(d["family"], tests)
+            + _figure(leaktest_plot(folder, name), "null distributions of the leak tests",
+                      "Each method's ROC-AUC under random relabelings of the development "
+                      "images (the null), the observed one marked in red.")
+            + details
+        )  # fmt: skip
+        sections.append((f"dataset{n}", f"Dataset {name}", body))
+    given = record.get("config")
+    cfg: Mapping[str, Any] = given if isinstance(given, Mapping) else {}
+    rec = _kv(
+        [("data", _h("<code>{}</code>", _fmt(record.get("data")))),
+         ("methods", ", ".join(map(str, record.get("methods") or []))),
+         *((k, _h("<code>{}</code>", _fmt(v))) for k, v in cfg.items()),
+         ("started", _fmt(record.get("started"))), ("run time", f"{_fmt(record.get('seconds'))} s"),
+         ("git commit", _h("<code>{}</code>", _fmt(record.get("git_commit")))),
+         *((k, _fmt(v)) for k, v in (record.get("versions") or {}).items())]
+    )  # fmt: skip
+    sections.append(("record", "Run record", rec))
+    body_html = "".join(
+        _h('<section id="{}"><h2>{}</h2>{}</section>', a, t, b) for a, t, b in sections
+    )
+    subtitle = _h(
+        "Made {} by ctfp {} from <code>{}</code>. The leak test alone: does the generator leak "
+        "its training images at all? (docs/leaktest.md)",
+        time.strftime("%Y-%m-%d %H:%M:%S %z"), _ctfp_version(), str(record.get("data", "")),
+    )  # fmt: skip
+    return _page("ctfp report: leak test", subtitle, [(a, t, 1) for a, t, _ in sections],
+                 body_html)  # fmt: skip
+
+
+def write_leaktest_report(folder: str | os.PathLike[str]) -> Path | None:
+    """``report.html`` of a ``ctfp leaktest`` folder rebuilt from its record and figures; None
+    when ``folder`` holds no such record."""
+    path = layout.record_path(folder)
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(record, dict) or record.get("kind") != "leaktest":
+        return None
+    if not isinstance(record.get("datasets"), list):
+        raise ReportError(f"{path}: not a ctfp leak-test record: field 'datasets' is not a list")
+    target = Path(folder) / REPORT_NAME
+    write_text_atomic(target, leaktest_report_html(folder, record))
+    return target
+
+
 _SECTION_TITLES = {
     "summary": "At a glance",
+    "leak-test": "Leak test: does the generator leak at all?",
     "record": "Run record",
     "metrics": "Metrics",
     "decision": "Decision",
@@ -1162,6 +1394,7 @@ def _run_article(
     checks = _check_run_files(run)
     bodies = {
         "summary": _summary_section(run, checks),
+        "leak-test": _leak_section(run),
         "record": _record_section(run),
         "metrics": _metrics_section(run),
         "decision": _decision_section(run),
@@ -1351,6 +1584,12 @@ def write_report(
             target = target / name
     target.parent.mkdir(parents=True, exist_ok=True)
     body, toc = [], []
+    family = _family_section(runs) if len(runs) > 1 else None
+    if family is not None:
+        body.append(
+            f'<section id="leak-family"><h2>Does the generator leak?</h2>{family}</section>'
+        )
+        toc.append(("leak-family", "Does the generator leak?", 1))
     if len(paths) == 1:
         demo = _demo_section(paths[0])
         if demo is not None:

@@ -222,10 +222,12 @@ class SimilarityScorer:
     ``device`` and ``torch_threads`` reach the estimators that take them and are refused
     (other than ``"auto"``/``"cpu"``, None) by those that do not. With ``leak_test``, before
     any prediction: :func:`ctfp.membership.leaktest.run_leak_test` on all labelled development
-    images (cross-fitted scores, Mann-Whitney U, a no-generator control); its result is the
-    record's ``datasets[i]["leak_test"]``, and when it finds no leak a console line says that
-    the per-image predictions are unsupported (``datasets[i]["predictions_supported"]``).
-    ``groups``: ``{image id: group}`` (the patient of each slice)."""
+    images (a permutation test of exact level with a no-generator control, at level
+    ``leak_alpha`` with ``leak_permutations`` relabelings, None: the pipeline's default); its
+    result is the record's ``datasets[i]["leak_test"]``, and when it finds no leak a console
+    line says that the per-image predictions are unsupported
+    (``datasets[i]["predictions_supported"]``). ``groups``: ``{image id: group}`` (the patient
+    of each slice)."""
 
     refits = True
 
@@ -241,6 +243,8 @@ class SimilarityScorer:
         index_cache: str | os.PathLike[str] | None = None,
         leak_test: bool = True,
         groups: dict[str, str] | None = None,
+        leak_alpha: float = 0.05,
+        leak_permutations: int | None = None,
     ) -> None:
         from ctfp.imageclef.methods import estimator_takes
 
@@ -266,6 +270,7 @@ class SimilarityScorer:
         self.seed, self.verbose = seed, verbose
         self.index_cache, self.leak_test = index_cache, leak_test
         self.groups = groups
+        self.leak_alpha, self.leak_permutations = leak_alpha, leak_permutations
 
     def config(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -355,10 +360,12 @@ class SimilarityScorer:
             random_state=self.seed,
             groups=grp,
             fit_params=fit_params,
+            alpha=self.leak_alpha,
+            n_permutations=self.leak_permutations,
         )
         lt["seconds"] = round(time.perf_counter() - t0, 2)
         note = "" if lt["supported"] else "; its per-image predictions are UNSUPPORTED"
-        log.info("leak test [%s]: %s%s", ds.name, lt["message"], note)
+        log.info("leak test [%s, %s]: %s%s", ds.name, self.method.key, lt["message"], note)
         return {"leak_test": lt, "predictions_supported": lt["supported"]}
 
 
