@@ -27,18 +27,17 @@ torch is imported only by the functions that need it.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ctfp._util import atomic_write
+from ctfp.imageclef.realistic import TrainResult
 
 __all__ = [
     "ARCHITECTURES",
@@ -205,19 +204,6 @@ def _standing_stats(
     generator.eval()
 
 
-@dataclass
-class TrainResult:
-    """What :func:`train_generator` returns: the EMA generator (eval mode, standing statistics),
-    the training log (one dict per logged iteration), the iterations done, the seconds taken and
-    whether the time budget stopped training before ``iterations``."""
-
-    generator: Any
-    history: list[dict[str, Any]] = field(default_factory=list)
-    iterations: int = 0
-    seconds: float = 0.0
-    stopped_early: bool = False
-
-
 def train_generator(
     train_images: np.ndarray,
     spec: GeneratorSpec,
@@ -233,68 +219,23 @@ def train_generator(
 ) -> TrainResult:
     """Train ``spec``'s generator on ``train_images`` (``uint8 (N, 64, 64)``) on the CPU.
 
-    The recipe of :func:`ctfp.imageclef.realistic.train_leak_gan` (hinge loss against its
-    spectrally normalised discriminator of the same ``width``, Adam ``lr``/``betas``, one
+    The training loop is :func:`ctfp.imageclef.realistic.train_leak_gan`'s (hinge loss against
+    its spectrally normalised discriminator of the same ``width``, Adam ``lr``/``betas``, one
     discriminator step per generator step, EMA decay ``min(ema_decay, (1 + t) / (10 + t))``, no
-    augmentation) with the generator of ``spec.arch``. ``budget_s``: stop after that many
-    seconds (checked every 25 iterations; the iterations done are recorded). torch's seed is
-    ``spec.seed``.
+    augmentation), with the generator of ``spec.arch`` and torch's seed ``spec.seed``.
+    ``budget_s``: stop after that many seconds (checked every 25 iterations; the iterations done
+    are recorded). The EMA generator's batch-norm statistics are then this benchmark's own
+    standing statistics (:func:`_standing_stats`, as the committed checkpoints were made).
     """
-    import torch
-    from torch.nn.functional import relu
+    from ctfp.imageclef.realistic import train_leak_gan
 
-    from ctfp.imageclef.realistic import build_discriminator
-
-    train_images = np.asarray(train_images)
-    if train_images.ndim != 3 or train_images.shape[1:] != (64, 64):
-        raise ValueError(f"train_images: expected uint8 (N, 64, 64), found {train_images.shape}")
-    say = log or (lambda *_: None)
-    torch.manual_seed(spec.seed)
-    g = build_generator(spec.nz, spec.width, spec.arch)
-    d = build_discriminator(spec.width)
-    ema = copy.deepcopy(g).eval()
-    for p in ema.parameters():
-        p.requires_grad_(False)
-    opt_g = torch.optim.Adam(g.parameters(), lr=lr, betas=betas)
-    opt_d = torch.optim.Adam(d.parameters(), lr=lr, betas=betas)
-    data = torch.from_numpy(np.ascontiguousarray(train_images)).float().div(127.5).sub(1.0)[:, None]
-    gen = torch.Generator().manual_seed(spec.seed)
-    g_params, e_params = list(g.parameters()), list(ema.parameters())
-    result = TrainResult(generator=ema)
-    t0 = time.perf_counter()
-    step = 0
-    for step in range(1, iterations + 1):
-        real = data[torch.randint(len(data), (batch_size,), generator=gen)]
-        z = torch.randn(batch_size, spec.nz, 1, 1, generator=gen)
-        fake = g(z)
-        out = d(torch.cat([real, fake.detach()]))
-        loss_d = relu(1.0 - out[:batch_size]).mean() + relu(1.0 + out[batch_size:]).mean()
-        opt_d.zero_grad(set_to_none=True)
-        loss_d.backward()
-        opt_d.step()
-        loss_g = -d(fake).mean()
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
-        decay = min(ema_decay, (1.0 + step) / (10.0 + step))
-        with torch.no_grad():
-            for pe, p in zip(e_params, g_params, strict=True):
-                pe.lerp_(p, 1.0 - decay)
-        if step % log_every == 0 or step == iterations:
-            row = {
-                "iteration": step,
-                "loss_d": round(float(loss_d.detach()), 4),
-                "loss_g": round(float(loss_g.detach()), 4),
-                "seconds": round(time.perf_counter() - t0, 1),
-            }
-            result.history.append(row)
-            say(f"  {spec.name} it {step}: loss_d {row['loss_d']:.3f} loss_g {row['loss_g']:.3f}")
-        if budget_s is not None and step % 25 == 0 and time.perf_counter() - t0 > budget_s:
-            result.stopped_early = step < iterations
-            break
-    _standing_stats(ema, seed=spec.seed + 7919)
-    result.iterations = step
-    result.seconds = round(time.perf_counter() - t0, 1)
+    result = train_leak_gan(
+        train_images, iterations=iterations, batch_size=batch_size, seed=spec.seed,
+        device="cpu", lr=lr, betas=betas, ema_decay=ema_decay, n_dis=1, nz=spec.nz,
+        width=spec.width, budget_s=budget_s, log_every=log_every, log=log,
+        generator=lambda: build_generator(spec.nz, spec.width, spec.arch), name=spec.name,
+    )  # fmt: skip
+    _standing_stats(result.generator, seed=spec.seed + 7919)
     return result
 
 

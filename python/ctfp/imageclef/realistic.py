@@ -492,6 +492,8 @@ def train_leak_gan(
     budget_s: float | None = None,
     log_every: int = 500,
     log: Callable[[str], Any] | None = print,
+    generator: Callable[[], Any] | None = None,
+    name: str = "",
 ) -> TrainResult:
     """Train the DCGAN-class generator on ``train_images`` (``uint8 (N, 64, 64)``).
 
@@ -503,6 +505,11 @@ def train_leak_gan(
     weights uses decay ``min(ema_decay, (1 + t) / (10 + t))`` at step ``t``. ``budget_s``:
     stop when that many seconds have passed (the last iteration reached gets a snapshot).
     torch's seed comes from ``seed``; on a GPU training is not bit-reproducible.
+
+    ``generator``: a factory of another 64x64 grey generator with ``nz`` latents (called right
+    after the seed is set, so its initialisation is seeded too; the attribution benchmark's
+    architectures, :func:`ctfp.attribution.gans.build_generator`); default DCGAN's
+    :func:`build_generator`. ``name`` prefixes the log lines.
     """
     import torch
     from torch.nn.functional import relu
@@ -517,7 +524,7 @@ def train_leak_gan(
     say = log or (lambda *_: None)
     dev = resolve_device(device)
     torch.manual_seed(seed)
-    g = build_generator(nz, width).to(dev)
+    g = (build_generator(nz, width) if generator is None else generator()).to(dev)
     d = build_discriminator(width).to(dev)
     ema = copy.deepcopy(g).eval()
     for p in ema.parameters():
@@ -579,8 +586,9 @@ def train_leak_gan(
             result.history.append(row)
             rate = step / max(row["seconds"], 1e-9)
             say(
-                f"  it {step}/{iterations}: loss_d {row['loss_d']:.3f} loss_g "
-                f"{row['loss_g']:.3f}, {row['seconds']:.1f} s ({rate:.0f} it/s)"
+                f"  {name + ' ' if name else ''}it {step}/{iterations}: loss_d "
+                f"{row['loss_d']:.3f} loss_g {row['loss_g']:.3f}, {row['seconds']:.1f} s "
+                f"({rate:.0f} it/s)"
             )
         if step in wanted:
             snapshot(step)
