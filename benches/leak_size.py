@@ -1,7 +1,9 @@
 """The leak test's size: how often it says "leak" on true nulls (docs/leaktest.md, "Size").
 
-    python benches/leak_size.py [--replicates 240] [--generated 1000]
+    python benches/leak_size.py [--replicates 201] [--generated 1000]
         -> docs/leaktest_size.json, docs/leaktest_size.md
+    python benches/leak_size.py --nulls subsets --merge
+        -> the same files, with the rows of the attribution benchmark's subset generators added
 
 True nulls from the realistic benchmark's committed generators (ctfp.imageclef.realistic): the
 development images are synthetic patients that **no** generator of the measurement ever saw,
@@ -20,6 +22,12 @@ the three generators; a replicate draws its patients and its labels with its own
   ``groups=`` the patients (relabelings move whole patients);
 - ``three slices, no groups``: the same images without ``groups=`` (images relabelled one by one:
   not what the null allows, shown for contrast).
+
+``--nulls subsets``: the generators are instead the attribution benchmark's five 2025 subset
+generators (ctfp.attribution.gans, one architecture, each trained on its own 200 patients among
+50,000-50,999: none of the null patients), replicates cycling over s1-s5, the settings ``one
+slice`` and ``three slices`` (suffixed "(subset generators)"); ``--merge`` keeps the rows
+already in the output files.
 
 Methods: the presets sim-pixel, sim-ssim, sim-fused and base-ganleaks (ctfp.imageclef.methods),
 ``run_leak_test(..., control=False)`` (the control can only turn a rejection into "inconclusive",
@@ -43,8 +51,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 CACHE = ROOT / "out" / "leak_bench"
 METHODS = ("sim-pixel", "sim-ssim", "sim-fused", "base-ganleaks")
-#: generators of the null replicates: (regime, iteration)
+#: generators of the null replicates: (regime, iteration) of the realistic benchmark's
 NULL_GENERATORS = (("few-hundred", 3000), ("few-hundred", 5000), ("thousand", 3000))
+#: or ("subset", name) of the attribution benchmark's 2025 setting (``--nulls subsets``)
+SUBSET_GENERATORS = tuple(("subset", f"s{k}") for k in range(1, 6))
 #: patients no committed generator saw
 NULL_PATIENTS = tuple(range(0, 200)) + tuple(range(1200, 1400))
 ALPHA = 0.05
@@ -63,8 +73,10 @@ def estimator_of(key: str) -> Any:
     return make_estimator(options, n_jobs=1, device="cpu", random_state=0)
 
 
-def generated_images(regime: str, iteration: int, n: int, seed: int = 1) -> np.ndarray:
-    """``n`` samples of a committed generator at 64x64 (cached under out/leak_bench)."""
+def generated_images(regime: str, iteration: Any, n: int, seed: int = 1) -> np.ndarray:
+    """``n`` samples of a committed generator at 64x64 (cached under out/leak_bench):
+    ``(regime, iteration)`` of the realistic benchmark, or ``("subset", name)`` of the
+    attribution benchmark's 2025 setting."""
     path = CACHE / f"gen_{regime}_{iteration}_{seed}_{n}.npy"
     if path.is_file():
         return np.load(path)
@@ -73,7 +85,12 @@ def generated_images(regime: str, iteration: int, n: int, seed: int = 1) -> np.n
     from ctfp.imageclef.realistic import generate, load_generator
 
     torch.set_num_threads(1)
-    g, _ = load_generator(regime=regime, iteration=iteration)
+    if regime == "subset":
+        from ctfp.attribution import gans
+
+        g = gans.load_generator(gans.checkpoint_path(str(iteration), "2025"))[0]
+    else:
+        g, _ = load_generator(regime=regime, iteration=iteration)
     out = generate(g, n, seed, size=64)
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, out)
@@ -152,25 +169,38 @@ SETTINGS = {
 }
 
 
-def run(replicates: int, n_generated: int, out_json: Path, out_md: Path) -> dict[str, Any]:
+def run(
+    replicates: int,
+    n_generated: int,
+    out_json: Path,
+    out_md: Path,
+    nulls: str = "membership",
+    merge: bool = False,
+) -> dict[str, Any]:
     from ctfp.membership.leaktest import family_verdict
 
     warnings.simplefilter("ignore")
     t0 = time.perf_counter()
+    null_gens = NULL_GENERATORS if nulls == "membership" else SUBSET_GENERATORS
+    settings = (
+        SETTINGS
+        if nulls == "membership"
+        else {f"{k} (subset generators)": v for k, v in SETTINGS.items() if v["groups"]}
+    )
     pool = list(NULL_PATIENTS)
-    real = {offs: slices(pool, offs) for offs in {s["offsets"] for s in SETTINGS.values()}}
+    real = {offs: slices(pool, offs) for offs in {s["offsets"] for s in settings.values()}}
     gens = {
-        g: generated_images(*g, n_generated) for g in NULL_GENERATORS
+        g: generated_images(*g, n_generated) for g in null_gens
     }  # the latent seed 1: the benchmark's development split's
-    reuse = {(g, k): prepared(k, gens[g]) for g in NULL_GENERATORS for k in METHODS}
+    reuse = {(g, k): prepared(k, gens[g]) for g in null_gens for k in METHODS}
     print(f"prepared {time.perf_counter() - t0:.0f} s", flush=True)
-    rows: dict[str, dict[str, list[float]]] = {s: {k: [] for k in METHODS} for s in SETTINGS}
-    fam: dict[str, list[int]] = {s: [] for s in SETTINGS}
-    for name, st in SETTINGS.items():
+    rows: dict[str, dict[str, list[float]]] = {s: {k: [] for k in METHODS} for s in settings}
+    fam: dict[str, list[int]] = {s: [] for s in settings}
+    for name, st in settings.items():
         offs, n_pat = st["offsets"], st["patients"]
         n_rep = max(1, round(replicates * st["share"]))
         for r in range(n_rep):
-            g = NULL_GENERATORS[r % len(NULL_GENERATORS)]
+            g = null_gens[r % len(null_gens)]
             rng = np.random.default_rng([0x5A1E, r])
             pick = rng.choice(len(pool), 2 * n_pat, replace=False)
             ylab = rng.permutation([1] * n_pat + [0] * n_pat)
@@ -187,7 +217,7 @@ def run(replicates: int, n_generated: int, out_json: Path, out_md: Path) -> dict
             if (r + 1) % 20 == 0:
                 print(f"{name}: {r + 1}/{n_rep} ({time.perf_counter() - t0:.0f} s)", flush=True)
     table: dict[str, Any] = {}
-    for name in SETTINGS:
+    for name in settings:
         table[name] = {}
         for k in METHODS:
             p = np.array(rows[name][k])
@@ -206,18 +236,38 @@ def run(replicates: int, n_generated: int, out_json: Path, out_md: Path) -> dict
             "rate": round(hits / len(fam[name]), 4),
             "ci95": interval(hits, len(fam[name])),
         }
-    result = {
+    this = {
         "command": "python benches/leak_size.py " + " ".join(sys.argv[1:]),
+        "nulls": nulls,
+        "generators": [f"{a}@{b}" for a, b in null_gens],
+        "settings": list(settings),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
+    result = {
+        **this,
         "alpha": ALPHA,
         "replicates": replicates,
         "n_generated": n_generated,
-        "generators": [f"{a}@{b}" for a, b in NULL_GENERATORS],
-        "settings": {k: {**v, "offsets": list(v["offsets"])} for k, v in SETTINGS.items()},
+        "settings": {k: {**v, "offsets": list(v["offsets"])} for k, v in settings.items()},
         "permutations": {"sim-fused": FUSED_PERMUTATIONS, "others": 999},
         "table": table,
         "p_values": rows,
-        "seconds": round(time.perf_counter() - t0, 1),
+        "runs": [this],
     }
+    if merge and out_json.is_file():
+        old = json.loads(out_json.read_text())
+        runs = old.get("runs") or [
+            {k: old[k] for k in ("command", "generators", "seconds") if k in old}
+            | {"nulls": "membership", "settings": list(old["table"])}
+        ]
+        runs = [r for r in runs if not set(r["settings"]) <= set(settings)] + [this]
+        result = {
+            **old,
+            "settings": {**old["settings"], **result["settings"]},
+            "table": {**old["table"], **table},
+            "p_values": {**old["p_values"], **rows},
+            "runs": runs,
+        }
     out_json.parent.mkdir(parents=True, exist_ok=True)
     out_json.write_text(json.dumps(result, indent=1) + "\n")
     out_md.write_text(markdown(result))
@@ -225,12 +275,18 @@ def run(replicates: int, n_generated: int, out_json: Path, out_md: Path) -> dict
 
 
 def markdown(res: dict[str, Any]) -> str:
+    runs = res.get("runs") or [{"generators": res["generators"], "seconds": res["seconds"],
+                                "settings": list(res["table"])}]  # fmt: skip
     lines = [
         "<!-- written by benches/leak_size.py; do not edit -->",
-        f"False 'leak' (p <= {res['alpha']}) on true nulls: replicates cycling over "
-        f"generators {', '.join(res['generators'])}, {res['n_generated']} "
-        f"generated images each, 64x64; Clopper-Pearson 95 % intervals "
-        f"({res['seconds']:.0f} s).",
+        f"False 'leak' (p <= {res['alpha']}) on true nulls, {res['n_generated']} generated "
+        f"images per generator, 64x64; Clopper-Pearson 95 % intervals. Replicates cycling over "
+        + "; ".join(
+            f"generators {', '.join(r['generators'])} ({', '.join(r['settings'])}; "
+            f"{r['seconds']:.0f} s)"
+            for r in runs
+        )
+        + ".",
         "",
         "| setting | method | false alarms | rate | 95 % interval |",
         "|---|---|---:|---:|---|",
@@ -250,8 +306,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--replicates", type=int, default=201)
     ap.add_argument("--generated", type=int, default=1000)
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "leaktest_size.json")
+    ap.add_argument("--nulls", choices=["membership", "subsets"], default="membership")
+    ap.add_argument("--merge", action="store_true", help="keep the rows already in --out")
     a = ap.parse_args(argv)
-    res = run(a.replicates, a.generated, a.out, a.out.with_suffix(".md"))
+    res = run(a.replicates, a.generated, a.out, a.out.with_suffix(".md"), a.nulls, a.merge)
     print(markdown(res))
 
 
