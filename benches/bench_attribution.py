@@ -4,6 +4,7 @@ Two ways to run it::
 
     python benches/bench_attribution.py                 # end to end, out/bench_attribution.json
     python benches/bench_attribution.py --n 2000 --cnn-n 200
+    python benches/bench_attribution.py --n 1000 --methods cnn-finetune --out out/bench_ft.json
     pytest benches/bench_attribution.py --benchmark-only  # per-block groups, ctfp beside a peer
 
 End to end (the script): the five 2025 generators (committed checkpoints) make ``--n`` test images
@@ -11,8 +12,10 @@ End to end (the script): the five 2025 generators (committed checkpoints) make `
 is fitted on the development images (fit time reported apart), then timed on the test images
 from their PNG files: decoding (ctfp's Rust decoder), features, prediction. The CNN method
 (EfficientNet-Lite0 at 128 px, one torch thread per core) is timed on ``--cnn-n`` images and
-scaled to ``--n`` (said so in the output). The load average at the start is recorded: the
-machine is shared, so times are upper bounds.
+scaled to ``--n`` (said so in the output). ``cnn-finetune`` (the multi-class
+FingerprintClassifier, trained on the development images) runs only when named in ``--methods``;
+it is timed on all ``--n`` images and never scaled. The load average at the start is recorded:
+the machine is shared, so times are upper bounds.
 
 pytest-benchmark groups (256 images of 256x256): the residual + spectrum features
 (:class:`ctfp.attribution.ResidualSpectrum`) against a peer written from scipy.ndimage's
@@ -38,6 +41,7 @@ sys.path.insert(0, str(REPO / "python"))
 
 TARGET_S = 60.0
 FAST = ("spectrum", "pixel-nearest", "residual-correlation", "dct-logistic", "subset")
+DEFAULT_METHODS = (*FAST, "cnn-svm")
 
 
 def _write(folder: Path, images: np.ndarray) -> list[Path]:
@@ -101,7 +105,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     real = data["real"]
     paths, yt = data["paths"], data["labels"]
     rows = []
-    for name in (*FAST, "cnn-svm"):
+    for name in args.methods:
         est = make_method(name, 0)
         t = time.perf_counter()
         if isinstance(est, NearestRealSubset):
@@ -121,6 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         scaled = s * len(paths) / len(sub)
         row = {
             "method": name,
+            "n_dev": len(yd),
             "fit_seconds": round(fit_s, 1),
             "images_timed": len(sub),
             "seconds": round(s, 1),
@@ -129,6 +134,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "accuracy": round(float((pred == yt[: len(sub)]).mean()), 4),
             "target_met": scaled <= TARGET_S if name in FAST else None,
         }
+        if name == "cnn-finetune":  # backbone, weights, epochs, input size
+            from ctfp.attribution.workflow import method_settings
+
+            row["settings"] = method_settings(est)
         rows.append(row)
         print(
             f"{name}: {row['seconds_for_n']} s for {len(paths)} images"
@@ -156,6 +165,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--n-dev", type=int, default=200, help="development images per source")
     ap.add_argument("--cnn-n", type=int, default=500)
     ap.add_argument("--chunk", type=int, default=1000, help="images decoded per block")
+    ap.add_argument(
+        "--methods",
+        type=lambda v: tuple(x for x in v.split(",") if x),
+        default=DEFAULT_METHODS,
+        help=f"methods timed (default: {','.join(DEFAULT_METHODS)}; also cnn-finetune)",
+    )
     ap.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "ctfp_bench_attr")
     ap.add_argument("--out", type=Path, default=REPO / "out" / "bench_attribution.json")
     args = ap.parse_args(argv)

@@ -107,6 +107,38 @@ def test_attribute_2024_layout_and_method_choice(year2024, tmp_path):
     assert 'id="fingerprints"' in (out / "report.html").read_text()
 
 
+def test_attribute_with_the_cnn_end_to_end(year2025, tmp_path, monkeypatch):
+    """``--method cnn-finetune``: the multi-class FingerprintClassifier trained on the labelled
+    generated images; its record says the backbone, the weights it started from, the epochs and
+    the input size. The method's own factory, at 32 px and one epoch so that the test is fast."""
+    pytest.importorskip("torch")
+    from ctfp.attribution import estimators, workflow
+
+    key = "cnn-finetune"
+    factory, needs_real, what = workflow.METHODS[key]
+    assert factory is estimators.cnn_finetune and not needs_real
+    tiny = (lambda rs: factory(rs, image_size=32, max_epochs=1, torch_threads=1), False, what)
+    monkeypatch.setitem(workflow.METHODS, key, tiny)
+    dev, test, truth = year2025
+    out = tmp_path / "cnn"
+    argv = ["attribute", "--data", str(dev), "--test", str(test), "--out", str(out)]
+    assert main([*argv, "--method", key]) == 0
+    assert validate_run_file(out / "run_test.txt", test, labels=["s1", "s2", "s3"]) == []
+    rows = _scores(out / "scores_test.csv")
+    assert rows[0] == ["id", "s1", "s2", "s3", "predicted"] and len(rows) == len(truth) + 1
+    for r in rows[1:]:
+        p = np.array([float(v) for v in r[1:4]])
+        assert abs(p.sum() - 1) < 1e-4 and r[4] == ["s1", "s2", "s3"][int(p.argmax())]
+    rec = json.loads((out / "record.json").read_text())
+    m = rec["method"]
+    assert m["key"] == key and m["description"] == what
+    assert m["backbone"] == "efficientnet_lite0"
+    assert m["weights"] in ("ImageNet", "random initialisation (no ImageNet weights)")
+    assert m["max_epochs"] == m["epochs_trained"] == 1 and m["image_size"] == [32, 32]
+    assert m["augment"] is None and m["params"]["precise_bn"] is True
+    assert rec["metrics"]["n"] == len(truth)
+
+
 def test_cluster_writes_a_run_folder(year2024, tmp_path, capsys):
     _, test, truth = year2024
     out = tmp_path / "clu"

@@ -480,12 +480,6 @@ def test_one_class_in_y(images) -> None:
         FingerprintClassifier(**TINY).fit(images, ["real"] * N)
 
 
-def test_more_than_two_classes(images) -> None:
-    y = np.arange(N) % 3
-    with pytest.raises(ValueError, match="Only binary classification is supported"):
-        FingerprintClassifier(**TINY).fit(images, y)
-
-
 def test_labels_not_matching_images(images) -> None:
     with pytest.raises(ValueError, match="12 images but 11 labels"):
         FingerprintClassifier(**TINY).fit(images, [0, 1] * 5 + [0])

@@ -210,3 +210,53 @@ def test_dynamo_exporter_parity(fitted, images, tmp_path) -> None:
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     xb = ctfp.load_batch(list(images[:3]), size=32, dtype="float32", normalize=fitted.normalize_)
     assert session.run(["probability"], {"images": xb})[0].shape == (3,)
+
+
+def test_multiclass_parity_with_torch_within_a_derived_tolerance(images, tmp_path) -> None:
+    """Three classes: (batch, 3) outputs, classes kept, and onnxruntime's probabilities equal
+    torch's within a tolerance derived from this model's float32 rounding, not guessed.
+
+    Both sides take the same float32 batch, so they differ only in how the float32 graph is
+    summed. The float32 error of torch's evaluation is measured against the same network in
+    float64 (``e``). A sum of ``n`` terms in another order has an error of at most
+    ``gamma_n * sum|x|`` (about ``n * u``), while a measured error grows like ``sqrt(n) * u``
+    (rounding errors of random sign), so another order is within ``sqrt(n)`` of the measured
+    error; ``n`` is the longest reduction of the network (the head's features). The logits of
+    the two sides may then differ by ``(1 + sqrt(n)) * e`` (triangle inequality), and the
+    probabilities by half that: softmax's Jacobian ``diag(p) - p p^T`` has row sums of absolute
+    values ``2 p_i (1 - p_i) <= 1/2`` (both sides take the softmax of their logits in float64).
+    """
+    y = np.array(["s1", "s2", "s3"] * 4)[:N]
+    clf = FingerprintClassifier(**TINY).fit(images, y)
+    calibrate_bn(clf, images)
+    path = export_onnx(clf, tmp_path / "three.onnx", exporter="torchscript")
+    model = OnnxFingerprintModel(path)
+    assert model.classes_.tolist() == ["s1", "s2", "s3"]
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    xb = ctfp.load_batch(list(images), size=32, dtype="float32", normalize=clf.normalize_)
+    logit, prob = session.run(None, {"images": xb})
+    assert logit.shape == prob.shape == (N, 3)
+    np.testing.assert_allclose(prob.sum(axis=1), 1.0, atol=1e-6)
+
+    z32 = clf.decision_function(images)
+    assert z32.shape == (N, 3) and z32.std(axis=0).max() > 1e-3  # outputs vary by image
+    import copy
+
+    net64 = copy.deepcopy(clf.model_).double().eval()
+    with torch.no_grad():
+        z64 = net64(torch.from_numpy(xb).double()).numpy()
+    u = 2.0**-24
+    e = max(np.abs(z32 - z64).max(), u * np.abs(z64).max())  # torch's float32 error
+    n = clf.model_.head[1].in_features
+    tol_logit = (1 + np.sqrt(n)) * e
+    got = model.decision_function(images)
+    np.testing.assert_allclose(got, z32, atol=tol_logit, rtol=0)
+    p_torch, p_ort = clf.predict_proba(images), model.predict_proba(images)
+    np.testing.assert_allclose(p_ort, p_torch, atol=tol_logit / 2, rtol=0)
+    np.testing.assert_allclose(p_ort.sum(axis=1), 1.0, atol=1e-12)
+    # the labels agree wherever torch's top two logits are further apart than the tolerance
+    top2 = np.sort(z32, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 2 * tol_logit
+    assert clear.any()
+    np.testing.assert_array_equal(model.predict(images)[clear], clf.predict(images)[clear])
+    assert model.predict_proba(images[:0]).shape == (0, 3)

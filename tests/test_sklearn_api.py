@@ -1,6 +1,7 @@
 """scikit-learn's API checks on every ctfp estimator: the four membership estimators
 (SimilarityMembership, FusedMembership, GANLeaks, VCMISSIM), the generated-set index
-(GeneratedIndex) and the classifier (FingerprintClassifier), each with tiny settings.
+(GeneratedIndex) and the classifier (FingerprintClassifier, fitted on two classes and, as
+``FingerprintClassifier-3class``, on three), each with tiny settings.
 
 scikit-learn's own checks come in two kinds. The API checks (parameters, cloning, ``repr``,
 tags, unfitted estimators) apply to any estimator and run here as scikit-learn wrote them
@@ -127,20 +128,23 @@ def _classifier():
 
 
 def _all_ids() -> list[str]:
-    return [type(e).__name__ for e in _estimators()] + ["FingerprintClassifier"]
+    names = [type(e).__name__ for e in _estimators()]
+    return [*names, "FingerprintClassifier", "FingerprintClassifier-3class"]
 
 
 def _make(name: str):
-    if name == "FingerprintClassifier":
+    if name.startswith("FingerprintClassifier"):
         return _classifier()
     (est,) = [e for e in _estimators() if type(e).__name__ == name]
     return est
 
 
-def _fit(est, data):
+def _fit(est, data, name=""):
     real, y, gen = data
     if isinstance(est, GeneratedIndex):
         return est.fit(gen)
+    if name.endswith("-3class"):  # three sources, string labels (subtask 2's attribution)
+        return est.fit(np.concatenate([real, gen[:12]]), np.repeat(["s1", "s2", "s3"], 8))
     if type(est).__name__ == "FingerprintClassifier":
         return est.fit(np.concatenate([real, gen[:12]]), np.r_[np.zeros(12), np.ones(12)])
     return est.fit(real, y, generated=gen)
@@ -201,7 +205,7 @@ def test_fit_returns_self_and_overwrites_no_parameter(name, data):
     public = set(vars(est))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        assert _fit(est, data) is est
+        assert _fit(est, data, name) is est
     assert {k: jhash(v) for k, v in est.get_params().items()} == before
     added = set(vars(est)) - public
     # what fit adds is fitted state: a trailing underscore (private: a leading one)
@@ -217,12 +221,16 @@ def test_fit_is_idempotent_clone_refits_alike_and_pickles(name, data):
     est = _make(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        first = _outputs(_fit(est, data), data)
-        again = _outputs(_fit(est, data), data)
-        other = _outputs(_fit(clone(est), data), data)
+        first = _outputs(_fit(est, data, name), data)
+        again = _outputs(_fit(est, data, name), data)
+        other = _outputs(_fit(clone(est), data, name), data)
         back = _outputs(pickle.loads(pickle.dumps(est)), data)
-    atol = 1e-5 if name == "FingerprintClassifier" else 0
+    atol = 1e-5 if name.startswith("FingerprintClassifier") else 0
     for a, b, c, d in zip(first, again, other, back, strict=True):
+        if a.dtype.kind in "USO":  # labels (strings): equal
+            for x in (b, c, d):
+                np.testing.assert_array_equal(x, a)
+            continue
         np.testing.assert_allclose(b, a, atol=atol, rtol=0)
         np.testing.assert_allclose(c, a, atol=atol, rtol=0)
         np.testing.assert_allclose(d, a, atol=atol, rtol=0)

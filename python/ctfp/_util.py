@@ -11,6 +11,7 @@
   an integer seed / a ``RandomState``, with ctfp's one policy for ``None``
   (:data:`DEFAULT_SEED`: the same results on every run).
 - :func:`check_binary_labels`: the 0/1 label rule (0 not used, 1 used), one message.
+- :func:`softmax` / :func:`log_softmax`: class probabilities from ``(N, K)`` scores, stably.
 - :func:`require_fitted`: ctfp's ``NotFittedError`` for an estimator used before ``fit``.
 - :func:`stratified_folds`: the shuffled stratified (optionally grouped) folds every
   cross-fitting uses.
@@ -447,6 +448,19 @@ def images_given(x: Any, name: str, what: str = "image") -> Any:
     if len(items) == 0:
         raise ValueError(f"{name}: expected at least one {what}, found none")
     return items
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of ``(N, K)`` scores (logits), the row maximum subtracted first:
+    probabilities in the scores' column order, each row summing to 1."""
+    z = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def log_softmax(scores: np.ndarray) -> np.ndarray:
+    """Row-wise logarithm of :func:`softmax`, computed stably."""
+    z = scores - scores.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
 
 
 def check_binary_labels(y: object, name: str = "y", n: int | None = None) -> np.ndarray:

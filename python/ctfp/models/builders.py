@@ -2,8 +2,9 @@
 
 :func:`build_model` turns a registered ImageNet classification network into a
 :class:`FingerprintNet`: its own classifier is replaced by a ``Dropout -> Linear(features, 1)``
-head (the paper's ``Dropout -> Dense(1, sigmoid)``; the sigmoid is applied outside the module, so
-training can use ``BCEWithLogitsLoss``).
+head for two classes (the paper's ``Dropout -> Dense(1, sigmoid)``; the sigmoid is applied outside
+the module, so training can use ``BCEWithLogitsLoss``), or a ``Dropout -> Linear(features, K)``
+head for ``K > 2`` classes (softmax outside the module; cross-entropy in training).
 
 Weights (``weights=``):
 
@@ -42,19 +43,28 @@ __all__ = ["FingerprintNet", "build_model", "load_weights"]
 
 
 class FingerprintNet(nn.Module):
-    """``backbone`` (pooled features) -> ``Dropout(dropout)`` -> ``Linear(features, 1)``.
+    """``backbone`` (pooled features) -> ``Dropout(dropout)`` -> ``Linear(features, outputs)``.
 
-    ``forward`` returns one logit per image, shape ``(N,)``; ``sigmoid(logit)`` is the
-    probability of the positive class (the estimator's ``classes_[1]``).
+    With ``num_classes=2`` (one output): ``forward`` returns one logit per image, shape ``(N,)``;
+    ``sigmoid(logit)`` is the probability of the positive class (the estimator's
+    ``classes_[1]``). With ``num_classes=K > 2``: ``K`` logits per image, shape ``(N, K)``;
+    their softmax gives the class probabilities in ``classes_`` order.
     """
 
-    def __init__(self, backbone: nn.Module, num_features: int, dropout: float = 0.2) -> None:
+    def __init__(
+        self, backbone: nn.Module, num_features: int, dropout: float = 0.2, num_classes: int = 2
+    ) -> None:
         super().__init__()
+        if int(num_classes) < 2:
+            raise ValueError(f"num_classes: expected an integer >= 2, found {num_classes!r}")
         self.backbone = backbone
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, 1))
+        self.num_classes = int(num_classes)
+        outputs = 1 if self.num_classes == 2 else self.num_classes
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(num_features, outputs))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x)).squeeze(1)
+        out = self.head(self.backbone(x))
+        return out.squeeze(1) if self.num_classes == 2 else out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -131,8 +141,10 @@ def build_model(
     weights: str | os.PathLike[str] | None = "imagenet",
     dropout: float = 0.2,
     image_size: int | tuple[int, int] = 224,
+    num_classes: int = 2,
 ) -> FingerprintNet:
-    """Build backbone ``name`` with a fresh one-logit head.
+    """Build backbone ``name`` with a fresh head: one logit for two classes, ``num_classes``
+    logits for more.
 
     Parameters
     ----------
@@ -145,6 +157,9 @@ def build_model(
         Dropout probability before the linear head.
     image_size : int or (height, width)
         Input size; only ``efficientnet_lite0`` builds differently per size (static padding).
+    num_classes : int, default=2
+        Classes the head separates: 2 gives the paper's one-logit head; more give one logit per
+        class. A whole-model weights file must have the same head (its shape is checked).
 
     Raises
     ------
@@ -168,7 +183,7 @@ def build_model(
         backbone = _imagenet_torchvision(spec)
     else:
         backbone = _torchvision_backbone(spec, None)
-    model = FingerprintNet(backbone, spec.num_features, float(dropout))
+    model = FingerprintNet(backbone, spec.num_features, float(dropout), int(num_classes))
 
     if is_imagenet and spec.name == "efficientnet_lite0":
         load_weights(model, _lite0_weights_file(), name=spec.name)

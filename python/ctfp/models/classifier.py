@@ -26,7 +26,9 @@ from ctfp._util import (
     Interval,
     Options,
     check_random_state,
+    log_softmax,
     n_jobs_to_threads,
+    softmax,
     torch_threads,
     validate_params,
 )
@@ -47,6 +49,12 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
     ``ImageDataGenerator`` settings), resizes and normalises for the backbone, prefetched in the
     background. For the task, fit real (0) versus generated (1) images; a real test image scored
     "generated" is predicted "used". Parameters are checked by ``fit`` (``_parameter_constraints``).
+
+    With ``K > 2`` classes in ``y`` (ints or strings; e.g. the generative model or training
+    subset of each generated image, the task's subtask 2) the head is ``Linear(features, K)``,
+    trained with cross-entropy; ``decision_function`` returns the ``(N, K)`` logits,
+    ``predict_proba`` their softmax and ``predict`` the most probable class. Two classes keep
+    the one-logit head above, unchanged.
 
     Parameters
     ----------
@@ -70,15 +78,23 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         Images per training step (and inference batch); epochs (fewer when early stopping or a
         callback stops training); Adam's learning rate.
     class_weight : None, "balanced" or dict, default=None
-        Weights of the two classes in the loss (``"balanced"``: ``n / (2 * count)``).
+        Weights of the classes in the loss (``"balanced"``: ``n / (K * count)`` for ``K``
+        classes, scikit-learn's rule; a dict ``{label: weight}``, labels left out weigh 1).
     validation_fraction : float in [0, 1), default=0.0
         Fraction of the training images held out (stratified) to report ``val_loss``,
         ``val_accuracy`` and ``val_roc_auc`` after each epoch. 0 disables validation.
     patience : int or None, default=None
         Early stopping: stop after ``patience`` epochs without a lower ``val_loss``, and keep the
         weights of the best epoch. Needs ``validation_fraction > 0``.
+    precise_bn : bool, default=False
+        After training, recompute every BatchNorm layer's running statistics over one
+        un-augmented pass of the training images with the final weights
+        (:func:`ctfp.models.training.precise_batchnorm`, pycls's "precise BN"). Worth it after
+        short trainings from random initialisation, whose running statistics (averaged over
+        changing weights) can make evaluation mode predict one class for every image.
     threshold : float, default=0.5
-        ``predict`` returns ``classes_[1]`` where its probability is ``>= threshold``.
+        Two classes: ``predict`` returns ``classes_[1]`` where its probability is
+        ``>= threshold``. More classes: not used (``predict`` takes the most probable class).
     device : str or torch.device, default="auto"
         ``"auto"`` (CUDA, then Apple MPS, then CPU), ``"cpu"``, ``"cuda"``, ``"cuda:N"``,
         ``"mps"``; checked by :func:`ctfp._util.resolve_device`, whose messages every ctfp
@@ -119,8 +135,8 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
 
     Attributes
     ----------
-    classes_ : ndarray of shape (2,)
-        The two labels, sorted (``np.unique(y)``); probabilities are for them in this order.
+    classes_ : ndarray of shape (n_classes,)
+        The labels, sorted (``np.unique(y)``); probabilities are for them in this order.
     model_ : torch.nn.Module
         The trained :class:`ctfp.models.builders.FingerprintNet`, on ``device_`` (a str).
     image_size_, normalize_ : (int, int), ((float,) * 3, (float,) * 3)
@@ -158,6 +174,7 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         ],
         "validation_fraction": [None, Interval(float, 0, 1, closed="left")],
         "patience": [None, Interval(int, 1, None)],
+        "precise_bn": [Options(False, True)],
         "threshold": [Interval(float, 0, 1)],
         "mixed_precision": [Options("auto", True, False)],
         "compile": [Options(False, True)],
@@ -183,6 +200,7 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         class_weight: str | Mapping[Any, float] | None = None,
         validation_fraction: float = 0.0,
         patience: int | None = None,
+        precise_bn: bool = False,
         threshold: float = 0.5,
         device: Any = "auto",
         mixed_precision: str | bool = "auto",
@@ -205,6 +223,7 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         self.class_weight = class_weight
         self.validation_fraction = validation_fraction
         self.patience = patience
+        self.precise_bn = precise_bn
         self.threshold = threshold
         self.device = device
         self.mixed_precision = mixed_precision
@@ -220,7 +239,7 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.input_tags.two_d_array = False  # images, not feature tables
         tags.input_tags.three_d_array = True
-        tags.classifier_tags.multi_class = False
+        tags.classifier_tags.multi_class = True  # K > 2 classes: a K-logit head
         tags.non_deterministic = False  # with an int random_state, on the CPU
         return tags
 
@@ -271,12 +290,15 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         *,
         sample_augment: Sequence[Augment | None] | None = None,
     ) -> FingerprintClassifier:
-        """Train a fresh model on images ``X`` with labels ``y`` (any two distinct labels).
+        """Train a fresh model on images ``X`` with labels ``y`` (two or more distinct labels).
 
         Parameters
         ----------
         X : uint8 array (N, H, W) / (N, H, W, 3), or a sequence of PNG paths
         y : array-like of shape (N,)
+            Class labels (ints or strings; scikit-learn's classification targets). Two classes
+            train the one-logit head with binary cross-entropy, more a ``K``-logit head with
+            cross-entropy.
         sample_augment : sequence of ctfp.Augment or None, optional
             One training augmentation per image (a per-sample fit parameter, which
             scikit-learn's model selection splits with ``X``), instead of the ``augment``
@@ -333,21 +355,26 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
             torch.manual_seed(torch_seed)
             self.model_ = build_model(
                 spec.name, weights=self.weights, dropout=float(self.dropout),
-                image_size=self.image_size_,
+                image_size=self.image_size_, num_classes=len(classes),
             ).to(device)  # fmt: skip
             feed.prepare_model(self.model_, device)  # channels-last on CUDA
             with ddp.attached(self.model_, torch_seed):  # DDP + synchronised BatchNorm, undone
+                # targets: 0/1 float32 for the one-logit head (binary cross-entropy), class
+                # indices int64 for K logits (cross-entropy)
+                targets = y_idx.astype(np.float32 if len(classes) == 2 else np.int64)
                 self._train(
-                    images, y_idx.astype(np.float32), train_idx, val_idx, device=device,
+                    images, targets, train_idx, val_idx, device=device,
                     stream_seed=stream_seed, class_weights=class_weights,
                     sample_augment=sample_augment, ddp=ddp,
                 )  # fmt: skip
+            if self.precise_bn:  # the plain model (DDP detached): every rank sees every image
+                self._precise_bn([images.sources[i] for i in train_idx], device)
         self.model_.eval()
         return self
 
     def _train(
         self, images: Images, y: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray, *,
-        device: Any, stream_seed: int, class_weights: tuple[float, float],
+        device: Any, stream_seed: int, class_weights: tuple[float, ...],
         sample_augment: list[Augment | None] | None, ddp: Any,
     ) -> None:  # fmt: skip
         import torch
@@ -380,7 +407,11 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         scaler = torch.amp.GradScaler("cuda") if mixed_precision else None
         optimizer = training.adam(model, self.lr, device)
         to_device, net = self._feed(device), self._network()
-        loss_fn = training.binary_cross_entropy(class_weights, device)
+        loss_fn = (
+            training.binary_cross_entropy(class_weights, device)
+            if len(class_weights) == 2
+            else training.cross_entropy(class_weights, device)
+        )
         stopper = training.EarlyStopping(self.patience)
         callbacks = list(self.callbacks or ()) if ddp.is_main else []  # rank 0 logs, saves
         begin = {"n_train": n_train, "n_val": len(val_idx), "device": str(device)}
@@ -409,6 +440,18 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         end = {"n_epochs": self.n_iter_, "best_epoch": self.best_epoch_}
         training.call_callbacks(callbacks, "on_train_end", self, end)
 
+    def _precise_bn(self, sources: list[Any], device: Any) -> None:
+        from ctfp.models import training
+
+        n, bs = len(sources), self.batch_size
+        stream = self._stream(
+            sources, device, batch_size=bs, shuffle=False,
+            drop_last=n > bs and n % bs == 1,  # BatchNorm needs two images per batch
+        )  # fmt: skip
+        autocast = training.mixed_precision_autocast(device, self._mixed_precision(device))
+        batches = self._feed(device)(stream.iter_epoch(0))
+        training.precise_batchnorm(self.model_, batches, device, autocast=autocast)
+
     # -- prediction --------------------------------------------------------------------------------
 
     def _predict_logits(self, X: Any, method: str) -> np.ndarray:
@@ -416,7 +459,8 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
         images = inputs.validate_images(X, allow_empty=True)
         inputs.check_image_contract(images, self.image_shape_, self.image_channels_)
         if len(images) == 0:
-            return np.empty(0, dtype=np.float32)
+            k = len(self.classes_)
+            return np.empty(0 if k == 2 else (0, k), dtype=np.float32)
         import torch
 
         from ctfp.models import feed, training
@@ -431,24 +475,34 @@ class FingerprintClassifier(ClassifierMixin, BaseEstimator):
             return training.predict_logits(net, batches, device, autocast=autocast)
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """The model's logit per image, shape ``(N,)``: positive values favour ``classes_[1]``."""
+        """Two classes: the model's logit per image, shape ``(N,)``, positive values favour
+        ``classes_[1]``. ``K > 2`` classes: the ``K`` logits per image, shape ``(N, K)``, columns
+        in ``classes_`` order (scikit-learn's convention for both)."""
         return self._predict_logits(X, "decision_function").astype(np.float64)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Class probabilities, shape ``(N, 2)``, columns in ``classes_`` order; rows sum to 1."""
+        """Class probabilities, shape ``(N, n_classes)``, columns in ``classes_`` order; rows
+        sum to 1 (the sigmoid of the logit for two classes, the softmax of the logits for more)."""
         logits = self._predict_logits(X, "predict_proba").astype(np.float64)
+        if logits.ndim == 2:
+            return softmax(logits)
         p1 = 1.0 / (1.0 + np.exp(-logits))
         return np.column_stack([1.0 - p1, p1])
 
     def predict_log_proba(self, X: Any) -> np.ndarray:
         """Logarithm of :meth:`predict_proba`."""
         logits = self._predict_logits(X, "predict_log_proba").astype(np.float64)
+        if logits.ndim == 2:
+            return log_softmax(logits)
         # log(sigmoid(z)) = -log1p(exp(-z)), computed stably
         return np.column_stack([-np.logaddexp(0.0, logits), -np.logaddexp(0.0, -logits)])
 
     def predict(self, X: Any) -> np.ndarray:
-        """Labels from ``classes_``: ``classes_[1]`` where its probability is ``>= threshold``."""
+        """Labels from ``classes_``. Two classes: ``classes_[1]`` where its probability is
+        ``>= threshold``; more: the most probable class (the first on ties)."""
         proba = self.predict_proba(X)
+        if proba.shape[1] > 2:
+            return self.classes_[proba.argmax(axis=1)]
         return self.classes_[(proba[:, 1] >= float(self.threshold)).astype(np.intp)]
 
     # -- persistence (ctfp.models.persistence) -----------------------------------------------------

@@ -461,11 +461,11 @@ class DistributedContext:
         from ctfp.models import training
 
         autocast = kwargs.get("autocast", contextlib.nullcontext)
-        parts = []
+        parts: list[np.ndarray | None] = []
         with contextlib.closing(iter(loader)) as batches:  # type: ignore[type-var]
             for xb in batches:
-                if len(xb) == 0:
-                    parts.append(np.empty(0, dtype=np.float32))
+                if len(xb) == 0:  # None, not an empty array: logits are (n,) or (n, K)
+                    parts.append(None)
                 else:  # the plain module: DDP's forward would broadcast buffers
                     parts.append(
                         training.predict_logits(model, [xb], self.device, autocast=autocast)
@@ -473,7 +473,8 @@ class DistributedContext:
         gathered: list[Any] = [None] * self.world_size
         dist.all_gather_object(gathered, parts)
         # batch k of the validation loader is split in rank order (shard_batch): interleave back
-        logits = np.concatenate([g[k] for k in range(len(parts)) for g in gathered])
+        pieces = [g[k] for k in range(len(parts)) for g in gathered if g[k] is not None]
+        logits = np.concatenate(pieces) if pieces else np.empty(0, dtype=np.float32)
         if len(logits) != len(y):
             raise RuntimeError(f"gathered {len(logits)} validation logits for {len(y)} images")
         # the metrics' one home: training.validate, over the gathered logits (identity model)

@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.multiclass import check_classification_targets
 
 from ctfp import _core
 from ctfp.data.preprocess import _DEFAULT_LIMITS, Augment
@@ -202,8 +202,9 @@ def check_image_contract(
 
 
 def check_labels(y: Any, n_images: int, owner: str) -> tuple[np.ndarray, np.ndarray]:
-    """``(classes, y_idx)`` of binary labels ``y`` for ``n_images`` images: ``classes`` sorted
-    (``np.unique``), ``y_idx`` each label's index in it."""
+    """``(classes, y_idx)`` of class labels ``y`` (two or more classes, scikit-learn's
+    classification targets) for ``n_images`` images: ``classes`` sorted (``np.unique``),
+    ``y_idx`` each label's index in it."""
     y = np.asarray(y)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y.ravel()
@@ -215,16 +216,9 @@ def check_labels(y: Any, n_images: int, owner: str) -> tuple[np.ndarray, np.ndar
     classes, y_idx = np.unique(y, return_inverse=True)
     if len(classes) < 2:
         raise ValueError(
-            f"y: {owner} needs two classes to learn from, found only one class "
-            f"({classes.tolist()[0]!r} for all {len(y)} images); include images of the other "
+            f"y: {owner} needs at least two classes to learn from, found only one class "
+            f"({classes.tolist()[0]!r} for all {len(y)} images); include images of another "
             f"class (e.g. real and generated images)"
-        )
-    if len(classes) > 2:
-        y_type = type_of_target(y, input_name="y")
-        raise ValueError(
-            f"Only binary classification is supported. The type of the target is {y_type}: "
-            f"found {len(classes)} classes {classes.tolist()!r}; {owner} separates two classes "
-            f"(e.g. real vs generated images)"
         )
     return classes, y_idx
 

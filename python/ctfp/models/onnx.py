@@ -3,11 +3,13 @@ exported file with onnxruntime and ctfp's Rust preprocessing, without torch.
 
 The exported graph takes ``images``: float32 ``(batch, 3, H, W)``, already resized and normalised
 (what :func:`ctfp.load_batch` returns with ``dtype="float32"`` and the model's ``normalize``), with
-a dynamic batch axis, and returns ``logit`` and ``probability`` (of ``classes_[1]``), both
-``(batch,)``. What preprocessing and decision need is stored in the model's ``metadata_props``
-under ``ctfp.*`` keys (JSON values): ``image_size``, ``normalize_mean``, ``normalize_std``,
-``classes``, ``classes_dtype``, ``threshold``, ``image_shape``, ``image_channels``, ``backbone``,
-``version``.
+a dynamic batch axis, and returns ``logit`` and ``probability``: for two classes both
+``(batch,)`` (the probability of ``classes_[1]``, the sigmoid of the logit); for ``K > 2``
+classes both ``(batch, K)`` (the logits, and their softmax in ``classes_`` order). What
+preprocessing and decision need is stored in the model's ``metadata_props`` under ``ctfp.*``
+keys (JSON values): ``image_size``, ``normalize_mean``, ``normalize_std``, ``classes``,
+``classes_dtype``, ``threshold``, ``image_shape``, ``image_channels``, ``backbone``, ``version``.
+The number of classes (and so the outputs' shape) follows from ``classes``.
 
 Only :func:`export_onnx` imports torch (and ``onnx``); :class:`OnnxFingerprintModel` needs
 onnxruntime and numpy.
@@ -23,7 +25,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ctfp._util import N_JOBS, Interval, n_jobs_to_threads, validate_params, write_bytes_atomic
+from ctfp._util import (
+    N_JOBS,
+    Interval,
+    n_jobs_to_threads,
+    softmax,
+    validate_params,
+    write_bytes_atomic,
+)
 from ctfp.data.stream import BatchStream
 from ctfp.models.inputs import check_image_contract, validate_images
 from ctfp.models.persistence import decode_classes, encode_classes
@@ -119,6 +128,8 @@ def export_onnx(
 
         def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             logit = self.net(images)
+            if logit.dim() == 2:  # K > 2 classes: (batch, K) logits
+                return logit, torch.softmax(logit, dim=1)
             return logit, torch.sigmoid(logit)
 
     net = copy.deepcopy(estimator.model_).to("cpu").float().eval()
@@ -154,10 +165,15 @@ def export_onnx(
         for key, value in _metadata(estimator).items():
             entry = model.metadata_props.add()
             entry.key, entry.value = key, value
+        outputs = (
+            f"logit, probability of {estimator.classes_[1]!r}"
+            if len(estimator.classes_) == 2
+            else f"logits and softmax probabilities (batch, {len(estimator.classes_)}) of the "
+            f"classes {estimator.classes_.tolist()!r}"
+        )
         model.doc_string = (
             f"ctfp FingerprintClassifier ({estimator.backbone}): images float32 (batch, 3, {h}, "
-            f"{w}) normalised per ctfp.normalize_mean/std -> logit, probability of "
-            f"{estimator.classes_[1]!r}"
+            f"{w}) normalised per ctfp.normalize_mean/std -> {outputs}"
         )
         onnx.checker.check_model(model)
         write_bytes_atomic(path, model.SerializeToString())  # weights inside: one file
@@ -191,9 +207,10 @@ class OnnxFingerprintModel:
     Attributes
     ----------
     session_ : onnxruntime.InferenceSession
-    classes_ : ndarray of shape (2,)
+    classes_ : ndarray of shape (n_classes,)
     threshold_ : float
-        ``predict`` returns ``classes_[1]`` where its probability is ``>= threshold_``.
+        Two classes: ``predict`` returns ``classes_[1]`` where its probability is
+        ``>= threshold_``; more classes: not used (the most probable class).
     image_size_ : (int, int)
     normalize_ : (mean, std)
     image_shape_ : (int, int) or None
@@ -261,11 +278,15 @@ class OnnxFingerprintModel:
         )
 
     def _run(self, X: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Logits and probabilities, float32: ``(N,)`` each for two classes, ``(N, K)`` for
+        ``K > 2``."""
         images = validate_images(X, allow_empty=True)
         check_image_contract(images, self.image_shape_, self.image_channels_)
         n = len(images)
-        logits = np.empty(n, dtype=np.float32)
-        probs = np.empty(n, dtype=np.float32)
+        k = len(self.classes_)
+        shape = (n,) if k == 2 else (n, k)
+        logits = np.empty(shape, dtype=np.float32)
+        probs = np.empty(shape, dtype=np.float32)
         if n == 0:
             return logits, probs
         stream = BatchStream(
@@ -280,21 +301,29 @@ class OnnxFingerprintModel:
         pos = 0
         for xb in stream.iter_epoch(0):
             logit, prob = self.session_.run(list(_OUTPUTS), {_INPUT: xb})
-            logits[pos : pos + len(xb)] = logit.reshape(-1)
-            probs[pos : pos + len(xb)] = prob.reshape(-1)
+            logits[pos : pos + len(xb)] = logit.reshape(len(xb), *shape[1:])
+            probs[pos : pos + len(xb)] = prob.reshape(len(xb), *shape[1:])
             pos += len(xb)
         return logits, probs
 
     def decision_function(self, X: Any) -> np.ndarray:
-        """The model's logit per image, shape ``(N,)``; positive values favour ``classes_[1]``."""
+        """Two classes: the model's logit per image, shape ``(N,)``, positive values favour
+        ``classes_[1]``; ``K > 2`` classes: the logits ``(N, K)`` in ``classes_`` order."""
         return self._run(X)[0].astype(np.float64)
 
     def predict_proba(self, X: Any) -> np.ndarray:
-        """Probabilities ``(N, 2)``, columns in ``classes_`` order; rows sum to 1."""
+        """Probabilities ``(N, n_classes)``, columns in ``classes_`` order; rows sum to 1. For
+        ``K > 2`` classes the softmax of the logits in float64, as
+        :meth:`FingerprintClassifier.predict_proba` computes it."""
+        if len(self.classes_) > 2:
+            return softmax(self._run(X)[0].astype(np.float64))
         p1 = self._run(X)[1].astype(np.float64)
         return np.column_stack([1.0 - p1, p1])
 
     def predict(self, X: Any) -> np.ndarray:
-        """Labels from ``classes_``: ``classes_[1]`` where its probability is ``>= threshold_``."""
+        """Labels from ``classes_``. Two classes: ``classes_[1]`` where its probability is
+        ``>= threshold_``; more: the most probable class (the first on ties)."""
+        if len(self.classes_) > 2:
+            return self.classes_[self._run(X)[0].argmax(axis=1)]
         p1 = self._run(X)[1].astype(np.float64)
         return self.classes_[(p1 >= self.threshold_).astype(np.intp)]

