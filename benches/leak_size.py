@@ -4,6 +4,9 @@
         -> docs/leaktest_size.json, docs/leaktest_size.md
     python benches/leak_size.py --nulls subsets --merge
         -> the same files, with the rows of the attribution benchmark's subset generators added
+    python benches/leak_size.py --nulls subsets --merge --first 1000 --replicates 600 \
+        --only "three slices" --methods sim-pixel
+        -> a confirmation on fresh replicates (seeds 1000-1599) of one setting and method
 
 True nulls from the realistic benchmark's committed generators (ctfp.imageclef.realistic): the
 development images are synthetic patients that **no** generator of the measurement ever saw,
@@ -176,6 +179,9 @@ def run(
     out_md: Path,
     nulls: str = "membership",
     merge: bool = False,
+    first: int = 0,
+    only: str | None = None,
+    methods: tuple[str, ...] = METHODS,
 ) -> dict[str, Any]:
     from ctfp.membership.leaktest import family_verdict
 
@@ -187,19 +193,29 @@ def run(
         if nulls == "membership"
         else {f"{k} (subset generators)": v for k, v in SETTINGS.items() if v["groups"]}
     )
+    if only is not None:
+        settings = {k: v for k, v in settings.items() if k.split(" (")[0].split(",")[0] == only}
+    if first:  # fresh replicates: seeds first, first + 1, ... (a confirmation run)
+        settings = {
+            f"{k}, replicates {first}-{first + max(1, round(replicates * v['share'])) - 1}": v
+            for k, v in settings.items()
+        }
+    if not settings:
+        raise SystemExit(f"--only {only!r}: no such setting")
+    family_row = tuple(methods) == METHODS
     pool = list(NULL_PATIENTS)
     real = {offs: slices(pool, offs) for offs in {s["offsets"] for s in settings.values()}}
     gens = {
         g: generated_images(*g, n_generated) for g in null_gens
     }  # the latent seed 1: the benchmark's development split's
-    reuse = {(g, k): prepared(k, gens[g]) for g in null_gens for k in METHODS}
+    reuse = {(g, k): prepared(k, gens[g]) for g in null_gens for k in methods}
     print(f"prepared {time.perf_counter() - t0:.0f} s", flush=True)
-    rows: dict[str, dict[str, list[float]]] = {s: {k: [] for k in METHODS} for s in settings}
+    rows: dict[str, dict[str, list[float]]] = {s: {k: [] for k in methods} for s in settings}
     fam: dict[str, list[int]] = {s: [] for s in settings}
     for name, st in settings.items():
         offs, n_pat = st["offsets"], st["patients"]
         n_rep = max(1, round(replicates * st["share"]))
-        for r in range(n_rep):
+        for r in range(first, first + n_rep):
             g = null_gens[r % len(null_gens)]
             rng = np.random.default_rng([0x5A1E, r])
             pick = rng.choice(len(pool), 2 * n_pat, replace=False)
@@ -210,16 +226,16 @@ def run(
             y = np.repeat(ylab, m)
             groups = np.repeat(pick, m) if st["groups"] else None
             res = {}
-            for k in METHODS:
+            for k in methods:
                 res[k] = leak_p(k, images, y, reuse[(g, k)], groups, r)
                 rows[name][k].append(res[k]["p_value"])
             fam[name].append(int(family_verdict(res, alpha=ALPHA)["verdict"] == "leak"))
-            if (r + 1) % 20 == 0:
+            if (r + 1 - first) % 20 == 0:
                 print(f"{name}: {r + 1}/{n_rep} ({time.perf_counter() - t0:.0f} s)", flush=True)
     table: dict[str, Any] = {}
     for name in settings:
         table[name] = {}
-        for k in METHODS:
+        for k in methods:
             p = np.array(rows[name][k])
             hits = int((p <= ALPHA).sum())
             table[name][k] = {
@@ -230,6 +246,8 @@ def run(
                 "mean_p": round(float(p.mean()), 4),
             }
         hits = int(sum(fam[name]))
+        if not family_row:  # the family of the four only
+            continue
         table[name]["family (Holm)"] = {
             "false_alarms": hits,
             "replicates": len(fam[name]),
@@ -308,8 +326,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "docs" / "leaktest_size.json")
     ap.add_argument("--nulls", choices=["membership", "subsets"], default="membership")
     ap.add_argument("--merge", action="store_true", help="keep the rows already in --out")
+    ap.add_argument(
+        "--first", type=int, default=0,
+        help="seed of the first replicate (a confirmation run on fresh replicates: e.g. 1000)",
+    )  # fmt: skip
+    ap.add_argument("--only", choices=["one slice", "three slices"], default=None)
+    ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated presets")
     a = ap.parse_args(argv)
-    res = run(a.replicates, a.generated, a.out, a.out.with_suffix(".md"), a.nulls, a.merge)
+    methods = tuple(m for m in a.methods.split(",") if m)
+    if not set(methods) <= set(METHODS):
+        ap.error(f"--methods: expected among {', '.join(METHODS)}")
+    res = run(a.replicates, a.generated, a.out, a.out.with_suffix(".md"), a.nulls, a.merge,
+              a.first, a.only, methods)  # fmt: skip
     print(markdown(res))
 
 
