@@ -231,7 +231,10 @@ def run(
                 rows[name][k].append(res[k]["p_value"])
             fam[name].append(int(family_verdict(res, alpha=ALPHA)["verdict"] == "leak"))
             if (r + 1 - first) % 20 == 0:
-                print(f"{name}: {r + 1}/{n_rep} ({time.perf_counter() - t0:.0f} s)", flush=True)
+                print(
+                    f"{name}: {r + 1 - first}/{n_rep} ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
     table: dict[str, Any] = {}
     for name in settings:
         table[name] = {}
