@@ -28,6 +28,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin, ClusterMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ctfp._util import (
+    RANDOM_STATE,
     Constraint,
     InstanceOf,
     Interval,
@@ -221,11 +222,7 @@ class SourceAttributor(ClassifierMixin, BaseEstimator):
         "classifier": [Options("logistic", "svm", "centroid")],
         "C": [Interval(float, 0.0, None, closed="neither")],
         "max_iter": [Interval(int, 1, None)],
-        "random_state": [
-            None,
-            Interval(int, 0, 2**32 - 1),
-            InstanceOf((np.random.RandomState,), "a RandomState"),
-        ],
+        "random_state": RANDOM_STATE,
     }
 
     def __init__(
@@ -494,11 +491,7 @@ class SourceClustering(ClusterMixin, BaseEstimator):
         "whiten": [Options(True, False)],
         "n_init": [Interval(int, 1, None)],
         "max_iter": [Interval(int, 1, None)],
-        "random_state": [
-            None,
-            Interval(int, 0, 2**32 - 1),
-            InstanceOf((np.random.RandomState,), "a RandomState"),
-        ],
+        "random_state": RANDOM_STATE,
     }
 
     def __init__(

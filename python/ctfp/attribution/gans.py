@@ -274,22 +274,14 @@ def save_checkpoint(
 
 def load_generator(path: str | os.PathLike[str]) -> tuple[Any, GeneratorSpec, dict[str, Any]]:
     """The generator of a checkpoint (float32, eval mode, CPU), its spec and its meta."""
-    import torch
-
     from ctfp._util import state_dict_mismatch
+    from ctfp.imageclef.realistic import read_checkpoint
 
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no trained attribution generator; train them with {TRAIN_COMMAND}"
-        )
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(
-            f"{path}: not an attribution-GAN checkpoint; expected format "
-            f"{CHECKPOINT_FORMAT!r}, found {found!r}"
-        )
+    ckpt = read_checkpoint(
+        path, CHECKPOINT_FORMAT, "an attribution-GAN",
+        missing=f"no trained attribution generator; train them with {TRAIN_COMMAND}",
+    )  # fmt: skip
     spec = GeneratorSpec(**ckpt["spec"])
     g = build_generator(spec.nz, spec.width, spec.arch)
     state = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}

@@ -667,21 +667,26 @@ def load_checkpoint(
 ) -> dict[str, Any]:
     """Read a checkpoint (default: the committed one of ``regime``); ``FileNotFoundError``
     names the training script when it is missing."""
+    path = Path(checkpoint) if checkpoint is not None else checkpoint_path(regime)
+    return read_checkpoint(
+        path, CHECKPOINT_FORMAT, "a leak-GAN",
+        missing=f"no trained generator for the realistic benchmark (regime {regime!r}); train "
+        f"one with {TRAIN_COMMAND} (see docs/benchmark.md)",
+    )  # fmt: skip
+
+
+def read_checkpoint(path: Path, fmt: str, what: str, *, missing: str) -> dict[str, Any]:
+    """A GAN checkpoint file of ctfp's benchmarks (a dict whose ``format`` is ``fmt``), read
+    with torch's weights-only loader on the CPU. ``FileNotFoundError`` says ``missing`` (how to
+    train it); a file of another kind is a ``ValueError`` naming the format found."""
     import torch
 
-    path = Path(checkpoint) if checkpoint is not None else checkpoint_path(regime)
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no trained generator for the realistic benchmark (regime {regime!r}); "
-            f"train one with {TRAIN_COMMAND} (see docs/benchmark.md)"
-        )
+        raise FileNotFoundError(f"{path}: {missing}")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+    if not isinstance(ckpt, dict) or ckpt.get("format") != fmt:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise ValueError(
-            f"{path}: not a leak-GAN checkpoint; expected format {CHECKPOINT_FORMAT!r}, "
-            f"found {found!r}"
-        )
+        raise ValueError(f"{path}: not {what} checkpoint; expected format {fmt!r}, found {found!r}")
     return ckpt
 
 
