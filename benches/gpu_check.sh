@@ -7,9 +7,17 @@
 #   3. bench      benches/bench_gpu.py --json/--md  (first-epoch study, fit vs bare step,
 #                 loader wait, epoch 1 / 2, predict, ESRGAN)
 #   4. ddp        benches/ddp_check.py under torchrun, 2 processes (when that file exists)
+#   5. similarity benches/bench_similarity_gpu.py: sim-pixel and sim-ssim, 400 real against
+#                 10,000 generated, CPU path and GPU on the same machine, FAISS's GPU support
+#   6. gans       benches/train_attribution_gans.py --device cuda: the attribution benchmark's nine
+#                 generators at full length (3,000 iterations) into $OUT/attribution_gans
 # Each stage's output goes to $OUT/<stage>.log; a failing stage does not stop the later ones; the
-# exit code is non-zero when any stage failed ($OUT/summary.txt lists them). About 5 minutes on an
-# H100/H200 (timeouts: tests 100 s, bench 300 s, ddp 75 s).
+# exit code is non-zero when any stage failed ($OUT/summary.txt lists them). Timeouts: tests 100 s,
+# bench 300 s, ddp 75 s, similarity 180 s, gans 240 s: stages 1-4 take about 5 minutes on an
+# H100/H200, 5-6 about 5 more, so with 15 minutes of device time run them as two calls:
+#   STAGES=tests,bench,ddp ...   then   STAGES=similarity,gans ...
+# (STAGES: a comma list of tests, bench, ddp, similarity, gans; default all; install and
+# versions always run).
 #
 #   make wheel                       # here: dist/ctfp-<version>-cp310-abi3-manylinux_2_17_x86_64...whl
 #   OUT=out/gpu bash benches/gpu_check.sh             # there, from the repository root
@@ -28,6 +36,11 @@ OUT=$(cd "$OUT" && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/ctfp-gpu-check.XXXXXX")
 CPU_MODE=${GPU_CHECK_ALLOW_CPU:-0}
 declare -a NAMES=() CODES=() SECONDS_TAKEN=()
+
+STAGES=${STAGES:-all}
+want() {  # want STAGE: whether $STAGES selects it
+    [[ ",$STAGES," == *",all,"* || ",$STAGES," == *",$1,"* ]]
+}
 
 stage() {  # stage NAME TIMEOUT_S COMMAND...: run it, tee to $OUT/NAME.log, record its exit code
     local name=$1 limit=$2 rc=0 t0=$SECONDS
@@ -48,10 +61,14 @@ if [ "$CPU_MODE" = 1 ]; then
         if [ -x .venv/bin/python ]; then PYTHON=$ROOT/.venv/bin/python; else PYTHON=python3; fi
     fi
     BENCH_FLAGS=(--cpu-smoke)
+    SIM_FLAGS=(--cpu-smoke)
+    GAN_FLAGS=(--quick --device cpu)
     echo "GPU_CHECK_ALLOW_CPU=1: no wheel, $PYTHON with the ctfp it imports, CPU smoke runs"
 else
     PYTHON=${PYTHON:-python3}
     BENCH_FLAGS=(--budget-s 200 --esrgan-budget-s 50)
+    SIM_FLAGS=()
+    GAN_FLAGS=(--device cuda --iterations 3000 --budget-s 220)
     install_wheel() {
         local whl
         whl=$(ls dist/ctfp-*abi3*manylinux*x86_64*.whl 2>/dev/null | head -n1 || true)
@@ -111,19 +128,37 @@ EOF
 # missing optional package) must not fail the stage
 mapfile -t GPU_TEST_FILES < <(cd "$WORK" && grep -l 'pytest.mark.gpu' tests/test_*.py)
 echo "gpu tests in: ${GPU_TEST_FILES[*]}"
-stage tests 100 bash -c 'cd "$1" && shift && "$0" -m pytest -q -m gpu -p no:cacheprovider "$@"' \
-    "$PYTHON" "$WORK" "${GPU_TEST_FILES[@]}"
+if want tests; then
+    stage tests 100 bash -c 'cd "$1" && shift && "$0" -m pytest -q -m gpu -p no:cacheprovider "$@"' \
+        "$PYTHON" "$WORK" "${GPU_TEST_FILES[@]}"
+fi
 
 # -- bench -----------------------------------------------------------------------------------------
-stage bench 300 "$PYTHON" benches/bench_gpu.py --json "$OUT/bench_gpu.json" \
-    --md "$OUT/bench_gpu.md" --workdir "$WORK" "${BENCH_FLAGS[@]}"
+if want bench; then
+    stage bench 300 "$PYTHON" benches/bench_gpu.py --json "$OUT/bench_gpu.json" \
+        --md "$OUT/bench_gpu.md" --workdir "$WORK" "${BENCH_FLAGS[@]}"
+fi
 
 # -- two-process DDP -------------------------------------------------------------------------------
-if [ -f benches/ddp_check.py ]; then
+if ! want ddp; then
+    :
+elif [ -f benches/ddp_check.py ]; then
     stage ddp 75 "$PYTHON" -m torch.distributed.run --standalone --nproc_per_node=2 \
         benches/ddp_check.py
 else
     echo "benches/ddp_check.py not found: no DDP stage" | tee "$OUT/ddp.log"
+fi
+
+# -- similarity on the GPU against the CPU path ---------------------------------------------------
+if want similarity; then
+    stage similarity 180 "$PYTHON" benches/bench_similarity_gpu.py \
+        --json "$OUT/bench_similarity_gpu.json" --md "$OUT/bench_similarity_gpu.md" "${SIM_FLAGS[@]}"
+fi
+
+# -- the attribution benchmark's generators at full length ------------------------------------------
+if want gans; then
+    stage gans 240 "$PYTHON" benches/train_attribution_gans.py --out "$OUT/attribution_gans" \
+        "${GAN_FLAGS[@]}"
 fi
 
 # -- summary ---------------------------------------------------------------------------------------
@@ -138,5 +173,6 @@ failed=0
 } | tee "$OUT/summary.txt"
 for i in "${!CODES[@]}"; do [ "${CODES[$i]}" = 0 ] || failed=1; done
 [ -f "$OUT/bench_gpu.md" ] && { echo; cat "$OUT/bench_gpu.md"; }
+[ -f "$OUT/bench_similarity_gpu.md" ] && { echo; cat "$OUT/bench_similarity_gpu.md"; }
 rm -rf "$WORK"
 exit "$failed"

@@ -16,11 +16,13 @@ Usage::
     nice -n 19 python benches/train_attribution_gans.py --setting 2025 --budget-s 1500
     nice -n 19 python benches/train_attribution_gans.py --setting 2024 --budget-s 1200
     python benches/train_attribution_gans.py --quick --out /tmp/gans      # seconds, a check
+    python benches/train_attribution_gans.py --device cuda --out OUT      # full length on a GPU
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import platform
 import sys
@@ -32,7 +34,8 @@ from typing import Any
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "python"))
+if importlib.util.find_spec("ctfp") is None:  # a checkout without ctfp installed
+    sys.path.insert(0, str(REPO / "python"))
 
 #: training settings recorded with every checkpoint
 TRAINING: dict[str, Any] = {
@@ -57,6 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget-s", type=float, default=1800.0, help="for the whole run")
     ap.add_argument("--iterations", type=int, default=TRAINING["iterations"])
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--device", default="cpu",
+        help="cpu (default: bit-reproducible) or cuda (full length in minutes; gpu_check.sh)",
+    )  # fmt: skip
     ap.add_argument("--quick", action="store_true", help="tiny networks and data, a check")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -90,6 +97,7 @@ def main(argv: list[str] | None = None) -> int:
             ema_decay=training["ema_decay"],
             log_every=training["log_every"],
             log=lambda m: print(m, flush=True),
+            device=args.device,
         )
         meta = {
             "training": training,
@@ -97,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
             "stopped_early": res.stopped_early,
             "train_seconds": res.seconds,
             "threads": args.threads,
+            "device": args.device
+            if args.device == "cpu"
+            else f"{args.device} ({torch.cuda.get_device_name(torch.device(args.device))})",
             "machine": platform.processor() or platform.machine(),
             "torch": torch.__version__,
             "training_slices_sha256": sha256(real),

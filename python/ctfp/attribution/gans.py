@@ -216,8 +216,10 @@ def train_generator(
     ema_decay: float = 0.999,
     log_every: int = 250,
     log: Callable[[str], Any] | None = print,
+    device: Any = "cpu",
 ) -> TrainResult:
-    """Train ``spec``'s generator on ``train_images`` (``uint8 (N, 64, 64)``) on the CPU.
+    """Train ``spec``'s generator on ``train_images`` (``uint8 (N, 64, 64)``) on ``device``
+    (the CPU by default, where training is bit-reproducible; ``"cuda"`` for full-length runs).
 
     The training loop is :func:`ctfp.imageclef.realistic.train_leak_gan`'s (hinge loss against
     its spectrally normalised discriminator of the same ``width``, Adam ``lr``/``betas``, one
@@ -225,16 +227,18 @@ def train_generator(
     augmentation), with the generator of ``spec.arch`` and torch's seed ``spec.seed``.
     ``budget_s``: stop after that many seconds (checked every 25 iterations; the iterations done
     are recorded). The EMA generator's batch-norm statistics are then this benchmark's own
-    standing statistics (:func:`_standing_stats`, as the committed checkpoints were made).
+    standing statistics (:func:`_standing_stats`, as the committed checkpoints were made),
+    computed on the CPU; the returned generator is on the CPU.
     """
     from ctfp.imageclef.realistic import train_leak_gan
 
     result = train_leak_gan(
         train_images, iterations=iterations, batch_size=batch_size, seed=spec.seed,
-        device="cpu", lr=lr, betas=betas, ema_decay=ema_decay, n_dis=1, nz=spec.nz,
+        device=device, lr=lr, betas=betas, ema_decay=ema_decay, n_dis=1, nz=spec.nz,
         width=spec.width, budget_s=budget_s, log_every=log_every, log=log,
         generator=lambda: build_generator(spec.nz, spec.width, spec.arch), name=spec.name,
     )  # fmt: skip
+    result.generator = result.generator.to("cpu")
     _standing_stats(result.generator, seed=spec.seed + 7919)
     return result
 
