@@ -203,8 +203,8 @@ def _leaktest(args: argparse.Namespace) -> int:
     their resolution, ROC-AUC with its 95 % interval, the control), leaktest_<dataset>.png
     (each null distribution with the observed statistic) and report.html into OUT. Exit 0
     whatever the verdict."""
-    from ctfp.imageclef.layout import REPORT, record_path
-    from ctfp.imageclef.leakcheck import LEAKTEST_JSON, run_leak_tests
+    from ctfp.imageclef.layout import LEAKTEST_JSON, REPORT, record_path
+    from ctfp.imageclef.leakcheck import run_leak_tests
 
     record = run_leak_tests(
         args.data, args.out, methods=args.methods, groups=args.groups, alpha=args.alpha,

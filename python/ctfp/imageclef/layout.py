@@ -37,6 +37,7 @@ from ctfp.exceptions import CtfpError
 
 __all__ = [
     "INCOMPLETE",
+    "LEAKTEST_JSON",
     "RECORD",
     "REPORT",
     "RESULTS",
@@ -48,6 +49,7 @@ __all__ = [
     "id_problem",
     "image_id",
     "is_run_output",
+    "leaktest_plot",
     "log",
     "method_dir",
     "read_groups",
@@ -65,6 +67,8 @@ __all__ = [
 #: File names of an output folder (see the module text).
 RECORD = "record.json"
 RESULTS = "results"  # .md and .json, written by :func:`ctfp.membership.metrics.write_tables`
+#: ``ctfp leaktest``'s verdicts in short (:mod:`ctfp.imageclef.leakcheck`)
+LEAKTEST_JSON = "leaktest.json"
 REPORT = "report.html"
 #: the marker of a partial folder, written by earlier versions (a run is now built apart and
 #: moved into place when complete); a re-run removes it with the rest of the previous run
@@ -194,6 +198,11 @@ def gallery_stem(out: str | os.PathLike[str], dataset: str) -> Path:
 
 def training_plot(out: str | os.PathLike[str], dataset: str) -> Path:
     return Path(out) / f"training_{split_tag(dataset)}.png"
+
+
+def leaktest_plot(out: str | os.PathLike[str], dataset: str) -> Path:
+    """``OUT/leaktest_<dataset>.png``: the null distributions of a dataset's leak tests."""
+    return Path(out) / f"leaktest_{split_tag(dataset)}.png"
 
 
 def esrgan_cache(out: str | os.PathLike[str]) -> Path:

@@ -32,12 +32,11 @@ from pathlib import Path
 from typing import Any
 
 from ctfp._util import write_text_atomic
+from ctfp.imageclef.layout import LEAKTEST_JSON, leaktest_plot
 
 __all__ = [
     "DEFAULT_METHODS",
-    "LEAKTEST_JSON",
     "leak_families",
-    "leaktest_plot",
     "plot_null_distributions",
     "run_leak_tests",
     "short_record",
@@ -46,15 +45,7 @@ __all__ = [
 
 #: the presets whose size on true nulls and power docs/leaktest.md measures
 DEFAULT_METHODS = ("sim-pixel", "sim-ssim", "sim-fused", "base-ganleaks")
-LEAKTEST_JSON = "leaktest.json"
 KIND = "leaktest"
-
-
-def leaktest_plot(out: str | os.PathLike[str], dataset: str) -> Path:
-    """``OUT/leaktest_<dataset>.png``: the null distributions of a dataset's leak tests."""
-    from ctfp.imageclef.layout import split_tag
-
-    return Path(out) / f"leaktest_{split_tag(dataset)}.png"
 
 
 # --------------------------------------------------------------------------------------------
@@ -255,6 +246,7 @@ def run_leak_tests(
 
     def work(folder: OutputFolder) -> dict[str, Any]:
         from ctfp.imageclef.scorers import Fold, SimilarityScorer
+        from ctfp.membership.leaktest import family_verdict
 
         record: dict[str, Any] = {
             "kind": KIND,
@@ -293,8 +285,6 @@ def run_leak_tests(
                 info = scorer.fit(fold).info
                 tests[key] = info["leak_test"]
                 fits[key] = {k: info[k] for k in ("fit_seconds", "groups") if k in info}
-            from ctfp.membership.leaktest import family_verdict
-
             family = family_verdict(tests, alpha=alpha)
             figure = plot_null_distributions(
                 list(tests.items()), leaktest_plot(folder.build, ds.name),

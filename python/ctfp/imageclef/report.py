@@ -1268,9 +1268,9 @@ def _leak_section(run: Run) -> str:
         parts.append(_table(_LEAK_HEADERS, [_leak_row(run.key, lt)], num=(3,)))
         parts.append(_leak_detail(lt))
         if isinstance(lt.get("null_histogram"), Mapping):
-            from ctfp.imageclef.leakcheck import leaktest_plot, plot_null_distributions
+            from ctfp.imageclef.leakcheck import plot_null_distributions
 
-            path = leaktest_plot(run.folder, name)
+            path = layout.leaktest_plot(run.folder, name)
             try:
                 plot_null_distributions([(run.key, lt)], path, f"Leak test, {name}")
             except OSError as exc:  # a read-only folder: the page says so, the rest stands
@@ -1297,8 +1297,8 @@ def _family_section(runs: Sequence[Run]) -> str | None:
     has a leak test on every dataset."""
     from ctfp.imageclef.leakcheck import leak_families
 
-    named = [(_run_name(r, runs) if len({r.key for r in runs}) < len(runs) else r.key, r.record)
-             for r in runs]  # fmt: skip
+    same_key = len({r.key for r in runs}) < len(runs)  # one method twice: name runs by folder
+    named = [(_run_name(r, runs) if same_key else r.key, r.record) for r in runs]
     families = [f for f in leak_families(named) if f["family"]["n_tests"] > 1]
     if not families:
         return None
@@ -1313,8 +1313,6 @@ def leaktest_report_html(folder: str | os.PathLike[str], record: Mapping[str, An
     """The report page of a ``ctfp leaktest`` output folder: per dataset the family's verdict,
     every method's test (raw and adjusted p-values, ROC-AUC with its interval, the control)
     and the null distributions (``leaktest_<dataset>.png``), then the record."""
-    from ctfp.imageclef.leakcheck import leaktest_plot
-
     folder = Path(folder)
     sections: list[tuple[str, str, Markup]] = []
     for n, d in enumerate(record.get("datasets") or [], 1):
@@ -1329,7 +1327,7 @@ def leaktest_report_html(folder: str | os.PathLike[str], record: Mapping[str, An
         )  # fmt: skip
         body = Markup(
             _family_html(d["family"], tests)
-            + _figure(leaktest_plot(folder, name), "null distributions of the leak tests",
+            + _figure(layout.leaktest_plot(folder, name), "null distributions of the leak tests",
                       "Each method's ROC-AUC under random relabelings of the development "
                       "images (the null), the observed one marked in red.")
             + details

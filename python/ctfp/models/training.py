@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ctfp._util import cudnn_autotune
+from ctfp._util import cudnn_autotune, softmax
 from ctfp.models.persistence import cpu_state_dict
 
 __all__ = [
@@ -354,7 +354,7 @@ def _validate_multiclass(logits: np.ndarray, y: np.ndarray) -> dict[str, Any]:
     targets = np.asarray(y).astype(np.int64)
     z = torch.from_numpy(logits.astype(np.float32))
     val_loss = torch.nn.functional.cross_entropy(z, torch.from_numpy(targets))
-    proba = torch.softmax(z.double(), dim=1).numpy()
+    proba = softmax(logits.astype(np.float64))
     k = logits.shape[1]
     roc_auc = None
     if len(np.unique(targets)) == k:
